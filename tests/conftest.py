@@ -28,10 +28,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cl100k_path():
     """Path to the cl100k_base rank file, or skip the test when it is absent."""
     path = os.path.abspath(CL100K_PATH)
     if not os.path.exists(path):
         pytest.skip("cl100k_base.tiktoken not present (expected at ../shared/data/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory):
+    """A small copy of the toy world (tokenizer, shards, eval split), built once per test session."""
+    import data
+
+    out = tmp_path_factory.mktemp("toy_data")
+    data.build_toy_dataset(str(out), n_problems=1500, n_eval=60, seed=11)
+    return str(out)

@@ -1,0 +1,654 @@
+"""Data for the Phi-4 recipe: tokenizers, chat rendering, the synthetic world, decontamination, shards.
+
+Phi-4's central idea (report section 2) is that carefully generated synthetic "textbook" data teaches
+reasoning better than web text. At toy scale we cannot call a teacher LLM, so this file embeds a small
+synthetic world instead: a deterministic generator of multi-step arithmetic word problems, each with a
+worked step-by-step solution and a checkable final answer. The same world feeds every stage:
+
+    pretraining  "textbook" documents: problems with worked solutions, plus arithmetic drills
+    SFT          chat conversations (user asks, assistant solves) in Phi-4's chat format
+    evaluation   a held-out split, decontaminated from all training text by the 13-gram rule (section 2)
+    RL-ish       the oracle `check(problem, completion)` grades samples for rejection sampling and PTS
+
+Sections, top to bottom:
+  1. Tokenizer      Phi-4's tokenizer (cl100k_base + 96 special tokens, vocab 100,352) and a byte-level
+                    BPE trained from scratch on our corpus, both on top of tiktoken; chat rendering
+  2. The world      problems, solutions, the answer extractor and the oracle
+  3. Decontamination  13-gram overlap between training text and held-out questions
+  4. Shards         uint32 token files with a header, memory-mapped, and a resumable batch loader
+  5. Building       `python data.py` builds the toy data set; `--input-dir` shards a user's own text
+
+Simplified: the world is arithmetic only (addition, subtraction, doubling), which is what a 1M-parameter
+model can learn on a CPU in minutes; the real Phi-4 pipelines (teacher LLMs) live in synth.py.
+
+Commands:
+    python data.py                                   # build out/data/toy (tokenizer + shards + eval set)
+    python data.py --input-dir my_texts --tokenizer phi4 --out out/data/mine   # shard your own text
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import regex
+import tiktoken
+import tiktoken.load
+from tqdm import tqdm
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Tokenizer
+
+# cl100k_base's pre-tokenizer: text is first split into "words" by this pattern (contractions, runs of
+# letters with one leading non-letter, numbers of at most 3 digits, punctuation runs, whitespace), and
+# BPE merges never cross these boundaries. The toy BPE uses the same pattern, so the two tokenizers
+# differ only in their learned merges.
+CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+CL100K_N_RANKS = 100256
+
+
+def _phi4_special_names() -> list[str]:
+    """Phi-4's 96 special tokens in id order (ids 100256..100351, PHI4.md section 2)."""
+    names = ["<|dummy_0|>", "<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+    names += [f"<|dummy_{k}|>" for k in range(1, 4)]
+    names += ["<|im_start|>", "<|im_end|>", "<|im_sep|>"]
+    names += [f"<|dummy_{k}|>" for k in range(4, 13)]
+    names += ["<|endofprompt|>"]
+    names += [f"<|dummy_{k}|>" for k in range(13, 88)]
+    return names
+
+
+PHI4_SPECIAL_NAMES = _phi4_special_names()
+PAD_TOKEN = "<|dummy_85|>"  # Phi-4's pad (id 100349): distinct from eos, so the model learns to stop
+
+
+class Tokenizer:
+    """Byte-level BPE on top of tiktoken, with Phi-4's special tokens.
+
+    Two flavours share this class: `Tokenizer.phi4(path)` (the real one, vocab 100,352) and
+    `Tokenizer.train(text, vocab_size)` (learned from scratch on our corpus). Special tokens always
+    follow the learned ranks in Phi-4's order, so `<|im_end|>` is rank_count + 9 in both.
+    """
+
+    def __init__(self, name: str, mergeable_ranks: dict[bytes, int], pattern: str = CL100K_PATTERN):
+        self.name = name
+        self.pattern = pattern
+        self.mergeable_ranks = mergeable_ranks
+        n_ranks = len(mergeable_ranks)
+        self.special_tokens = {token: n_ranks + i for i, token in enumerate(PHI4_SPECIAL_NAMES)}
+        self.encoding = tiktoken.Encoding(
+            name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
+        )
+        self.vocab_size = n_ranks + len(PHI4_SPECIAL_NAMES)
+        # The ids the rest of the code needs by name.
+        self.bos_id = self.special_tokens["<|endoftext|>"]  # also the document separator in shards
+        self.im_start_id = self.special_tokens["<|im_start|>"]
+        self.im_sep_id = self.special_tokens["<|im_sep|>"]
+        self.im_end_id = self.special_tokens["<|im_end|>"]  # Phi-4's eos: generation stops here
+        self.eos_id = self.im_end_id
+        self.pad_id = self.special_tokens[PAD_TOKEN]
+
+    # -- constructors --------------------------------------------------------------------------
+
+    @classmethod
+    def phi4(cls, path: str | None = None) -> "Tokenizer":
+        """Phi-4's tokenizer: cl100k_base ranks plus the 96 special tokens, vocabulary 100,352.
+
+        `path` is a local cl100k_base.tiktoken file (offline use, checked against its sha256); without
+        one, $CL100K_PATH is tried, then tiktoken's own download (needs internet once, then cached).
+        """
+        path = path or os.environ.get("CL100K_PATH")
+        if path is not None:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"tokenizer rank file not found: {path} (set --tokenizer-path)")
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            if digest != CL100K_SHA256:
+                raise ValueError(f"{path} is not cl100k_base.tiktoken (sha256 {digest[:12]}... differs)")
+            ranks = tiktoken.load.load_tiktoken_bpe(path)
+        else:
+            ranks = tiktoken.get_encoding("cl100k_base")._mergeable_ranks
+        assert len(ranks) == CL100K_N_RANKS, "cl100k_base should have 100,256 ranks"
+        return cls("phi4", ranks)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, name: str = "toy-bpe", verbose: bool = False) -> "Tokenizer":
+        """Learn a byte-level BPE of `vocab_size` ids (96 of them special) from `text`.
+
+        The classic algorithm: start from the 256 single bytes, then repeatedly merge the most frequent
+        adjacent pair of tokens into a new token. Two things make it fast enough for a few thousand
+        merges in seconds: (1) we count unique pre-tokenized words once with their frequencies, since
+        natural text repeats words a lot; (2) after each merge we update pair counts only for the
+        words that contain the merged pair, found through an index pair -> words.
+        """
+        n_merges = vocab_size - len(PHI4_SPECIAL_NAMES) - 256
+        if n_merges < 0:
+            raise ValueError(f"vocab_size must be at least {256 + len(PHI4_SPECIAL_NAMES)}, got {vocab_size}")
+        word_counts = Counter(regex.findall(CL100K_PATTERN, text))
+        if not word_counts:
+            raise ValueError("cannot train a tokenizer on empty text")
+        words = [list(w.encode("utf-8")) for w in word_counts]  # each word as a list of token ids
+        freqs = list(word_counts.values())
+        token_bytes = [bytes([i]) for i in range(256)]  # id -> the bytes it stands for
+
+        pair_counts: Counter = Counter()
+        pair_words: dict[tuple[int, int], set[int]] = {}  # which words contain each pair
+        for w, (ids, freq) in enumerate(zip(words, freqs)):
+            for pair in zip(ids, ids[1:]):
+                pair_counts[pair] += freq
+                pair_words.setdefault(pair, set()).add(w)
+
+        for _ in tqdm(range(n_merges), desc="training BPE", disable=not verbose):
+            if not pair_counts:
+                break  # every word is a single token already: the corpus is too small for this vocab
+            # Most frequent pair; ties broken by the pair itself so training is deterministic.
+            best = max(pair_counts.items(), key=lambda item: (item[1], item[0]))[0]
+            new_id = len(token_bytes)
+            token_bytes.append(token_bytes[best[0]] + token_bytes[best[1]])
+            for w in pair_words.pop(best, ()):
+                ids, freq = words[w], freqs[w]
+                # Remove this word's old pairs from the counts, merge, then add its new pairs back.
+                for pair in zip(ids, ids[1:]):
+                    pair_counts[pair] -= freq
+                    if pair_counts[pair] <= 0:
+                        del pair_counts[pair]
+                merged, i = [], 0
+                while i < len(ids):
+                    if i + 1 < len(ids) and (ids[i], ids[i + 1]) == best:
+                        merged.append(new_id)
+                        i += 2
+                    else:
+                        merged.append(ids[i])
+                        i += 1
+                words[w] = merged
+                for pair in zip(merged, merged[1:]):
+                    pair_counts[pair] += freq
+                    pair_words.setdefault(pair, set()).add(w)
+        # tiktoken applies merges by rank: the earlier a token was learned, the lower its rank.
+        ranks = {b: i for i, b in enumerate(token_bytes)}
+        return cls(name, ranks)
+
+    # -- saving and loading (plain JSON, no pickled code) --------------------------------------
+
+    def save(self, path: str):
+        ranks = [None] * len(self.mergeable_ranks)
+        for token, rank in self.mergeable_ranks.items():
+            ranks[rank] = base64.b64encode(token).decode("ascii")
+        payload = {"name": self.name, "pattern": self.pattern, "ranks": ranks, "special_tokens": PHI4_SPECIAL_NAMES}
+        atomic_write_text(path, json.dumps(payload))
+
+    @classmethod
+    def load(cls, path: str) -> "Tokenizer":
+        try:
+            with open(path) as f:
+                payload = json.load(f)
+            ranks = {base64.b64decode(token): rank for rank, token in enumerate(payload["ranks"])}
+            return cls(payload["name"], ranks, payload["pattern"])
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"cannot read tokenizer file {path}: {error}") from error
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Text -> ids. By default special-token strings typed by a user stay plain text.
+
+        Only code that builds prompts from trusted templates passes allow_special=True; letting user
+        text become `<|im_end|>` would let anyone end a turn or forge a role (prompt injection).
+        """
+        if allow_special:
+            return self.encoding.encode(text, allowed_special="all")
+        return self.encoding.encode(text, disallowed_special=())
+
+    def decode(self, ids) -> str:
+        return self.encoding.decode(list(ids))
+
+    def render_chat(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+        """Phi-4 chat format -> (ids, loss_mask). Only assistant content and its <|im_end|> get loss.
+
+        <|im_start|>{role}<|im_sep|>{content}<|im_end|> per message, no newlines, no bos. The header
+        tokens of an assistant turn carry no loss: at inference we write them, the model does not.
+        """
+        ids, mask = [], []
+        for message in messages:
+            role, content = message["role"], message["content"]
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(f"unknown chat role {role!r}")
+            header = [self.im_start_id] + self.encode(role) + [self.im_sep_id]
+            body = self.encode(content) + [self.im_end_id]
+            ids += header + body
+            mask += [0] * len(header) + [int(role == "assistant")] * len(body)
+        return ids, mask
+
+    def render_prompt(self, messages: list[dict]) -> list[int]:
+        """The ids that ask the model for the next assistant turn: the chat, then an open assistant header."""
+        ids, _ = self.render_chat(messages)
+        return ids + [self.im_start_id] + self.encode("assistant") + [self.im_sep_id]
+
+
+def atomic_write_text(path: str, text: str):
+    """Write a file so that readers see either the old or the new content, never half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX when tmp and path are on the same filesystem
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The synthetic world
+#
+# A problem is a person with some items, then a chain of 1-4 operations (buy more, give away, double),
+# then a question. The worked solution states the start and one equation per operation, and ends with
+# "Answer: N" on its own line, the format the oracle reads. Numbers stay small (start <= 20, steps <= 9,
+# results <= 99) so that each equation is a fact a tiny model can learn.
+
+NAMES = (
+    "Mia Leo Ava Noah Emma Liam Zoe Omar Ivy Ezra Nora Hugo Lily Owen Ruby Felix Iris Jonah Maya Elias "
+    "Clara Theo Hana Arlo Vera Kai Lena Milo Sofia Amir Nina Rafael Tara Dev Julia Oscar Ada Marco Yara Sam"
+).split()
+ITEMS = (
+    "apples marbles stickers pencils cookies shells coins stamps books cards beads buttons "
+    "plums eggs kites candles rocks ribbons lemons cupcakes feathers acorns crayons balloons"
+).split()
+PLACES = "market fair library park bakery school garden harbor museum station".split()
+FEMALE = set("Mia Ava Emma Zoe Ivy Nora Lily Ruby Iris Maya Clara Hana Vera Lena Sofia Nina Tara Julia Ada Yara".split())
+
+
+@dataclass
+class Problem:
+    """One verifiable problem: the question, its worked solution (ending in the answer line), the answer."""
+
+    question: str
+    solution: str
+    answer: int
+    level: int  # number of operations, 1..4: the difficulty
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_problem(rng: random.Random, level: int) -> Problem:
+    """Draw one problem with `level` operations from the world (deterministic given rng's state)."""
+    name, friend = rng.sample(NAMES, 2)
+    item, place = rng.choice(ITEMS), rng.choice(PLACES)
+    he, his = ("she", "her") if name in FEMALE else ("he", "his")
+    value = rng.randint(2, 20)
+    sentences = [f"{name} has {value} {item}."]
+    steps = [f"{name} starts with {value} {item}."]
+    for _ in range(level):
+        kinds = ["add", "sub"] + (["double"] if value <= 15 else [])
+        if value <= 1:
+            kinds = ["add"]
+        kind = rng.choice(kinds)
+        if kind == "add":
+            n = rng.randint(1, min(9, 99 - value))
+            sentence = rng.choice([
+                f"Then {he} buys {n} more {item} at the {place}.",
+                f"Then {friend} gives {name} {n} more {item}.",
+                f"Then {he} finds {n} more {item} in the {place}.",
+            ])
+            steps.append(f"{name} gets {n} more: {value} + {n} = {value + n}.")
+            value += n
+        elif kind == "sub":
+            n = rng.randint(1, min(9, value - 1))
+            sentence = rng.choice([
+                f"Then {he} gives {n} {item} to {friend}.",
+                f"Then {he} loses {n} {item} on the way to the {place}.",
+                f"Then {he} sells {n} {item} at the {place}.",
+            ])
+            steps.append(f"{name} loses {n}: {value} - {n} = {value - n}.")
+            value -= n
+        else:
+            sentence = rng.choice([
+                f"Then the number of {item} {he} has doubles.",
+                f"Then {friend} gives {name} as many {item} as {he} already has.",
+            ])
+            steps.append(f"{name} doubles {his} {item}: {value} * 2 = {value * 2}.")
+            value *= 2
+        sentences.append(sentence)
+    sentences.append(f"How many {item} does {name} have now?")
+    steps.append(f"Answer: {value}")
+    return Problem(" ".join(sentences), "\n".join(steps), value, level)
+
+
+def problem_document(problem: Problem) -> str:
+    """The pretraining ("textbook") rendering of a problem; sample.py prompts with the part up to 'Solution:'."""
+    return f"Problem: {problem.question}\nSolution:\n{problem.solution}"
+
+
+def problem_prompt(problem: Problem) -> str:
+    return f"Problem: {problem.question}\nSolution:\n"
+
+
+def problem_chat(problem: Problem) -> list[dict]:
+    """The SFT rendering: the user asks, the assistant answers with the worked solution."""
+    return [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.solution}]
+
+
+def drill_document(rng: random.Random, n_lines: int = 12) -> str:
+    """Arithmetic drill lines ("7 + 5 = 12"): the facts every solution step relies on."""
+    lines = []
+    for _ in range(n_lines):
+        a = rng.randint(1, 90)
+        op = rng.choice("+-*")
+        if op == "+":
+            b = rng.randint(1, min(9, 99 - a))
+            lines.append(f"{a} + {b} = {a + b}")
+        elif op == "-":
+            b = rng.randint(1, 9) if a > 9 else rng.randint(1, a)
+            lines.append(f"{a} - {b} = {a - b}")
+        else:
+            a = rng.randint(1, 49)
+            lines.append(f"{a} * 2 = {a * 2}")
+    return "Practice:\n" + "\n".join(lines)
+
+
+# "Answer: 42" on the last answer line; tolerate markdown bold, a trailing period, spaces and commas.
+ANSWER_RE = regex.compile(r"Answer\s*[:=]\s*\**\s*(-?[\d,]+)")
+
+
+def extract_answer(text: str) -> int | None:
+    """The integer after the last 'Answer:' in text, or None when there is none (malformed output)."""
+    matches = ANSWER_RE.findall(text)
+    if not matches:
+        return None
+    digits = matches[-1].replace(",", "")
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
+def check(problem: Problem, completion: str) -> bool:
+    """The oracle: does the completion's final answer equal the problem's? (Only the answer counts.)"""
+    return extract_answer(completion) == problem.answer
+
+
+def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
+    """n problems with levels cycling through `levels`, deterministic in seed."""
+    rng = random.Random(seed)
+    return [make_problem(rng, levels[i % len(levels)]) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Decontamination (report section 2: a 13-gram overlap with an evaluation set flags a sample)
+
+
+def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
+    """Word n-grams of lowercased text with punctuation dropped."""
+    words = regex.findall(r"\p{L}+|\p{N}+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def decontaminate(texts: list[str], eval_texts: list[str], n: int = 13) -> tuple[list[str], int]:
+    """Drop every training text sharing an n-gram with any eval text; return (kept, n_dropped).
+
+    We index the eval questions, not their solutions: the worked solutions are formulaic equations
+    ("12 + 5 = 17.") shared by thousands of unrelated problems, so their n-grams say nothing about
+    leakage, whereas a shared 13-word stretch of question text means the problem itself leaked.
+    """
+    banned = set()
+    for text in eval_texts:
+        banned |= ngrams(text, n)
+    kept = [text for text in texts if not (ngrams(text, n) & banned)]
+    return kept, len(texts) - len(kept)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Token shards and the loader
+#
+# A shard is a flat uint32 array of token ids (uint16 cannot hold Phi-4's 100,352 ids) after a 16-byte
+# header: 8 magic bytes and the token count. Documents are separated by <|endoftext|>. Memory-mapping
+# lets a loader read any window without loading the file, so shards can be far larger than RAM.
+
+SHARD_MAGIC = b"PHI4TOK1"
+HEADER_BYTES = 16
+
+
+def write_shard(path: str, tokens) -> None:
+    tokens = np.asarray(tokens, dtype=np.uint32)
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(SHARD_MAGIC + np.uint64(len(tokens)).tobytes())
+        f.write(tokens.tobytes())
+    os.replace(tmp, path)
+
+
+def read_shard(path: str) -> np.ndarray:
+    """Memory-map a shard (no copy); checks the header so a truncated or foreign file fails clearly."""
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+    if len(header) < HEADER_BYTES or header[:8] != SHARD_MAGIC:
+        raise ValueError(f"{path} is not a token shard (bad header); rebuild it with `python data.py`")
+    n_tokens = int(np.frombuffer(header[8:], dtype=np.uint64)[0])
+    expected = HEADER_BYTES + 4 * n_tokens
+    if os.path.getsize(path) != expected:
+        raise ValueError(f"{path} is truncated or corrupt ({os.path.getsize(path)} bytes, expected {expected})")
+    return np.memmap(path, dtype=np.uint32, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
+
+
+class TokenLoader:
+    """Batches of (inputs, targets), each (B, T), read in order from a stream of shards.
+
+    Every step consumes one global batch of world_size * B rows of T+1 tokens (targets are the inputs
+    shifted by one); rank r takes rows r*B .. r*B+B-1, so ranks never see the same tokens and the
+    union over ranks does not depend on how many there are. The position is one integer, so resuming
+    is exact: `state_dict()` goes into the checkpoint and `load_state_dict()` continues from it.
+    """
+
+    def __init__(self, paths: list[str], batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
+        if not paths:
+            raise ValueError("no token shards given; build them with `python data.py` (or pass --data)")
+        self.shards = [read_shard(p) for p in paths]
+        self.total = sum(len(s) for s in self.shards)
+        self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.row = seq_len + 1
+        if self.total < world_size * batch_size * self.row:
+            raise ValueError(
+                f"shards hold {self.total} tokens, fewer than one batch ({world_size}x{batch_size}x{self.row}); "
+                "lower --batch-size / --seq-len or add data"
+            )
+        self.position = 0  # token offset of the next global batch in the concatenated stream
+        self.epoch = 0
+
+    def _read(self, start: int, n: int) -> np.ndarray:
+        """n tokens from the concatenated stream starting at `start` (may span shards)."""
+        out, offset = [], start
+        for shard in self.shards:
+            if offset >= len(shard):
+                offset -= len(shard)
+                continue
+            piece = shard[offset : offset + n - sum(len(p) for p in out)]
+            out.append(np.asarray(piece))
+            offset = 0
+            if sum(len(p) for p in out) == n:
+                break
+        return np.concatenate(out)
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        global_tokens = self.world_size * self.B * self.row
+        if self.position + global_tokens > self.total:
+            # Start the next epoch from the top: the synthetic data is repeated, as Phi-4 did (~14 epochs).
+            self.position, self.epoch = 0, self.epoch + 1
+        start = self.position + self.rank * self.B * self.row
+        rows = self._read(start, self.B * self.row).astype(np.int64).reshape(self.B, self.row)  # (B, T+1)
+        self.position += global_tokens
+        return rows[:, :-1], rows[:, 1:]  # inputs (B, T), targets (B, T)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict):
+        self.position, self.epoch = int(state["position"]), int(state["epoch"])
+
+
+def shard_paths(data_dir: str, split: str) -> list[str]:
+    """The shards of one split (`train` or `val`) in a data directory, in order."""
+    if not os.path.isdir(data_dir):
+        return []
+    return sorted(
+        os.path.join(data_dir, f) for f in os.listdir(data_dir) if f.startswith(f"{split}_") and f.endswith(".bin")
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Building data sets
+
+TOY_DATA_DIR = os.path.join("out", "data", "toy")
+TOY_VOCAB = 1024  # an upper bound: the toy world has fewer distinct words, so BPE stops near 800
+EVAL_SEED = 1_000_003  # the held-out split comes from its own seed, never from the training stream
+
+
+def tokenize_documents(tokenizer: Tokenizer, documents: list[str], desc: str) -> np.ndarray:
+    """Concatenate documents as ids, each preceded by <|endoftext|> (the document separator)."""
+    ids = []
+    for document in tqdm(documents, desc=desc, unit="doc", mininterval=1.0):
+        ids.append(tokenizer.bos_id)
+        ids.extend(tokenizer.encode(document))
+    return np.array(ids, dtype=np.uint32)
+
+
+def write_split(tokenizer, documents, out_dir, split, shard_tokens=50_000_000) -> int:
+    tokens = tokenize_documents(tokenizer, documents, desc=f"tokenizing {split}")
+    for i, start in enumerate(range(0, len(tokens), shard_tokens)):
+        write_shard(os.path.join(out_dir, f"{split}_{i:03d}.bin"), tokens[start : start + shard_tokens])
+    return len(tokens)
+
+
+def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_eval: int = 500, seed: int = 1337):
+    """The synthetic world as pretraining shards, an SFT chat set and a decontaminated eval split.
+
+    Writes tokenizer.json, train_*.bin, val_*.bin, eval.jsonl (held-out problems), sft.jsonl
+    (training problems in chat form, for the SFT stage) and meta.json (counts, decontamination).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(seed)
+    eval_problems = make_split(EVAL_SEED, n_eval)
+    eval_questions = [p.question for p in eval_problems]
+
+    # Training problems: a third of them also appear as chat data for SFT later; drills teach the facts.
+    problems = [make_problem(rng, rng.randint(1, 4)) for _ in tqdm(range(n_problems), desc="world", unit="problem")]
+    # Exact repeats of an eval question are removed first, then the 13-gram rule removes near-copies.
+    eval_set = set(eval_questions)
+    problems = [p for p in problems if p.question not in eval_set]
+    kept_questions, n_dropped = decontaminate([p.question for p in problems], eval_questions)
+    kept = set(kept_questions)
+    problems = [p for p in problems if p.question in kept]
+    documents = [problem_document(p) for p in problems] + [drill_document(rng) for _ in range(n_problems // 6)]
+    rng.shuffle(documents)
+    n_val = max(1, len(documents) // 50)
+    val_documents, train_documents = documents[:n_val], documents[n_val:]
+
+    # The tokenizer learns from (a sample of) the training text only.
+    tokenizer = Tokenizer.train("\n".join(train_documents[:20_000]), TOY_VOCAB, verbose=True)
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    n_train = write_split(tokenizer, train_documents, out_dir, "train")
+    n_val_tokens = write_split(tokenizer, val_documents, out_dir, "val")
+
+    with open(os.path.join(out_dir, "eval.jsonl"), "w") as f:
+        for p in eval_problems:
+            f.write(json.dumps(p.to_dict()) + "\n")
+    with open(os.path.join(out_dir, "sft.jsonl"), "w") as f:
+        for p in problems[: len(problems) // 3]:
+            f.write(json.dumps(p.to_dict()) + "\n")
+    meta = {
+        "problems": len(problems),
+        "dropped_by_13gram": n_dropped,
+        "documents": len(documents),
+        "train_tokens": n_train,
+        "val_tokens": n_val_tokens,
+        "eval_problems": n_eval,
+        "vocab_size": tokenizer.vocab_size,
+        "seed": seed,
+    }
+    atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2))
+    return meta
+
+
+def read_problems(path: str) -> list[Problem]:
+    with open(path) as f:
+        return [Problem(**json.loads(line)) for line in f if line.strip()]
+
+
+def read_text_folder(folder: str) -> list[str]:
+    """Documents from a folder: each .txt file is one document; each .jsonl line with a "text" field is one."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"--input-dir {folder} is not a folder")
+    documents = []
+    for root, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                if name.endswith(".txt"):
+                    with open(path, encoding="utf-8") as f:
+                        documents.append(f.read())
+                elif name.endswith(".jsonl"):
+                    with open(path, encoding="utf-8") as f:
+                        documents += [json.loads(line)["text"] for line in f if line.strip()]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError) as error:
+                raise ValueError(f"cannot read {path}: {error} (each .jsonl line needs a 'text' field)")
+    documents = [d for d in documents if d.strip()]
+    if not documents:
+        raise ValueError(f"--input-dir {folder} holds no non-empty .txt or .jsonl documents")
+    return documents
+
+
+def build_from_folder(input_dir, out_dir, tokenizer_kind, vocab_size, tokenizer_path=None) -> dict:
+    """Shard a user's own documents with Phi-4's tokenizer or a BPE trained on them."""
+    documents = read_text_folder(input_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    if tokenizer_kind == "phi4":
+        tokenizer = Tokenizer.phi4(tokenizer_path)
+    else:
+        tokenizer = Tokenizer.train("\n".join(documents)[:20_000_000], vocab_size, verbose=True)
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    random.Random(0).shuffle(documents)
+    n_val = max(1, len(documents) // 100) if len(documents) > 1 else 0
+    meta = {"train_tokens": write_split(tokenizer, documents[n_val:], out_dir, "train"), "vocab_size": tokenizer.vocab_size}
+    if n_val:
+        meta["val_tokens"] = write_split(tokenizer, documents[:n_val], out_dir, "val")
+    atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2))
+    return meta
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description="Build token shards. With no flags: the toy synthetic world into out/data/toy.",
+        epilog=(
+            "Your own data: put .txt files (one document each) and/or .jsonl files (one {'text': ...} per "
+            "line) in a folder, then run `python data.py --input-dir FOLDER --out out/data/mine "
+            "--tokenizer phi4 --tokenizer-path cl100k_base.tiktoken` (Phi-4's tokenizer) or "
+            "`--tokenizer bpe --vocab-size 8192` (a BPE trained on your text). Train on it with "
+            "`python train.py --data out/data/mine`."
+        ),
+    )
+    parser.add_argument("--out", default=None, help="output folder (default out/data/toy, or required with --input-dir)")
+    parser.add_argument("--input-dir", default=None, help="folder of .txt/.jsonl documents to shard instead of the toy world")
+    parser.add_argument("--tokenizer", choices=("phi4", "bpe"), default="bpe", help="with --input-dir: which tokenizer")
+    parser.add_argument("--tokenizer-path", default=None, help="local cl100k_base.tiktoken for --tokenizer phi4")
+    parser.add_argument("--vocab-size", type=int, default=TOY_VOCAB, help="with --tokenizer bpe: total vocabulary")
+    parser.add_argument("--n-problems", type=int, default=60_000, help="toy world: training problems")
+    parser.add_argument("--seed", type=int, default=1337, help="toy world: generator seed")
+    args = parser.parse_args()
+    try:
+        if args.input_dir:
+            if not args.out:
+                parser.error("--input-dir needs --out (where to write the shards)")
+            meta = build_from_folder(args.input_dir, args.out, args.tokenizer, args.vocab_size, args.tokenizer_path)
+        else:
+            meta = build_toy_dataset(args.out or TOY_DATA_DIR, n_problems=args.n_problems, seed=args.seed)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    print(json.dumps(meta, indent=2))

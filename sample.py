@@ -1,0 +1,234 @@
+"""Generation: sampling from a trained Phi-4-style model with a KV cache.
+
+Decoding is two phases. Prefill runs the whole prompt through the model once, filling the KV cache
+(model.KVCache) with every layer's keys and values. Decode then feeds one new token at a time: each
+step costs a forward over a single position, attending to the cache, instead of re-running the whole
+sequence. Phi-4 generation starts after `<|im_start|>assistant<|im_sep|>` and stops at `<|im_end|>`
+(PHI4.md section 2); pretraining-style documents stop at `<|endoftext|>`.
+
+Commands:
+    python sample.py                                 # newest checkpoint in out/: worked solutions to held-out problems
+    python sample.py --init out/pretrain --prompt "Problem: Mia has 3 apples." --num-samples 3 --temperature 0.8
+    python sample.py --chat --prompt "Mia has 3 apples. ..."    # Phi-4 chat format (for SFT checkpoints)
+    python sample.py --bench                         # decode tokens/s with and without the KV cache
+
+Simplified: prompts in one batch have the same length (left padding is not needed by this repo's
+callers: rollouts repeat one prompt), and there is no speculative decoding or paged cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import torch
+
+import data
+from model import KVCache, Phi4
+from train import load_checkpoint, model_from_checkpoint, resolve_device
+
+# ----------------------------------------------------------------------------------------------------
+# Choosing the next token
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V) -> (B,). temperature 0 means greedy (argmax).
+
+    top_k keeps the k most likely tokens; top_p keeps the smallest set whose probability reaches p
+    (nucleus sampling). Both cut off the long tail of unlikely tokens, where most sampling errors of a
+    small model come from. They compose: top-k first, then top-p within what is left.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the first token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+
+
+@torch.no_grad()
+def generate(
+    model: Phi4,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens=(),
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B, T + n).
+
+    A row that emits one of `stop_tokens` keeps it and is padded with it afterwards; generation ends
+    early once every row has stopped. `seed` makes sampling reproducible (a private generator, so the
+    global RNG is untouched). `use_cache=False` recomputes the whole sequence at every step: the slow
+    reference that the tests compare the cache against.
+    """
+    model.eval()
+    B, T = idx.shape
+    limit = model.config.max_seq_len
+    if T >= limit:
+        raise ValueError(f"prompt of {T} tokens does not fit the model's context of {limit}; shorten the prompt")
+    max_new_tokens = min(max_new_tokens, limit - T)  # never run past the RoPE table
+    device = idx.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, B, T + max_new_tokens, device=device, dtype=dtype) if use_cache else None
+
+    def last_logits(tokens: torch.Tensor) -> torch.Tensor:
+        # Only the last position's logits are needed: skip the LM head (the largest matmul) elsewhere.
+        hidden = model.hidden_states(tokens, cache)  # (B, t, C)
+        return model.lm_head(hidden[:, -1])  # (B, V)
+
+    logits = last_logits(idx)  # prefill
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    out = idx
+    for _ in range(max_new_tokens):
+        next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        # Rows that already stopped repeat their stop token instead of generating more.
+        next_token = torch.where(finished, out[:, -1], next_token)
+        out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
+        if len(stop):
+            finished |= torch.isin(next_token, stop)
+            if bool(finished.all()):
+                break
+        logits = last_logits(next_token[:, None] if use_cache else out)
+    return out
+
+
+def completions(tokenizer: data.Tokenizer, out: torch.Tensor, prompt_len: int, stop_tokens=()) -> list[str]:
+    """Decode the generated part of each row, cut at (and without) its first stop token."""
+    texts = []
+    for row in out[:, prompt_len:].tolist():
+        for i, token in enumerate(row):
+            if token in stop_tokens:
+                row = row[:i]
+                break
+        texts.append(tokenizer.decode(row))
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def newest_checkpoint(root: str = "out") -> str | None:
+    """The folder of the most recently written ckpt.pt under root, or None."""
+    files = glob.glob(os.path.join(root, "**", "ckpt.pt"), recursive=True)
+    return os.path.dirname(max(files, key=os.path.getmtime)) if files else None
+
+
+def load_model(path: str, device="cpu") -> tuple[Phi4, data.Tokenizer]:
+    """A train.py checkpoint folder -> (model in eval mode, its tokenizer)."""
+    state = load_checkpoint(path, device)
+    model = model_from_checkpoint(state, device).eval()
+    tokenizer_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "tokenizer.json")
+    if not os.path.exists(tokenizer_file):
+        raise ValueError(f"{tokenizer_file} is missing; a checkpoint folder from train.py holds one")
+    return model, data.Tokenizer.load(tokenizer_file)
+
+
+def decode_speed(model, prompt: torch.Tensor, n_tokens: int, use_cache: bool) -> float:
+    """Tokens/s of greedy decoding of n_tokens after `prompt` (no stop tokens, so exactly n_tokens)."""
+    start = time.perf_counter()
+    generate(model, prompt, n_tokens, temperature=0, use_cache=use_cache)
+    if prompt.device.type == "cuda":
+        torch.cuda.synchronize()
+    return n_tokens * prompt.shape[0] / (time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Sample from a checkpoint.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--init", default=None, help="checkpoint folder (default: the newest under out/)")
+    parser.add_argument("--prompt", default=None, help="text to continue (default: held-out toy problems)")
+    parser.add_argument("--chat", action="store_true", help="wrap --prompt as a user turn in Phi-4's chat format")
+    parser.add_argument("--num-samples", type=int, default=3, help="completions (or held-out problems) to show")
+    parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens to generate per completion")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl (default prompts)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+    parser.add_argument("--bench", action="store_true", help="measure decode tokens/s with and without the KV cache")
+    args = parser.parse_args()
+
+    try:
+        device = resolve_device(args.device)
+        path = args.init or newest_checkpoint()
+        if path is None:
+            raise ValueError("no checkpoint under out/; train one with `python train.py` or pass --init DIR")
+        model, tokenizer = load_model(path, device)
+        print(f"loaded {path}: {model.num_params():,} parameters, context {model.config.max_seq_len}")
+
+        if args.bench:
+            # Same prompt, same number of tokens, greedy; medians of 3 runs, measured side by side.
+            prompt = torch.tensor([tokenizer.encode("Problem: Mia has 3 apples.")], device=device)
+            n = min(args.max_new_tokens, model.config.max_seq_len - prompt.shape[1] - 1)
+            for use_cache in (True, False):
+                speeds = sorted(decode_speed(model, prompt, n, use_cache) for _ in range(3))
+                print(f"decode {'with' if use_cache else 'without'} KV cache: {speeds[1]:,.0f} tokens/s ({n} tokens, batch 1)")
+            sys.exit(0)
+
+        if args.prompt is not None and args.chat:
+            prompts = [tokenizer.render_prompt([{"role": "user", "content": args.prompt}])] * args.num_samples
+            stop, problems = (tokenizer.im_end_id,), None
+        elif args.prompt is not None:
+            prompts = [tokenizer.encode(args.prompt)] * args.num_samples
+            stop, problems = (tokenizer.bos_id,), None
+        else:
+            eval_file = os.path.join(args.data, "eval.jsonl")
+            if not os.path.exists(eval_file):
+                raise ValueError(f"{eval_file} not found; pass --prompt or build data with `python data.py`")
+            problems = data.read_problems(eval_file)[: args.num_samples]
+            prompts = [tokenizer.encode(data.problem_prompt(p)) for p in problems]
+            stop = (tokenizer.bos_id, tokenizer.im_end_id)
+
+        n_generated, elapsed = 0, 0.0
+        for i, prompt in enumerate(prompts):
+            idx = torch.tensor([prompt], device=device)
+            start = time.perf_counter()
+            out = generate(
+                model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                stop_tokens=stop, seed=args.seed + i, use_cache=not args.no_cache,
+            )
+            elapsed += time.perf_counter() - start
+            n_generated += out.shape[1] - idx.shape[1]
+            text = completions(tokenizer, out, idx.shape[1], stop)[0]
+            print("-" * 80)
+            print(tokenizer.decode(prompt) + text)
+            if problems is not None:
+                verdict = "correct" if data.check(problems[i], text) else "wrong"
+                print(f"[oracle: {verdict}; expected {problems[i].answer}]")
+        print("-" * 80)
+        print(f"{n_generated} tokens in {elapsed:.2f}s: {n_generated / max(elapsed, 1e-9):,.1f} tokens/s")
+    except ValueError as error:
+        sys.exit(f"error: {error}")

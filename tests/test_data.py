@@ -1,0 +1,313 @@
+"""data.py: Phi-4's tokenizer against its known ids, the trained BPE against a naive merge oracle,
+chat rendering masks, the world's oracle, 13-gram decontamination, shards and the resumable loader."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import data
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNICODE_SAMPLES = [
+    "hello world",
+    "Ünïcödé → ∑ 数学 😀 עברית\n\t  spaces   ",
+    "<|im_end|> typed by a user",
+    "".join(chr(c) for c in range(0x20, 0x2FF)),
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def phi4(cl100k_path):
+    return data.Tokenizer.phi4(cl100k_path)
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer():
+    rng = random.Random(0)
+    text = "\n".join(data.problem_document(data.make_problem(rng, 3)) for _ in range(300))
+    return data.Tokenizer.train(text, 512)
+
+
+# -- Phi-4's tokenizer ----------------------------------------------------------------------------
+
+
+def test_phi4_tokenizer_encodes_the_known_special_token_string(phi4):
+    ids = phi4.encode("<|im_start|>Hello<|im_sep|> World<|im_end|><|dummy_85|>", allow_special=True)
+    assert ids == [100264, 9906, 100266, 4435, 100265, 100349]
+    assert phi4.encode("assistant") == [78191]
+
+
+def test_phi4_tokenizer_has_vocab_100352_with_special_ids_of_the_release(phi4):
+    assert phi4.vocab_size == 100352
+    expected = {
+        "<|dummy_0|>": 100256, "<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+        "<|fim_suffix|>": 100260, "<|dummy_3|>": 100263, "<|im_start|>": 100264, "<|im_end|>": 100265,
+        "<|im_sep|>": 100266, "<|dummy_4|>": 100267, "<|dummy_12|>": 100275, "<|endofprompt|>": 100276,
+        "<|dummy_13|>": 100277, "<|dummy_85|>": 100349, "<|dummy_87|>": 100351,
+    }
+    for token, token_id in expected.items():
+        assert phi4.special_tokens[token] == token_id, token
+    assert (phi4.bos_id, phi4.eos_id, phi4.pad_id) == (100257, 100265, 100349)
+
+
+def test_phi4_tokenizer_rejects_a_file_that_is_not_cl100k(tmp_path):
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("aGVsbG8= 0\n")
+    with pytest.raises(ValueError, match="sha256"):
+        data.Tokenizer.phi4(str(bad))
+
+
+@pytest.mark.parametrize("text", UNICODE_SAMPLES)
+def test_phi4_encode_decode_round_trips_arbitrary_unicode(phi4, text):
+    assert phi4.decode(phi4.encode(text)) == text
+
+
+def test_user_text_never_turns_into_special_tokens(phi4):
+    ids = phi4.encode("<|im_end|><|endoftext|>")
+    assert not set(ids) & set(phi4.special_tokens.values())
+
+
+# -- the BPE trained from scratch ----------------------------------------------------------------
+
+
+def naive_bpe_encode(tokenizer: data.Tokenizer, text: str) -> list[int]:
+    """The oracle: split with the pattern, then merge the lowest-ranked adjacent pair until none is left."""
+    ids = []
+    for word in data.regex.findall(tokenizer.pattern, text):
+        parts = [bytes([b]) for b in word.encode("utf-8")]
+        while True:
+            candidates = [(tokenizer.mergeable_ranks.get(a + b), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            candidates = [c for c in candidates if c[0] is not None]
+            if not candidates:
+                break
+            _, i = min(candidates)
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids += [tokenizer.mergeable_ranks[p] for p in parts]
+    return ids
+
+
+def test_trained_bpe_encodes_like_a_naive_merge_loop(toy_tokenizer):
+    rng = random.Random(5)
+    text = data.problem_document(data.make_problem(rng, 4)) + "\nsomething unseen: zebra 12345!"
+    assert toy_tokenizer.encode(text) == naive_bpe_encode(toy_tokenizer, text)
+
+
+def test_trained_bpe_has_the_requested_vocab_with_specials_after_the_ranks(toy_tokenizer):
+    assert toy_tokenizer.vocab_size == 512
+    assert toy_tokenizer.special_tokens["<|dummy_0|>"] == 512 - 96
+    assert toy_tokenizer.im_end_id == 512 - 96 + 9  # the same offset as 100265 - 100256
+
+
+def test_trained_bpe_compresses_its_training_text(toy_tokenizer):
+    text = data.problem_document(data.make_problem(random.Random(1), 2))
+    assert len(toy_tokenizer.encode(text)) < len(text.encode("utf-8")) / 2
+
+
+@pytest.mark.parametrize("text", UNICODE_SAMPLES)
+def test_trained_bpe_round_trips_arbitrary_unicode(toy_tokenizer, text):
+    assert toy_tokenizer.decode(toy_tokenizer.encode(text)) == text
+
+
+def test_trained_bpe_saves_to_plain_json_and_loads_identically(toy_tokenizer, tmp_path):
+    path = tmp_path / "tok.json"
+    toy_tokenizer.save(str(path))
+    json.loads(path.read_text())  # plain data, no pickled code
+    loaded = data.Tokenizer.load(str(path))
+    text = "Problem: Mia has 7 apples. ∑ 😀"
+    assert loaded.encode(text) == toy_tokenizer.encode(text)
+    assert loaded.special_tokens == toy_tokenizer.special_tokens
+
+
+def test_training_on_empty_text_fails_clearly():
+    with pytest.raises(ValueError, match="empty"):
+        data.Tokenizer.train("", 512)
+
+
+# -- chat rendering -----------------------------------------------------------------------------
+
+
+def test_render_chat_uses_phi4_format_and_masks_only_assistant_content_and_im_end(phi4):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    ids, mask = phi4.render_chat(messages)
+    expected_text = (
+        "<|im_start|>system<|im_sep|>Be brief.<|im_end|><|im_start|>user<|im_sep|>Hi<|im_end|>"
+        "<|im_start|>assistant<|im_sep|>Hello<|im_end|>"
+    )
+    assert ids == phi4.encode(expected_text, allow_special=True)
+    assert len(mask) == len(ids)
+    hello = phi4.encode("Hello")
+    # Position by position: loss exactly on the assistant's content tokens and its <|im_end|>.
+    assert [i for i, m in enumerate(mask) if m] == list(range(len(ids) - len(hello) - 1, len(ids)))
+    assert ids[-1] == phi4.im_end_id
+
+
+def test_render_prompt_ends_with_an_open_assistant_header(phi4):
+    ids = phi4.render_prompt([{"role": "user", "content": "Hi"}])
+    assert ids[-3:] == [100264, 78191, 100266]
+
+
+# -- the synthetic world --------------------------------------------------------------------------
+
+
+def test_the_world_is_deterministic_in_its_seed():
+    a, b = data.make_split(42, 20), data.make_split(42, 20)
+    assert [p.to_dict() for p in a] == [p.to_dict() for p in b]
+    assert [p.question for p in data.make_split(43, 20)] != [p.question for p in a]
+
+
+def test_every_worked_solution_passes_the_oracle_and_recomputes_its_answer():
+    for problem in data.make_split(7, 400):
+        assert data.check(problem, problem.solution)
+        # Replay the equations: each line's result feeds the next, ending at the answer.
+        value = None
+        for line in problem.solution.splitlines():
+            if "=" in line:
+                lhs, rhs = line.split(":")[-1].split("=")
+                assert eval(lhs) == int(rhs.strip(" .")), line  # noqa: S307 - our own arithmetic
+                value = int(rhs.strip(" ."))
+        assert value == problem.answer
+        assert 0 <= problem.answer <= 99
+        assert problem.solution.count("\n") == problem.level + 1
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("x = 3.\nAnswer: 12", 12),
+        ("Answer: 5\nmore text\nAnswer: 7.", 7),  # the last answer line counts
+        ("**Answer:** 1,024", 1024),
+        ("Answer = -4", -4),
+        ("the answer is twelve", None),
+        ("", None),
+    ],
+)
+def test_extract_answer_reads_the_last_answer_line(text, answer):
+    assert data.extract_answer(text) == answer
+
+
+def test_oracle_rejects_a_wrong_final_answer():
+    problem = data.make_split(3, 1)[0]
+    assert not data.check(problem, problem.solution.rsplit("Answer:", 1)[0] + f"Answer: {problem.answer + 1}")
+
+
+def test_a_shared_13_gram_flags_a_training_text_and_12_shared_words_do_not():
+    words = [f"word{chr(97 + i)}" for i in range(20)]
+    eval_text = " ".join(words)
+    train_13 = "zz " + " ".join(words[3:16]) + " yy"
+    train_12 = "zz " + " ".join(words[3:15]) + " yy"
+    kept, dropped = data.decontaminate([train_13, train_12], [eval_text])
+    assert kept == [train_12] and dropped == 1
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    meta = data.build_toy_dataset(str(out), n_problems=1500, n_eval=100, seed=5)
+    return out, meta
+
+
+def test_held_out_questions_share_no_13_gram_with_any_training_text(built):
+    out, meta = built
+    tokenizer = data.Tokenizer.load(str(out / "tokenizer.json"))
+    eval_problems = data.read_problems(str(out / "eval.jsonl"))
+    banned = set().union(*(data.ngrams(p.question) for p in eval_problems))
+    for path in data.shard_paths(str(out), "train") + data.shard_paths(str(out), "val"):
+        text = tokenizer.decode(data.read_shard(path).tolist())
+        for document in text.split("<|endoftext|>"):
+            assert not data.ngrams(document) & banned
+    assert meta["eval_problems"] == 100
+
+
+# -- shards and the loader ------------------------------------------------------------------------
+
+
+def test_a_shard_round_trips_uint32_ids_above_65535(tmp_path):
+    path = str(tmp_path / "s.bin")
+    tokens = np.array([0, 100351, 70000, 5], dtype=np.uint32)
+    data.write_shard(path, tokens)
+    assert data.read_shard(path).tolist() == tokens.tolist()
+
+
+def test_a_truncated_shard_fails_with_a_clear_error(tmp_path):
+    path = str(tmp_path / "s.bin")
+    data.write_shard(path, np.arange(100, dtype=np.uint32))
+    with open(path, "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_shard(path)
+
+
+def make_loader_shards(tmp_path, n=1000):
+    paths = []
+    for i, chunk in enumerate(np.array_split(np.arange(n, dtype=np.uint32), 3)):  # the stream spans 3 shards
+        paths.append(str(tmp_path / f"train_{i:03d}.bin"))
+        data.write_shard(paths[-1], chunk)
+    return paths
+
+
+def test_loader_targets_are_inputs_shifted_by_one_across_shard_boundaries(tmp_path):
+    loader = data.TokenLoader(make_loader_shards(tmp_path), batch_size=2, seq_len=9)
+    for _ in range(60):  # past the end: wraps into a new epoch
+        inputs, targets = loader.next_batch()
+        assert inputs.shape == (2, 9)
+        assert (targets[:, :-1] == inputs[:, 1:]).all() and (targets[:, -1] == inputs[:, -1] + 1).all()
+    assert loader.epoch >= 1
+
+
+def test_loader_resumes_at_its_exact_position(tmp_path):
+    paths = make_loader_shards(tmp_path)
+    straight = data.TokenLoader(paths, 2, 7)
+    batches = [straight.next_batch()[0] for _ in range(40)]
+    first = data.TokenLoader(paths, 2, 7)
+    for _ in range(25):
+        first.next_batch()
+    resumed = data.TokenLoader(paths, 2, 7)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # it survives serialisation
+    for expected in batches[25:]:
+        assert (resumed.next_batch()[0] == expected).all()
+
+
+def test_loader_ranks_split_the_global_batch_of_a_single_process(tmp_path):
+    paths = make_loader_shards(tmp_path)
+    single = data.TokenLoader(paths, batch_size=4, seq_len=5)
+    ranks = [data.TokenLoader(paths, batch_size=2, seq_len=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(10):
+        whole = single.next_batch()[0]
+        parts = np.concatenate([loader.next_batch()[0] for loader in ranks])
+        assert (whole == parts).all()
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def run_data_cli(*args):
+    return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_an_empty_corpus_folder_exits_with_one_clear_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_data_cli("--input-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --input-dir")
+
+
+def test_a_users_text_folder_becomes_shards_with_a_trained_bpe(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The quick brown fox jumps over the lazy dog. " * 50)
+    (folder / "b.jsonl").write_text("\n".join(json.dumps({"text": f"Line {i} of a document."}) for i in range(30)))
+    result = run_data_cli("--input-dir", str(folder), "--out", str(tmp_path / "o"), "--vocab-size", "400")
+    assert result.returncode == 0, result.stderr
+    tokenizer = data.Tokenizer.load(str(tmp_path / "o" / "tokenizer.json"))
+    text = tokenizer.decode(data.read_shard(data.shard_paths(str(tmp_path / "o"), "train")[0]).tolist())
+    assert "quick brown fox" in text or "of a document" in text

@@ -1,0 +1,188 @@
+"""model.py against oracles: exact Phi-4 parameter count, attention implementations against each other,
+GQA against MHA with repeated heads, causality, the KV cache against full recompute, RoPE against a
+direct rotation, chunked cross-entropy against the plain one, and reproducible meta-device init."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, get_config, rope_tables
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=97, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96, max_seq_len=64)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+def tiny_model(seed=0, **overrides) -> Phi4:
+    model = Phi4(tiny_config(**overrides))
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+def test_14b_preset_on_the_meta_device_has_exactly_phi4s_parameter_count():
+    with torch.device("meta"):
+        model = Phi4(PRESETS["14b"])
+    assert model.num_params() == 14_659_507_200
+    # The per-part breakdown of PHI4.md section 1: two 513,802,240 embeddings and 40 equal blocks.
+    assert model.embed.weight.numel() == 513_802_240 == model.lm_head.weight.numel()
+    assert sum(p.numel() for p in model.blocks[0].parameters()) == 340_797_440
+
+
+def test_14b_preset_has_the_released_shape():
+    c = PRESETS["14b"]
+    assert (c.n_layer, c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.ffn_dim, c.vocab_size) == (
+        40, 5120, 40, 10, 128, 17920, 100352,
+    )
+    # KV cache bytes per token in bf16: 2 (k and v) * layers * kv heads * head dim * 2 bytes.
+    assert 2 * c.n_layer * c.n_kv_head * c.head_dim * 2 == 204_800
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(n_head=5), "d_model"),
+        (dict(n_kv_head=4), "n_head"),
+        (dict(attn_impl="flash"), "attn_impl"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(rope_theta=0.5), "rope_theta"),
+    ],
+)
+def test_bad_config_fails_at_construction_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_unknown_size_name_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="--size"):
+        get_config("15b")
+
+
+def test_naive_and_sdpa_attention_give_the_same_logits():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (3, 29))
+    naive = model(idx)
+    model.config.attn_impl = "sdpa"
+    sdpa = model(idx)
+    torch.testing.assert_close(naive, sdpa, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_equals_mha_with_each_kv_head_repeated():
+    gqa = tiny_model(attn_impl="naive")
+    mha = Phi4(tiny_config(n_kv_head=6, attn_impl="naive")).eval()
+    state = gqa.state_dict()
+    group = 6 // 2
+    D = gqa.config.head_dim
+    for name, tensor in list(state.items()):
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            # (K*D, C) -> (K, D, C) -> repeat each KV head for the G query heads of its group.
+            heads = tensor.view(2, D, -1)  # (K, D, C)
+            state[name] = heads.repeat_interleave(group, dim=0).reshape(6 * D, -1)  # (H*D, C)
+    mha.load_state_dict(state)
+    idx = torch.randint(0, 97, (2, 21))
+    torch.testing.assert_close(gqa(idx), mha(idx), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
+def test_changing_future_tokens_never_changes_earlier_logits(attn_impl):
+    model = tiny_model(attn_impl=attn_impl)
+    idx = torch.randint(0, 97, (2, 30))
+    changed = idx.clone()
+    changed[:, 17:] = torch.randint(0, 97, (2, 13))
+    torch.testing.assert_close(model(idx)[:, :17], model(changed)[:, :17], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(model(idx)[:, 17:], model(changed)[:, 17:])
+
+
+@pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
+def test_kv_cache_prefill_then_decode_matches_full_recompute(attn_impl):
+    model = tiny_model(attn_impl=attn_impl)
+    idx = torch.randint(0, 97, (2, 25))
+    full = model(idx)  # (B, T, V) without a cache
+    cache = KVCache(model.config, batch_size=2, max_len=25)
+    pieces = [model(idx[:, :10], cache=cache)]  # prefill 10 tokens
+    pieces.append(model(idx[:, 10:14], cache=cache))  # a chunk of 4 (bottom-right causal alignment)
+    for t in range(14, 25):  # then one token at a time
+        pieces.append(model(idx[:, t : t + 1], cache=cache))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 25
+
+
+def test_rope_is_the_rotate_half_rotation_of_channel_pairs_i_and_i_plus_half():
+    D, theta = 8, 10000.0
+    cos, sin = rope_tables(5, D, theta)
+    x = torch.randn(1, 1, 5, D)
+    out = apply_rope(x, cos, sin)
+    for m in range(5):
+        for i in range(D // 2):
+            angle = m * theta ** (-2 * i / D)
+            a, b = x[0, 0, m, i].item(), x[0, 0, m, i + D // 2].item()
+            assert out[0, 0, m, i].item() == pytest.approx(a * math.cos(angle) - b * math.sin(angle), abs=1e-5)
+            assert out[0, 0, m, i + D // 2].item() == pytest.approx(b * math.cos(angle) + a * math.sin(angle), abs=1e-5)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    cos, sin = rope_tables(40, 16, 10000.0)
+    q, k = torch.randn(16), torch.randn(16)
+    qs = apply_rope(q.expand(1, 1, 40, 16), cos, sin)[0, 0]  # (40, D)
+    ks = apply_rope(k.expand(1, 1, 40, 16), cos, sin)[0, 0]
+    assert (qs[7] @ ks[3]).item() == pytest.approx((qs[30] @ ks[26]).item(), rel=1e-4)
+
+
+def test_set_rope_rebuilds_tables_for_a_new_length_and_base():
+    model = tiny_model()
+    model.set_rope(max_seq_len=256, rope_theta=250_000.0)
+    cos, sin = rope_tables(256, model.config.head_dim, 250_000.0)
+    assert model.config.max_seq_len == 256 and model.config.rope_theta == 250_000.0
+    torch.testing.assert_close(model.rope_cos, cos)
+    torch.testing.assert_close(model.rope_sin, sin)
+    assert model.blocks[0].attn.config.rope_theta == 250_000.0
+    model(torch.zeros(1, 200, dtype=torch.long))  # positions past the old 64 now work
+
+
+def test_positions_beyond_the_rope_table_raise_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient():
+    model = tiny_model()
+    idx = torch.randint(0, 97, (2, 33))
+    targets = torch.randint(0, 97, (2, 33))
+    targets[0, :5] = -100  # ignored positions must not count
+    loss = model(idx, targets, loss_chunk=7)  # 66 tokens in chunks of 7: uneven on purpose
+    loss.backward()
+    chunked_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    reference = F.cross_entropy(model(idx).view(-1, 97), targets.view(-1), ignore_index=-100)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked_grad, model.lm_head.weight.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_meta_construction_then_init_weights_is_reproducible():
+    with torch.device("meta"):
+        a = Phi4(tiny_config())
+    a.to_empty(device="cpu")
+    a.init_weights(torch.Generator().manual_seed(3))
+    b = tiny_model(seed=3)
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(pa, pb, msg=name)
+    idx = torch.randint(0, 97, (1, 9))
+    torch.testing.assert_close(a(idx), b(idx))
+
+
+def test_init_gives_std_0_02_weights_and_unit_norm_gains():
+    model = tiny_model(d_model=96, n_head=6, ffn_dim=192)
+    assert model.blocks[0].mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.all(model.blocks[1].attn_norm.weight == 1)
+
+
+def test_flops_per_token_follows_the_palm_formula():
+    model = tiny_model()
+    c = model.config
+    n = model.num_params() - c.vocab_size * c.d_model  # the embedding lookup is not a matmul
+    assert model.flops_per_token(64) == 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * 64

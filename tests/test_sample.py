@@ -1,0 +1,83 @@
+"""sample.py: generation with the KV cache against full recomputation, the sampling filters against
+their definitions, stop tokens, seeding, and clear errors for prompts that do not fit."""
+
+import pytest
+import torch
+
+from model import ModelConfig, Phi4
+from sample import generate, sample_next
+
+
+def trained_looking_model(seed=0, attn_impl="sdpa") -> Phi4:
+    """A random model with a large init, so logits are well separated and greedy choices are stable."""
+    config = ModelConfig(vocab_size=61, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96, max_seq_len=64,
+                         init_std=0.2, attn_impl=attn_impl)
+    model = Phi4(config)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+@pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
+def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl):
+    model = trained_looking_model(attn_impl=attn_impl)
+    idx = torch.randint(0, 61, (3, 7), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, idx, 40, temperature=0, use_cache=True)
+    uncached = generate(model, idx, 40, temperature=0, use_cache=False)
+    assert cached.shape == (3, 47)
+    assert torch.equal(cached, uncached)
+
+
+def test_seeded_sampling_with_the_cache_equals_sampling_without_it():
+    model = trained_looking_model()
+    idx = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(2))
+    a = generate(model, idx, 30, temperature=1.0, top_k=20, seed=9, use_cache=True)
+    b = generate(model, idx, 30, temperature=1.0, top_k=20, seed=9, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_the_same_seed_gives_the_same_samples_and_another_seed_differs():
+    model = trained_looking_model()
+    idx = torch.zeros(4, 3, dtype=torch.long)
+    a = generate(model, idx, 25, temperature=1.5, seed=1)
+    assert torch.equal(a, generate(model, idx, 25, temperature=1.5, seed=1))
+    assert not torch.equal(a, generate(model, idx, 25, temperature=1.5, seed=2))
+
+
+def test_rows_stop_at_a_stop_token_and_are_padded_with_it():
+    model = trained_looking_model()
+    idx = torch.randint(0, 61, (4, 3), generator=torch.Generator().manual_seed(3))
+    free = generate(model, idx, 20, temperature=0)
+    stop = int(free[0, 6])  # a token row 0 is known to produce at its 4th generated step
+    out = generate(model, idx, 20, temperature=0, stop_tokens=[stop])
+    row = out[0, 3:].tolist()
+    first = row.index(stop)
+    assert first <= 3 and all(t == stop for t in row[first:])
+
+
+def test_top_k_of_one_and_a_tiny_top_p_both_equal_greedy():
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
+    greedy = logits.argmax(-1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(sample_next(logits, 1.0, top_p=1e-6, generator=g), greedy)
+
+
+def test_top_p_samples_only_from_the_smallest_set_reaching_p():
+    # Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two (0.5 < 0.7 <= 0.8).
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]])).repeat(2000, 1)
+    picks = sample_next(logits, 1.0, top_p=0.7, generator=torch.Generator().manual_seed(0))
+    assert set(picks.tolist()) == {1, 3}
+    share = (picks == 1).float().mean().item()
+    assert share == pytest.approx(0.5 / 0.8, abs=0.04)  # renormalised within the kept set
+
+
+def test_a_prompt_longer_than_the_context_raises_a_clear_error():
+    model = trained_looking_model()
+    with pytest.raises(ValueError, match="context"):
+        generate(model, torch.zeros(1, 64, dtype=torch.long), 5)
+
+
+def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping():
+    model = trained_looking_model()
+    out = generate(model, torch.zeros(1, 60, dtype=torch.long), 50, temperature=0)
+    assert out.shape == (1, 64)

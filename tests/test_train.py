@@ -1,0 +1,150 @@
+"""train.py: exact resume, overfitting one batch, a golden loss curve, the LR schedule, atomic checkpoints
+that survive an interrupted save, and one-line errors with a non-zero exit for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from train import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden_loss.json")
+
+
+def small_run(toy_data_dir, out, **overrides) -> TrainConfig:
+    """A seconds-long run of the toy preset: short sequences, small batches, no periodic eval."""
+    fields = dict(
+        data=toy_data_dir, out=str(out), steps=8, batch_size=4, seq_len=64, batch_tokens=512,
+        warmup_steps=2, eval_every=0, eval_batches=2, save_every=1000, seed=7, device="cpu",
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path):
+    straight = train.train(small_run(toy_data_dir, tmp_path / "a"))
+    first = train.train(small_run(toy_data_dir, tmp_path / "b", stop_at=3))
+    resumed = train.train(small_run(toy_data_dir, tmp_path / "b", resume=True))
+    assert [r["step"] for r in first + resumed] == list(range(1, 9))
+    # Identical on CPU: same weights, optimizer moments, data position and schedule after the restart.
+    assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
+
+
+def test_gradient_accumulation_matches_one_big_micro_batch(toy_data_dir, tmp_path):
+    one = train.train(small_run(toy_data_dir, tmp_path / "a", steps=3, batch_size=8))
+    accumulated = train.train(small_run(toy_data_dir, tmp_path / "b", steps=3, batch_size=2))  # 4 x 2 rows
+    for a, b in zip(one, accumulated):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_overfitting_one_batch_drives_the_loss_near_zero(toy_data_dir):
+    tokenizer = train.prepare_data(TrainConfig(data=toy_data_dir))
+    model, _ = train.build_model(TrainConfig(data=toy_data_dir, seq_len=32, seed=0), tokenizer, "cpu")
+    loader = train.data.TokenLoader(train.data.shard_paths(toy_data_dir, "train"), 2, 32)
+    inputs, targets = (torch.from_numpy(t) for t in loader.next_batch())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = model(inputs, targets)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert first > 5.0 and loss.item() < 0.05
+
+
+def test_the_first_steps_of_the_toy_run_follow_the_golden_loss_curve(toy_data_dir, tmp_path):
+    """Guards against silent changes to init, data order, loss or optimizer. Regenerate the golden file
+    with REGENERATE_GOLDEN=1 only after a deliberate change, and say why in the commit."""
+    losses = [r["loss"] for r in train.train(small_run(toy_data_dir, tmp_path, steps=6))]
+    if os.environ.get("REGENERATE_GOLDEN"):
+        with open(GOLDEN, "w") as f:
+            json.dump({"losses": losses}, f, indent=2)
+    with open(GOLDEN) as f:
+        golden = json.load(f)["losses"]
+    assert losses == pytest.approx(golden, abs=2e-3)
+    assert losses[-1] < losses[0] - 0.5  # and it is learning
+
+
+def test_learning_rate_warms_up_linearly_then_decays_linearly_to_the_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, steps=14, min_lr_ratio=0.1)
+    lrs = [train.learning_rate(s, cfg) for s in range(14)]
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[9] == pytest.approx(0.55)
+    assert train.learning_rate(14, cfg) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_and_not_to_norm_gains(toy_data_dir):
+    tokenizer = train.prepare_data(TrainConfig(data=toy_data_dir))
+    model, _ = train.build_model(TrainConfig(data=toy_data_dir, seq_len=32), tokenizer, "cpu")
+    decay, no_decay = train.make_optimizer(model, TrainConfig(), torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {id(p) for n, p in model.named_parameters() if "norm" in n}
+
+
+def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir, tmp_path, monkeypatch):
+    cfg = small_run(toy_data_dir, tmp_path, steps=2)
+    train.train(cfg)
+    good = train.load_checkpoint(str(tmp_path))
+
+    def crash_mid_write(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the power goes out while writing
+
+    monkeypatch.setattr(train.torch, "save", crash_mid_write)
+    model = train.model_from_checkpoint(good, "cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(str(tmp_path), model, None, 99, None, model.config, cfg)
+    survivor = train.load_checkpoint(str(tmp_path))
+    assert survivor["step"] == good["step"] == 2
+
+
+def test_a_checkpoint_records_the_resolved_configs(toy_data_dir, tmp_path):
+    train.train(small_run(toy_data_dir, tmp_path, steps=1))
+    state = train.load_checkpoint(str(tmp_path))
+    assert state["model_config"]["max_seq_len"] == 64
+    assert state["train_config"]["seq_len"] == 64 and state["loader"]["position"] > 0
+    assert os.path.exists(tmp_path / "tokenizer.json")
+
+
+# -- bad input: one clear line, non-zero exit ----------------------------------------------------
+
+
+def run_train_cli(*args):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_an_unknown_size_exits_non_zero_naming_the_flag():
+    result = run_train_cli("--size", "15b")
+    assert result.returncode != 0 and "--size" in result.stderr and "15b" in result.stderr
+
+
+def test_a_missing_checkpoint_exits_with_one_clear_line(tmp_path, toy_data_dir):
+    result = run_train_cli("--init", str(tmp_path / "nowhere"), "--data", toy_data_dir, "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at")
+
+
+def test_a_corrupt_checkpoint_exits_with_one_clear_line(tmp_path, toy_data_dir):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ckpt.pt").write_bytes(b"not a checkpoint")
+    result = run_train_cli("--init", str(tmp_path / "bad"), "--data", toy_data_dir, "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert "corrupt" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
+    result = run_train_cli("--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
+
+
+def test_a_sequence_longer_than_the_context_is_refused_before_training(tmp_path, toy_data_dir):
+    result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
+    assert result.returncode != 0
