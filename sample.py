@@ -134,6 +134,66 @@ def completions(tokenizer: data.Tokenizer, out: torch.Tensor, prompt_len: int, s
 
 
 # ----------------------------------------------------------------------------------------------------
+# Evaluation on the world's held-out problems
+
+
+def problem_prompt_ids(tokenizer: data.Tokenizer, problem: data.Problem, chat: bool) -> list[int]:
+    """How a problem is posed: as a textbook document (pretrained models) or a user turn (chat models)."""
+    if chat:
+        return tokenizer.render_prompt([{"role": "user", "content": problem.question}])
+    return tokenizer.encode(data.problem_prompt(problem))
+
+
+@torch.no_grad()
+def evaluate_problems(
+    model: Phi4,
+    tokenizer: data.Tokenizer,
+    problems: list[data.Problem],
+    chat: bool = False,
+    max_new_tokens: int = 120,
+    batch_size: int = 64,
+) -> dict:
+    """Greedy pass@1 on `problems`, graded by the world's oracle -> {"accuracy", "n", "correct", "per_level"}.
+
+    Prompts are grouped by token length so every batch is rectangular (generate needs equal lengths);
+    greedy decoding makes the result independent of that grouping.
+    """
+    device = next(model.parameters()).device
+    stop = (tokenizer.bos_id, tokenizer.im_end_id)
+    prompts = [problem_prompt_ids(tokenizer, p, chat) for p in problems]
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    correct = [False] * len(problems)
+    for length, indices in by_length.items():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            idx = torch.tensor([prompts[i] for i in chunk], device=device)  # (b, length)
+            out = generate(model, idx, max_new_tokens, temperature=0, stop_tokens=stop)
+            for i, text in zip(chunk, completions(tokenizer, out, length, stop)):
+                correct[i] = data.check(problems[i], text)
+    per_level: dict[int, list[bool]] = {}
+    for problem, ok in zip(problems, correct):
+        per_level.setdefault(problem.level, []).append(ok)
+    return {
+        "accuracy": sum(correct) / max(1, len(problems)),
+        "n": len(problems),
+        "correct": sum(correct),
+        "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
+    }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of a binomial proportion (Wilson score: sane at 0% and 100%, unlike +-2se)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -151,6 +211,40 @@ def load_model(path: str, device="cpu") -> tuple[Phi4, data.Tokenizer]:
     if not os.path.exists(tokenizer_file):
         raise ValueError(f"{tokenizer_file} is missing; a checkpoint folder from train.py holds one")
     return model, data.Tokenizer.load(tokenizer_file)
+
+
+STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo")
+
+
+def write_report(root: str, path: str):
+    """out/report.md: for every stage folder under root, what training did and what the eval measured."""
+    stages = [d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "log.jsonl"))] if os.path.isdir(root) else []
+    stages.sort(key=lambda d: (STAGE_ORDER.index(d) if d in STAGE_ORDER else len(STAGE_ORDER), d))
+    lines = [
+        "# Report of the toy Phi-4 recipe",
+        "",
+        "| stage | steps | train loss | held-out loss | median tok/s | wall (s) | held-out pass@1 (95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage in stages:
+        with open(os.path.join(root, stage, "log.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        last = records[-1]
+        val = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
+        tok_s = sorted(r["tok_s"] for r in records)[len(records) // 2]
+        accuracy = "not evaluated"
+        eval_file = os.path.join(root, stage, "eval.json")
+        if os.path.exists(eval_file):
+            with open(eval_file) as f:
+                result = json.load(f)
+            low, high = result["ci95"]
+            accuracy = f"{100 * result['accuracy']:.1f}% of {result['n']} ({100 * low:.1f}-{100 * high:.1f}%)"
+        wall = f"{last['time_s']:.0f}" if "time_s" in last else "?"
+        val_text = f"{val:.4f}" if val is not None else "-"
+        lines.append(f"| {stage} | {last['step']} | {last['loss']:.4f} | {val_text} | {tok_s:,.0f} | {wall} | {accuracy} |")
+    lines += ["", "Held-out problems are decontaminated from all training text by the 13-gram rule (data.py)."]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    data.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def decode_speed(model, prompt: torch.Tensor, n_tokens: int, use_cache: bool) -> float:
@@ -179,9 +273,16 @@ if __name__ == "__main__":
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl (default prompts)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     parser.add_argument("--bench", action="store_true", help="measure decode tokens/s with and without the KV cache")
+    parser.add_argument("--eval", action="store_true", help="greedy pass@1 on the held-out problems; writes eval.json into --init")
+    parser.add_argument("--eval-limit", type=int, default=None, help="with --eval: score only the first N problems")
+    parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
     args = parser.parse_args()
 
     try:
+        if args.report:
+            write_report("out", args.report)
+            print(open(args.report).read())
+            sys.exit(0)
         device = resolve_device(args.device)
         path = args.init or newest_checkpoint()
         if path is None:
@@ -196,6 +297,23 @@ if __name__ == "__main__":
             for use_cache in (True, False):
                 speeds = sorted(decode_speed(model, prompt, n, use_cache) for _ in range(3))
                 print(f"decode {'with' if use_cache else 'without'} KV cache: {speeds[1]:,.0f} tokens/s ({n} tokens, batch 1)")
+            sys.exit(0)
+
+        if args.eval:
+            eval_file = os.path.join(args.data, "eval.jsonl")
+            if not os.path.exists(eval_file):
+                raise ValueError(f"{eval_file} not found; build the data with `python data.py` or pass --data")
+            problems = data.read_problems(eval_file)[: args.eval_limit]
+            start = time.perf_counter()
+            result = evaluate_problems(model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens)
+            low, high = wilson_interval(result["correct"], result["n"])
+            result.update(ci95=[low, high], format="chat" if args.chat else "document", seconds=time.perf_counter() - start)
+            data.atomic_write_text(os.path.join(path, "eval.json"), json.dumps(result, indent=2))
+            levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())
+            print(
+                f"held-out pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
+                f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {result['seconds']:.1f}s"
+            )
             sys.exit(0)
 
         if args.prompt is not None and args.chat:

@@ -345,6 +345,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     records = []
     last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     model.train()
+    run_start = time.perf_counter()
     bar = tqdm(
         range(start_step, last_step), initial=start_step, total=last_step, desc=cfg.stage, dynamic_ncols=True, mininterval=1.0
     )
@@ -373,7 +374,8 @@ def train(cfg: TrainConfig) -> list[dict]:
         dt = time.perf_counter() - t0
         tokens_per_s = batch_tokens / dt
         mfu = tokens_per_s * flops_per_token / peak if peak else None
-        record = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tok_s": tokens_per_s, "mfu": mfu}
+        record = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tok_s": tokens_per_s, "mfu": mfu,
+                  "time_s": time.perf_counter() - run_start}
         is_last = step + 1 == last_step
         if val_loader is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or is_last):
             record["val_loss"] = evaluate(model, val_loader, cfg.eval_batches, device, autocast)

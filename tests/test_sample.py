@@ -81,3 +81,50 @@ def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping():
     model = trained_looking_model()
     out = generate(model, torch.zeros(1, 60, dtype=torch.long), 50, temperature=0)
     assert out.shape == (1, 64)
+
+
+# -- held-out evaluation --------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import data  # noqa: E402
+import sample  # noqa: E402
+
+
+def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch):
+    """A fake generator that answers correctly exactly for odd-indexed problems must score 50%."""
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    problems = data.make_split(99, 40)
+    by_prompt = {tuple(tokenizer.encode(data.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+
+    def fake_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(), seed=None, use_cache=True):
+        rows = []
+        for prompt in idx.tolist():
+            i, problem = by_prompt[tuple(prompt)]
+            answer = problem.answer if i % 2 else problem.answer + 1
+            rows.append(prompt + tokenizer.encode(f"Answer: {answer}") + [tokenizer.bos_id] * 3)
+        width = max(map(len, rows))
+        return torch.tensor([r + [tokenizer.bos_id] * (width - len(r)) for r in rows])
+
+    monkeypatch.setattr(sample, "generate", fake_generate)
+    model = trained_looking_model()
+    result = sample.evaluate_problems(model, tokenizer, problems, batch_size=3)
+    assert result["n"] == 40 and result["correct"] == 20 and result["accuracy"] == 0.5
+
+
+def test_wilson_interval_matches_known_values():
+    low, high = sample.wilson_interval(50, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    assert sample.wilson_interval(0, 10)[0] == 0.0 and sample.wilson_interval(10, 10)[1] == 1.0
+
+
+def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
+    stage = tmp_path / "out" / "pretrain"
+    stage.mkdir(parents=True)
+    records = [{"step": s, "loss": 1.0 / s, "tok_s": 100.0 * s, "time_s": s} for s in (1, 2, 3)]
+    records[-1]["val_loss"] = 0.5
+    (stage / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (stage / "eval.json").write_text(json.dumps({"accuracy": 0.25, "n": 8, "correct": 2, "ci95": [0.07, 0.59]}))
+    sample.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
+    row = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pretrain")][0]
+    assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) |"
