@@ -1,0 +1,937 @@
+"""FlashAttention-2 in Triton: forward and backward, causal, grouped-query attention, any length.
+
+This is the attention kernel that `model.py` uses with `attn_impl="triton"`, written to be read. Phi-4 is a
+40-layer decoder with 40 query heads and 10 KV heads of dimension 128 (Phi-4 report, section 3), trained at
+4K and then 16K context: at those lengths the attention score matrix, not the weights, decides what fits in
+GPU memory. This file shows how attention is computed without ever storing that matrix.
+
+What is computed
+----------------
+For one (batch, head): queries Q (T, D), keys K (S, D), values V (S, D) and a scale (default 1/sqrt(D)):
+
+    O = softmax(scale * Q K^T + mask) V             (softmax over the S keys of each query row)
+
+Written naively that materialises the (T, S) score matrix: at T = S = 16K it is 256M numbers per head, 1 GiB
+in fp32, times 40 heads, times the batch. FlashAttention never writes it to GPU memory (HBM). Each program
+instance of the kernel owns BLOCK_M query rows of one (batch, head), keeps a (BLOCK_M, D) output
+accumulator in registers, and walks over K and V in blocks of BLOCK_N keys; only one (BLOCK_M, BLOCK_N)
+tile of scores exists at a time, on chip. FlashAttention-2 (Dao, 2023) puts the key loop inside and spreads
+the query blocks over the GPU, so each program writes its output once, with no atomics.
+
+The online softmax, in prose
+----------------------------
+A softmax row needs its maximum (for numerical stability) and its sum, but the kernel sees only BLOCK_N
+keys at a time. So for every query row it keeps three running quantities over the keys seen so far:
+
+    m    the largest score seen so far;
+    l    the sum, over the keys seen, of exp(score - m);
+    acc  the sum, over the keys seen, of exp(score - m) * v   (a D-vector).
+
+The invariant after each key block is: acc / l is exactly the attention output of this row restricted to
+the keys seen so far. When the next block arrives with scores s_j, the maximum may grow to
+m' = max(m, max_j s_j). Everything accumulated so far was measured against the old m, so l and acc are
+first multiplied by the correction exp(m - m') (at most 1, so nothing overflows), then the new terms
+exp(s_j - m') and exp(s_j - m') * v_j are added. After the last block O = acc / l: one division per row, not
+per block. The row's log-sum-exp, LSE = m + log(l), is the single number per row that backward needs.
+
+Why base 2
+----------
+GPUs evaluate 2^x in hardware (the `ex2.approx` instruction); exp(x) is computed as 2^(x * log2(e)), an extra
+multiply for every score. We fold log2(e) into the softmax scale once: scores are (q . k) * scale * log2(e)
+and are exponentiated with exp2. Since 2^(x log2 e) = e^x, the softmax is unchanged. The running max m and
+the saved LSE live in these base-2 units (LSE is a log2-sum-exp2) and backward uses the same convention, so
+nothing is ever converted back.
+
+Causal masking, bottom-right, and how the loop is split
+-------------------------------------------------------
+Query row i (0 <= i < T) may see key j (0 <= j < S) when j <= i + (S - T). With T == S this is the usual
+lower triangle. With T < S the queries are the *last* T positions of the sequence (a chunk of new tokens
+after S - T cached ones: chunked prefill, or T = 1 decoding) and each sees the whole cache plus its own
+prefix: this "bottom-right" alignment is what a KV cache needs (T > S is rejected when causal).
+
+For a query block [m0, m0 + BLOCK_M) the key loop runs in two stages:
+
+  1. off-diagonal blocks: key blocks whose every key is visible to every row of the query block
+     (last key <= m0 + S - T). No mask is computed at all: this is most of the work and the fastest loop.
+  2. diagonal blocks: the few key blocks that straddle the diagonal, with the per-element causal mask
+     (and the mask for keys past S in a ragged last block).
+
+Key blocks entirely above the diagonal are never loaded: that is where causal attention saves half the
+work. Without the causal mask, stage 1 covers every full key block and stage 2 only the ragged last one.
+
+Any length
+----------
+Loads and stores are masked at the ragged edges: padding query rows read zeros and are never written,
+padding keys get score -inf (probability 0). T and S need not be multiples of any block size; T = 1, 17,
+100 and 257 are all tested.
+
+Backward: recompute instead of store
+------------------------------------
+Gradients need the probabilities P = softmax(scale * Q K^T) of every (query, key) pair. Storing P costs
+O(T * S) memory per head, the very thing forward avoided. So forward keeps only O and the per-row LSE (O(T)
+extra memory), and backward recomputes each tile P_ij = exp2(s_ij - LSE_i) from Q, K and the saved LSE: one
+extra matmul per tile, far cheaper than reading a T x S matrix back from HBM. With dO the gradient of O:
+
+    dV = P^T dO      dP = dO V^T      dS = P * (dP - delta)      dQ = scale * dS K      dK = scale * dS^T Q
+
+where delta_i = sum_j P_ij dP_ij, which equals rowsum(dO * O)_i and so needs only O and dO: a tiny
+preprocess kernel computes it first. Then two kernels run:
+
+  - dK/dV: one program per block of keys of one KV head. It keeps K, V and the dK, dV accumulators in
+    registers and loops over the query blocks that can see those keys, and (for grouped-query attention)
+    over every query head that shares this KV head. The sum over the group happens in registers: K and V
+    are never repeated in memory and no atomic adds are needed.
+  - dQ: one program per query block, looping over key blocks exactly like forward.
+
+Both mirror forward's causal split into unmasked and diagonal blocks.
+
+Grouped-query attention (GQA)
+-----------------------------
+Query head h reads KV head h // (H / K) through index arithmetic, so Phi-4's 40 query heads share 10 KV
+heads without copying K and V four times.
+
+Supported shapes and dtypes
+---------------------------
+q (B, H, T, D); k and v (B, K, S, D) with H a multiple of K; D in 16, 32, 64, 128; any B, T, S >= 1 (causal
+needs T <= S); any strides (the model's (B, T, H, D) tensors transposed to (B, H, T, D) are fine). dtypes
+fp32, fp16, bf16: matmuls accumulate in fp32, the softmax statistics (m, l, LSE, delta) are fp32, P and dS
+are rounded to the input dtype only as matmul operands (as FA-2 does), and every output is in the input
+dtype. fp32 inputs use exact fp32 dots, not TF32, so fp32 results match a float32 reference closely.
+
+Simplified on purpose: no dropout, no attention bias or ALiBi, no sliding window, no packed variable-length
+batches, and block sizes come from simple rules (`_launch_config`) instead of autotuning.
+
+Run it
+------
+    python -m pytest tests/test_kernels.py -q     # CPU: Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
+    python kernels/flash_attention.py --bench     # CUDA GPU: TFLOP/s vs torch SDPA, and a bf16 check at Phi-4 shapes
+    python kernels/flash_attention.py --help
+
+Dims legend used in the shape comments: B batch, H query heads, K key/value heads, T queries, S keys,
+D head dim; BLOCK_M / BLOCK_N are the query / key tile sizes inside the kernels.
+"""
+import argparse
+import functools
+import math
+import os
+import sys
+import types
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU-only or macOS builds of PyTorch ship without Triton
+    HAS_TRITON = False
+    # Stand-ins so that the kernel definitions below still parse: `@triton.jit` leaves each kernel as a plain
+    # Python function that is never called, and the `tl.constexpr` annotations resolve to a placeholder.
+    # `flash_attention` checks HAS_TRITON first and raises a clear error instead.
+    triton = types.SimpleNamespace(jit=lambda fn: fn)
+    tl = types.SimpleNamespace(constexpr=None)
+
+# Triton decides between compiling for the GPU and interpreting with numpy when a kernel is *decorated*,
+# from this environment variable; tests/conftest.py sets it before anything imports this module.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+LOG2_E = math.log2(math.e)  # 1.4426...: exp(x) == exp2(x * LOG2_E)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Forward kernel
+# ------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _fwd_inner(
+    acc, row_max, row_sum,  # online-softmax state of this query block: (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,)
+    q,  # (BLOCK_M, D) the query block, loaded once by the caller
+    k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,  # K and V of this (batch, KV head)
+    offs_m, offs_d, n_lo, n_hi, S, causal_offset, qk_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Fold key blocks [n_lo, n_hi) into the running softmax state; MASKED selects the diagonal stage.
+
+    MASKED, CAUSAL and the tile sizes are tl.constexpr: Triton compiles one specialised copy of this loop per
+    combination, so the unmasked stage contains no mask code at all rather than a branch that is never taken.
+    """
+    for n_start in range(n_lo, n_hi, BLOCK_N):
+        offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) absolute key positions of this block
+        # A tile of pointers: a column of row offsets plus a row of column offsets broadcasts to one address
+        # per element. Multiplying by the strides (in elements) is what lets any memory layout through.
+        k_ptrs = k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
+        v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd  # (BLOCK_N, D)
+        if MASKED:
+            # Only the diagonal stage can hold the ragged last key block, so only it pays for bounds checks.
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < S, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        # Scores in base-2 units: qk_scale = scale * log2(e), so exp2 of these is exp of the true scores.
+        # tl.trans only changes how the tile is read (K^T is (D, BLOCK_N)); no data is moved in memory.
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            # A key is visible if it exists (j < S) and, for causal attention, is not in this row's future
+            # under bottom-right alignment (j <= i + S - T). Invisible keys get -inf: exp2(-inf) = 0.
+            visible = offs_n[None, :] < S  # (1, BLOCK_N), broadcasts over the rows
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + causal_offset)  # (BLOCK_M, BLOCK_N)
+            scores = tl.where(visible, scores, float("-inf"))
+        # The online-softmax step. The new running max includes this block. Every row has seen key 0 in its
+        # first block (T <= S when causal), so new_max is finite and no -inf - -inf = NaN can appear.
+        new_max = tl.maximum(row_max, tl.max(scores, 1))  # (BLOCK_M,)
+        probs = tl.exp2(scores - new_max[:, None])  # (BLOCK_M, BLOCK_N), unnormalised, each in [0, 1]
+        # What was accumulated against the old max is rescaled to the new one; exp2(-inf) = 0 on the first block.
+        correction = tl.exp2(row_max - new_max)  # (BLOCK_M,), <= 1
+        row_sum = row_sum * correction + tl.sum(probs, 1)
+        acc = acc * correction[:, None]
+        # V is loaded only now, after the softmax arithmetic, so its load overlaps with that work.
+        if MASKED:
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < S, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        # P is rounded to the input dtype so the tensor cores can multiply it; the sum stays in fp32: passing
+        # acc= makes the matmul add into the accumulator instead of producing a new tile to add afterwards.
+        acc = tl.dot(probs.to(v.dtype), v, acc=acc, input_precision=DOT_PRECISION)  # (BLOCK_M, D)
+        row_max = new_max
+    return acc, row_max, row_sum
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_lb, stride_lh,
+    T, S, group_size, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (batch, query head). Grid: (cdiv(T, BLOCK_M), H, B).
+
+    Each stride_* argument is one tensor's stride (in elements) along (batch, head, sequence, head dim).
+    T, S and group_size are ordinary runtime integers, so a new sequence length does not trigger a new
+    compilation; only the tl.constexpr arguments are baked into the compiled kernel.
+    """
+    # Which tile this program owns: the grid's three axes are (query block, query head, batch).
+    m_start = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    # GQA: consecutive groups of `group_size` query heads share one KV head.
+    kv_head = head // group_size
+    # Offsets in int64: batch * batch_stride overflows int32 for large batches of long sequences.
+    batch = tl.program_id(2).to(tl.int64)
+    head = head.to(tl.int64)
+    kv_head = kv_head.to(tl.int64)
+    # Move every base pointer to this (batch, head). Real strides, so batch > 1 and transposed views work.
+    q_ptr += batch * stride_qb + head * stride_qh
+    k_ptr += batch * stride_kb + kv_head * stride_kh
+    v_ptr += batch * stride_vb + kv_head * stride_vh
+    out_ptr += batch * stride_ob + head * stride_oh
+    lse_ptr += batch * stride_lb + head * stride_lh
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows of this program
+    offs_d = tl.arange(0, HEAD_DIM)  # (D,)
+    # Rows past T (the ragged last query block) load zeros; they are computed but never stored.
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                mask=offs_m[:, None] < T, other=0.0)  # (BLOCK_M, D)
+
+    # The online-softmax state starts empty: max -inf, sum 0, accumulator 0. All three stay fp32.
+    row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # Bottom-right causal alignment: row i sees keys j <= i + causal_offset.
+    # Worked example, T = S = 100, BLOCK_M = 32, BLOCK_N = 16, the query block of rows 32..63:
+    # stage 1 runs keys 0..31 with no mask (row 32 sees keys 0..32), stage 2 runs keys 32..63 with the
+    # mask, and keys 64..99 (the future of every row here) are never touched.
+    causal_offset = S - T
+    if CAUSAL:
+        # Stage 1 ends at the last key block that even the block's first row (m_start) sees entirely:
+        # keys < m_start + causal_offset + 1, rounded down to whole blocks. All operands are >= 0 here.
+        n_full = ((m_start + causal_offset + 1) // BLOCK_N) * BLOCK_N
+        # Stage 2 ends past the last key the block's last row can see; later key blocks are never loaded.
+        n_end = tl.minimum(m_start + BLOCK_M + causal_offset, S)
+    else:
+        # No causal mask: every whole key block is unmasked, only the ragged tail past S needs a mask.
+        n_full = (S // BLOCK_N) * BLOCK_N
+        n_end = S
+    acc, row_max, row_sum = _fwd_inner(
+        acc, row_max, row_sum, q, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, 0, n_full, S, causal_offset, qk_scale,
+        BLOCK_N=BLOCK_N, MASKED=False, CAUSAL=CAUSAL, DOT_PRECISION=DOT_PRECISION)
+    acc, row_max, row_sum = _fwd_inner(
+        acc, row_max, row_sum, q, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, n_full, n_end, S, causal_offset, qk_scale,
+        BLOCK_N=BLOCK_N, MASKED=True, CAUSAL=CAUSAL, DOT_PRECISION=DOT_PRECISION)
+
+    # acc / l is the attention output (the invariant, now over all keys). LSE = m + log2(l), in base 2.
+    # row_sum >= 1 for every row (its own max contributes exp2(0) = 1), so the division is always safe.
+    out = acc / row_sum[:, None]  # (BLOCK_M, D)
+    lse = row_max + tl.log2(row_sum)  # (BLOCK_M,)
+    # Only real rows are written: the output is cast back to the input dtype, LSE stays fp32 for backward.
+    row_ok = offs_m < T
+    tl.store(out_ptr + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+             out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(lse_ptr + offs_m, lse, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Backward kernels: delta = rowsum(dO * O), then dK/dV, then dQ
+# ------------------------------------------------------------------------------------------------------------
+# Why two gradient kernels rather than one? dQ is a sum over keys and dK, dV are sums over queries. A single
+# loop nest can keep only one side's sum in registers; the other would be spread over many programs and need
+# atomic adds to HBM (slow, and the order of float additions becomes nondeterministic). FA-2 instead runs the
+# loop twice, once keyed by key blocks (dK, dV) and once by query blocks (dQ), recomputing the scores in each:
+# two extra matmuls per tile buy deterministic results with no atomics.
+
+@triton.jit
+def _bwd_delta_kernel(
+    out_ptr, dout_ptr, delta_ptr,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_lb, stride_lh,
+    T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta_i = sum_d dO_id * O_id for BLOCK_M rows of one (batch, head); equals sum_j P_ij dP_ij.
+
+    Why they are equal: dP_ij = dO_i . v_j, so sum_j P_ij dP_ij = dO_i . (sum_j P_ij v_j) = dO_i . O_i.
+    Computing it from O costs D multiplies per row instead of S.
+    """
+    # The grid is (query block, head, batch), like forward; delta is stored with the same layout as LSE.
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)  # (D,)
+    row_ok = offs_m < T
+    out = tl.load(out_ptr + batch * stride_ob + head * stride_oh
+                  + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, mask=row_ok[:, None], other=0.0)
+    dout = tl.load(dout_ptr + batch * stride_gb + head * stride_gh
+                   + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd, mask=row_ok[:, None], other=0.0)
+    # Multiply in fp32: this is a D-long dot product per row and bf16 products would lose digits.
+    delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)  # (BLOCK_M,)
+    tl.store(delta_ptr + batch * stride_lb + head * stride_lh + offs_m, delta, mask=row_ok)
+
+
+@triton.jit
+def _bwd_dkdv_inner(
+    dk, dv,  # (BLOCK_N, D) fp32 accumulators of this key block
+    k, v,  # (BLOCK_N, D) this key block, held in registers across all query blocks and heads
+    q_ptr, dout_ptr, lse_ptr, delta_ptr, stride_qt, stride_qd, stride_gt, stride_gd,  # one query head
+    offs_n, offs_d, m_lo, m_hi, T, causal_offset, qk_scale,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Add the contributions of query blocks [m_lo, m_hi) of one query head to dK and dV of one key block.
+
+    Works on transposed tiles (keys along rows, queries along columns) so that the results land directly
+    in the (BLOCK_N, D) shape of dK and dV without transposing the big accumulators.
+    """
+    for m_start in range(m_lo, m_hi, BLOCK_M):
+        offs_m = m_start + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows of this block
+        # Each query block is streamed in once per (key block, head): q, dO, LSE and delta of its rows.
+        row_ok = offs_m < T
+        # The query side is always bounds-checked: the last query block of either stage may be ragged.
+        # Padding rows load q = 0, dO = 0 and LSE = +inf, so their P is exp2(-inf) = 0 and they add nothing.
+        q = tl.load(q_ptr + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                    mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
+        dout = tl.load(dout_ptr + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd,
+                       mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
+        lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=float("inf"))  # (BLOCK_M,), base 2
+        delta = tl.load(delta_ptr + offs_m, mask=row_ok, other=0.0)  # (BLOCK_M,)
+        # Recompute the probabilities from the saved LSE: P^T_ji = exp2(s_ij - LSE_i). No running max is
+        # needed any more: LSE is the exact normaliser, so this is already the final softmax.
+        scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        if MASKED:
+            # Causal diagonal: key j is in the future of query i when j > i + S - T.
+            visible = offs_n[:, None] <= offs_m[None, :] + causal_offset  # (BLOCK_N, BLOCK_M)
+            scores_t = tl.where(visible, scores_t, float("-inf"))
+        probs_t = tl.exp2(scores_t - lse[None, :])  # (BLOCK_N, BLOCK_M)
+        # dV += P^T dO: each key's value gradient is the probability-weighted sum of the output gradients.
+        dv = tl.dot(probs_t.to(dout.dtype), dout, acc=dv, input_precision=DOT_PRECISION)  # (BLOCK_N, D)
+        # dP^T = V dO^T, then the softmax backward dS = P * (dP - delta), still transposed. This is the
+        # softmax Jacobian applied row by row: dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik), and delta is that sum.
+        dprobs_t = tl.dot(v, tl.trans(dout), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        dscores_t = probs_t * (dprobs_t - delta[None, :])  # (BLOCK_N, BLOCK_M)
+        # dK += dS^T Q (the softmax scale is applied once, after all loops).
+        dk = tl.dot(dscores_t.to(q.dtype), q, acc=dk, input_precision=DOT_PRECISION)  # (BLOCK_N, D)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_lb, stride_lh,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    T, S, group_size, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program = BLOCK_N keys of one (batch, KV head). Grid: (cdiv(S, BLOCK_N), K, B).
+
+    Strides as in _fwd_kernel; the stride_g* are dO's and stride_l* are shared by LSE and delta.
+    """
+    # The grid runs over KV heads, not query heads: each program owns its dK, dV rows outright.
+    n_start = tl.program_id(0) * BLOCK_N
+    kv_head = tl.program_id(1).to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,) key positions of this program
+    offs_d = tl.arange(0, HEAD_DIM)  # (D,)
+    key_ok = offs_n[:, None] < S  # (BLOCK_N, 1) padding keys load zeros and are never stored
+
+    # K and V of this block are loaded once and reused for every query block of every head in the group.
+    k = tl.load(k_ptr + batch * stride_kb + kv_head * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=key_ok, other=0.0)
+    v = tl.load(v_ptr + batch * stride_vb + kv_head * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=key_ok, other=0.0)
+    # fp32 accumulators, whatever the input dtype: many small contributions are summed into them.
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    causal_offset = S - T
+    if CAUSAL:
+        # Which query rows can see which of these keys? Row i sees key j when i >= j - causal_offset.
+        # Rows before m_lo see none of them (skipped); from m_full on, every row sees every key of the
+        # block (no mask); in between lie the diagonal blocks that need the mask. Operands of // are >= 0.
+        # Example, T = S = 100, BLOCK_N = 32, BLOCK_M = 16, the program for keys 32..63: query rows 0..31
+        # are skipped (m_lo = 32), rows 32..63 run masked (m_full = 64), rows 64..99 run unmasked.
+        m_lo = (tl.maximum(n_start - causal_offset, 0) // BLOCK_M) * BLOCK_M
+        m_full = ((tl.maximum(n_start + BLOCK_N - 1 - causal_offset, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        m_full = tl.minimum(m_full, T)
+    else:
+        m_lo = 0
+        m_full = 0
+
+    # GQA: this KV head served query heads kv_head * group_size ... + group_size - 1 in forward, so its
+    # gradient is the sum of theirs. Looping over them here keeps the sum in registers: no atomics.
+    for g in range(0, group_size):
+        # Query head h uses KV head h // group_size, so KV head kv_head serves these query heads.
+        head = kv_head * group_size + g
+        q_head_ptr = q_ptr + batch * stride_qb + head * stride_qh
+        dout_head_ptr = dout_ptr + batch * stride_gb + head * stride_gh
+        lse_head_ptr = lse_ptr + batch * stride_lb + head * stride_lh
+        delta_head_ptr = delta_ptr + batch * stride_lb + head * stride_lh
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, q_head_ptr, dout_head_ptr, lse_head_ptr, delta_head_ptr,
+            stride_qt, stride_qd, stride_gt, stride_gd, offs_n, offs_d, m_lo, m_full, T, causal_offset, qk_scale,
+            BLOCK_M=BLOCK_M, MASKED=True, DOT_PRECISION=DOT_PRECISION)
+        # Then every query block at or after m_full, which sees all of these keys: no mask.
+        dk, dv = _bwd_dkdv_inner(
+            dk, dv, k, v, q_head_ptr, dout_head_ptr, lse_head_ptr, delta_head_ptr,
+            stride_qt, stride_qd, stride_gt, stride_gd, offs_n, offs_d, m_full, T, T, causal_offset, qk_scale,
+            BLOCK_M=BLOCK_M, MASKED=False, DOT_PRECISION=DOT_PRECISION)
+
+    # The scores were scale * q.k, so d(score)/dk = scale * q: apply the scale once here.
+    dk = dk * scale
+    # Round to the input dtype only now, after every contribution was summed in fp32; padding keys
+    # (rows past S) are not written.
+    tl.store(dk_ptr + batch * stride_dkb + kv_head * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd, dk.to(dk_ptr.dtype.element_ty), mask=key_ok)
+    tl.store(dv_ptr + batch * stride_dvb + kv_head * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(dv_ptr.dtype.element_ty), mask=key_ok)
+
+
+@triton.jit
+def _bwd_dq_inner(
+    dq,  # (BLOCK_M, D) fp32 accumulator
+    q, dout, lse, delta,  # (BLOCK_M, D), (BLOCK_M, D), (BLOCK_M,), (BLOCK_M,) this query block
+    k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
+    offs_m, offs_d, n_lo, n_hi, S, causal_offset, qk_scale,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Add the contributions of key blocks [n_lo, n_hi) to dQ of one query block (same stages as forward)."""
+    for n_start in range(n_lo, n_hi, BLOCK_N):
+        # K and V stream through this loop; the query block's own tiles stay put in registers.
+        offs_n = n_start + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+        k_ptrs = k_ptr + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
+        v_ptrs = v_ptr + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd  # (BLOCK_N, D)
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[:, None] < S, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < S, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        if MASKED:
+            visible = offs_n[None, :] < S  # (1, BLOCK_N)
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + causal_offset)  # (BLOCK_M, BLOCK_N)
+            scores = tl.where(visible, scores, float("-inf"))
+        # Same recomputation as in the dK/dV kernel, untransposed this time: P, then dP = dO V^T and dS.
+        probs = tl.exp2(scores - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        dprobs = tl.dot(dout, tl.trans(v), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        dscores = probs * (dprobs - delta[:, None])  # (BLOCK_M, BLOCK_N)
+        # dQ += dS K; like P in forward, dS is rounded to the input dtype only as a matmul operand.
+        dq = tl.dot(dscores.to(k.dtype), k, acc=dq, input_precision=DOT_PRECISION)  # (BLOCK_M, D)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, dq_ptr,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_gb, stride_gh, stride_gt, stride_gd,
+    stride_lb, stride_lh,
+    stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+    T, S, group_size, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one (batch, query head). Grid: (cdiv(T, BLOCK_M), H, B).
+
+    Strides as in _bwd_dkdv_kernel. Each program owns its dQ rows, so no two programs write the same place.
+    """
+    # Same program-to-tile mapping as forward, including the GQA head lookup and int64 offsets.
+    m_start = tl.program_id(0) * BLOCK_M
+    head = tl.program_id(1)
+    kv_head = (head // group_size).to(tl.int64)
+    head = head.to(tl.int64)
+    batch = tl.program_id(2).to(tl.int64)
+    # K and V of the KV head this query head reads (the GQA lookup), as in forward.
+    k_ptr += batch * stride_kb + kv_head * stride_kh
+    v_ptr += batch * stride_vb + kv_head * stride_vh
+    offs_m = m_start + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    offs_d = tl.arange(0, HEAD_DIM)  # (D,)
+    row_ok = offs_m < T
+    # Everything about this query block is loaded once and stays in registers for the whole key loop.
+    q = tl.load(q_ptr + batch * stride_qb + head * stride_qh
+                + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0)
+    dout = tl.load(dout_ptr + batch * stride_gb + head * stride_gh
+                   + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd, mask=row_ok[:, None], other=0.0)
+    # Padding rows get LSE = +inf so their recomputed probabilities are exactly 0.
+    lse = tl.load(lse_ptr + batch * stride_lb + head * stride_lh + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(delta_ptr + batch * stride_lb + head * stride_lh + offs_m, mask=row_ok, other=0.0)
+    # The fp32 accumulator for dQ = scale * sum over key blocks of dS K.
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # The same two-stage key loop as forward (see _fwd_kernel for the bounds and a worked example).
+    causal_offset = S - T
+    if CAUSAL:
+        n_full = ((m_start + causal_offset + 1) // BLOCK_N) * BLOCK_N
+        n_end = tl.minimum(m_start + BLOCK_M + causal_offset, S)
+    else:
+        n_full = (S // BLOCK_N) * BLOCK_N
+        n_end = S
+    dq = _bwd_dq_inner(
+        dq, q, dout, lse, delta, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, 0, n_full, S, causal_offset, qk_scale,
+        BLOCK_N=BLOCK_N, MASKED=False, CAUSAL=CAUSAL, DOT_PRECISION=DOT_PRECISION)
+    dq = _bwd_dq_inner(
+        dq, q, dout, lse, delta, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, n_full, n_end, S, causal_offset, qk_scale,
+        BLOCK_N=BLOCK_N, MASKED=True, CAUSAL=CAUSAL, DOT_PRECISION=DOT_PRECISION)
+
+    dq = dq * scale  # d(score)/dq = scale * k
+    tl.store(dq_ptr + batch * stride_dqb + head * stride_dqh
+             + offs_m[:, None] * stride_dqt + offs_d[None, :] * stride_dqd, dq.to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Launch configuration: tile sizes by simple rules
+# ------------------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _max_shared_memory(device_index: int) -> int:
+    """Bytes of shared memory one program may use on this GPU (227 KiB on H100, 163 on A100, 99 on RTX 4090)."""
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
+def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, device: torch.device | None = None) -> dict:
+    """Tile sizes and launch knobs for kernel "fwd", "dkdv" or "dq" (BLOCK_M = queries, BLOCK_N = keys).
+
+    The kernels are correct for any power-of-two tiles >= 16; these rules only trade speed. The GPU choices
+    were checked by compiling for sm_90 and sm_80 (few or no spilled registers, shared memory within limits);
+    they are sensible defaults, not the result of timing many configurations.
+    """
+    if INTERPRET:
+        # Under the interpreter each tile operation is a numpy call, so small tiles keep CPU tests quick,
+        # and unequal BLOCK_M / BLOCK_N make the tests exercise diagonals that span several key blocks.
+        return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
+                "dq": dict(BLOCK_M=32, BLOCK_N=16)}[kernel]
+    if dtype == torch.float32:
+        # Exact fp32 dots run on CUDA cores, not tensor cores, and fp32 tiles take twice the shared memory:
+        # fp32 is the precise path for checking, not the fast one, so small tiles that fit any GPU.
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
+    # fp16 / bf16 on tensor cores. Each kernel keeps a big fp32 accumulator in registers over the long tile
+    # (queries in fwd and dQ, keys in dK/dV) and streams the other operand through the short tile, which is
+    # software-pipelined over num_stages shared-memory buffers (loads of the next tiles overlap the math).
+    # 8 warps from D = 64 up split those accumulators over more threads so the registers do not spill.
+    warps = 8 if head_dim >= 64 else 4
+    # GPUs with less shared memory per program (consumer cards) get fewer buffers and a shorter dQ tile.
+    roomy = _max_shared_memory(device.index if device is not None and device.index is not None
+                               else torch.cuda.current_device()) >= 160 * 1024
+    if kernel == "fwd":
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=warps, num_stages=3 if roomy else 2)
+    if kernel == "dkdv":
+        return dict(BLOCK_M=32, BLOCK_N=128, num_warps=warps, num_stages=3 if roomy else 2)
+    return dict(BLOCK_M=128, BLOCK_N=64 if roomy else 32, num_warps=warps, num_stages=2)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact IEEE dots (TF32 would cost ~3 decimal digits); 16-bit inputs ignore this knob."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Python side: checks, launches, autograd
+# ------------------------------------------------------------------------------------------------------------
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
+    """Raise ValueError naming the problem when the shapes, dtypes or devices cannot work together."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"flash_attention expects 4-D q (B, H, T, D) and k, v (B, K, S, D); "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape (B, K, S, D); got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, H, T, D = q.shape
+    Bk, K, S, Dk = k.shape
+    if Bk != B:
+        raise ValueError(f"q has batch {B} but k and v have batch {Bk}")
+    if Dk != D:
+        raise ValueError(f"head dim differs: q has D={D} but k and v have D={Dk}")
+    if K == 0 or H % K != 0:
+        raise ValueError(f"the number of query heads ({H}) must be a multiple of the number of KV heads ({K}) "
+                         f"for grouped-query attention")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim D={D} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one dtype among float32, float16, bfloat16; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if B == 0 or T == 0 or S == 0:
+        raise ValueError(f"B, T and S must be at least 1; got B={B}, T={T}, S={S}")
+    # With T > S the first T - S query rows would see no key at all under bottom-right alignment: their
+    # softmax would be 0 / 0. No caller needs that, so it is refused rather than given a made-up answer.
+    if causal and T > S:
+        raise ValueError(f"causal attention aligns the T queries with the last T of the S keys, so it needs "
+                         f"T <= S; got T={T}, S={S}")
+
+
+def _check_runnable(q: torch.Tensor) -> None:
+    """Raise RuntimeError when this machine cannot run the Triton kernels on q's device."""
+    if not HAS_TRITON:
+        raise RuntimeError("kernels.flash_attention needs Triton, which is not installed (it ships with CUDA "
+                           "builds of PyTorch on Linux); use the model's eager attention instead")
+    # Compiled Triton kernels read GPU memory; only the interpreter (numpy) can work on CPU tensors.
+    if not INTERPRET and not q.is_cuda:
+        raise RuntimeError("kernels.flash_attention runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+                           "before importing kernels (slow, meant for tests)")
+
+
+def _forward(q, k, v, causal: bool, scale: float):
+    """Launch the forward kernel; returns out (B, H, T, D) in q's dtype and lse (B, H, T) fp32, base 2."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    # Fresh contiguous outputs whatever the input layout; the kernel writes every element, so no zeroing.
+    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D) contiguous
+    # The O(T) memory that replaces the O(T * S) probabilities: one fp32 number per query row and head.
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)  # (B, H, T)
+    cfg = _launch_config("fwd", D, q.dtype, q.device)
+    # One program per (query block, query head, batch). Heads and batch get their own grid axes (up to
+    # 65535 each) so no division is needed in the kernel to recover them.
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]), H, B)
+    # Tensors are passed as tensors (Triton takes their data pointers and dtypes); strides are unpacked.
+    _fwd_kernel[grid](
+        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1),
+        T, S, H // K, scale * LOG2_E,
+        HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+    return out, lse
+
+
+def _backward(dout, q, k, v, out, lse, causal: bool, scale: float):
+    """Launch delta, dK/dV and dQ kernels; returns dq, dk, dv in the input dtype."""
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    # 1. delta = rowsum(dO * O), one fp32 number per query row, laid out like lse. dout may be any layout
+    #    (autograd sometimes hands over expanded or transposed gradients): its strides travel with it.
+    delta = torch.empty_like(lse)  # (B, H, T)
+    block = 16 if INTERPRET else 64  # a memory-bound row reduction: the tile size barely matters
+    _bwd_delta_kernel[(triton.cdiv(T, block), H, B)](
+        out, dout, delta, *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
+        T, HEAD_DIM=D, BLOCK_M=block)
+    # Gradients are allocated in the input dtype: nothing here assumes fp16.
+    dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D)
+    dk = torch.empty((B, K, S, D), dtype=k.dtype, device=k.device)  # (B, K, S, D)
+    dv = torch.empty((B, K, S, D), dtype=v.dtype, device=v.device)  # (B, K, S, D)
+    precision = _dot_precision(q.dtype)
+    # 2. dK and dV: one program per key block per KV head, looping over the query heads of its group.
+    cfg = _launch_config("dkdv", D, q.dtype, q.device)
+    _bwd_dkdv_kernel[(triton.cdiv(S, cfg["BLOCK_N"]), K, B)](
+        q, k, v, dout, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), lse.stride(0), lse.stride(1),
+        *dk.stride(), *dv.stride(), T, S, H // K, scale * LOG2_E, scale,
+        HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=precision, **cfg)
+    # 3. dQ: one program per query block per query head. It runs after dK/dV only by launch order; the two
+    #    kernels share inputs but write different tensors, so they do not depend on each other.
+    cfg = _launch_config("dq", D, q.dtype, q.device)
+    _bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), H, B)](
+        q, k, v, dout, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), lse.stride(0), lse.stride(1),
+        *dq.stride(), T, S, H // K, scale * LOG2_E, scale,
+        HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=precision, **cfg)
+    return dq, dk, dv
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Autograd glue: forward saves q, k, v, out and the O(T) LSE; backward recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        out, lse = _forward(q, k, v, causal, scale)
+        # q, k, v and out are saved by reference (autograd keeps them alive anyway); only lse is extra memory.
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None  # no gradients for `causal` and `scale`
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    scale: float | None = None) -> torch.Tensor:
+    """softmax(scale * q k^T + mask) v with the Triton FlashAttention-2 kernel; differentiable.
+
+    q (B, H, T, D); k, v (B, K, S, D) with H a multiple of K (grouped-query attention: query head h uses KV
+    head h // (H // K)). causal=True masks with bottom-right alignment: query i sees keys j <= i + S - T, so
+    a chunk of T new queries attends to S - T cached keys plus its own causal prefix (needs T <= S).
+    scale defaults to 1 / sqrt(D). Returns (B, H, T, D) in q's dtype. Raises ValueError for shapes that do
+    not fit together, RuntimeError where Triton cannot run.
+
+    >>> q = torch.randn(2, 40, 100, 128, device="cuda", dtype=torch.bfloat16)          # doctest: +SKIP
+    >>> k = v = torch.randn(2, 10, 100, 128, device="cuda", dtype=torch.bfloat16)      # doctest: +SKIP
+    >>> flash_attention(q, k, v).shape                                                  # doctest: +SKIP
+    torch.Size([2, 40, 100, 128])
+    """
+    # Shape mistakes are reported before availability, so they surface on any machine.
+    _check_inputs(q, k, v, causal)
+    _check_runnable(q)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return _FlashAttention.apply(q, k, v, bool(causal), float(scale))
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                        scale: float | None = None) -> torch.Tensor:
+    """The slow, obvious attention with the same meaning as flash_attention: what the kernel must equal.
+
+    Materialises the (T, S) scores in q's dtype: --bench runs it on float32 copies as the reference (the
+    tests keep their own independent oracle). Memory grows as T * S, which is the whole reason for the kernel.
+    """
+    H, K = q.shape[1], k.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    # GQA by copying: each KV head repeated for the H // K query heads that share it.
+    k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+    v = v.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, S)
+    if causal:
+        T, S = scores.shape[-2], scores.shape[-1]
+        # Bottom-right: row i keeps columns j <= i + (S - T), i.e. the lower triangle shifted right by S - T.
+        visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # (T, S)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (B, H, T, D)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Benchmark: python kernels/flash_attention.py --bench
+# ------------------------------------------------------------------------------------------------------------
+
+def attention_flops(batch: int, n_head: int, T: int, S: int, head_dim: int, causal: bool, backward: bool) -> float:
+    """FLOPs counted the standard way (FlashAttention papers): 2 matmuls of 2*T*S*D flops each per head.
+
+    Causal attention counts half (the masked half is not work). Backward is 2.5x forward (5 matmuls instead
+    of 2), so forward + backward is 3.5x forward.
+    """
+    # Q K^T is T*S dot products of length D (2 flops per multiply-add), and P V the same again.
+    flops = 4.0 * batch * n_head * T * S * head_dim
+    if causal:
+        flops /= 2
+    return flops * 3.5 if backward else flops
+
+
+def _sdpa_providers():
+    """Every torch SDPA backend as a callable (q, k, v, causal) -> out, each tried with enable_gqa=True.
+
+    A backend that rejects enable_gqa is retried on K, V repeated to H heads (the repeat is outside the
+    timed region); the label says which variant ran.
+    """
+    import warnings
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def make(backend, gqa):
+        def run(q, k, v, causal):
+            # A backend that cannot take a shape warns at length before raising; the raise is enough.
+            with sdpa_kernel(backend), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if gqa:
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return run
+
+    # The three fused SDPA kernels; the "math" backend is plain eager attention and not worth racing.
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    return {name: (make(backend, True), make(backend, False)) for name, backend in backends.items()}
+
+
+def _time_ms(fn, backward: bool, inputs, dout) -> float:
+    """Median milliseconds of fn(*inputs) (forward under no_grad) or of forward + backward.
+
+    do_bench runs fn until warm, then repeatedly for about 100 ms with CUDA events around each call and
+    clears the L2 cache in between; the median resists the odd slow outlier better than the mean.
+    """
+    from triton.testing import do_bench
+
+    if not backward:
+        # Inference-style forward: no autograd graph is recorded, for our kernel and SDPA alike.
+        with torch.no_grad():
+            return do_bench(lambda: fn(*inputs), warmup=25, rep=100, return_mode="median")
+    # grad_to_none resets .grad between calls so each backward writes fresh gradients instead of adding.
+    return do_bench(lambda: fn(*inputs).backward(dout), warmup=25, rep=100,
+                    grad_to_none=list(inputs[:3]), return_mode="median")
+
+
+def _measure(name, providers, q, k, v, dout, causal, backward, flops):
+    """TFLOP/s of one provider at one shape and a mark ("*" = ran on repeated K, V), or None if it can't run."""
+    H, K = q.shape[1], k.shape[1]
+    leaves = lambda *xs: [x.detach().requires_grad_() for x in xs]  # noqa: E731  fresh autograd leaves
+    if name == "triton":
+        # Our own kernel must run: an error here is a bug, so it propagates.
+        return flops / _time_ms(flash_attention, backward, leaves(q, k, v) + [causal], dout) / 1e9, ""
+    with_gqa, without_gqa = providers[name]
+    try:
+        ms, mark = _time_ms(with_gqa, backward, leaves(q, k, v) + [causal], dout), ""
+    except RuntimeError:
+        try:
+            # This backend rejects enable_gqa: give it K, V repeated to H heads, (B, K, T, D) -> (B, H, T, D),
+            # materialised before timing so the copy is not counted against it.
+            repeated = [x.repeat_interleave(H // K, dim=1) for x in (k, v)]  # 2 x (B, H, T, D)
+            ms, mark = _time_ms(without_gqa, backward, leaves(q, *repeated) + [causal], dout), "*"
+        except RuntimeError as err:  # this backend cannot run this shape at all (dtype, length, GPU...)
+            print(f"  ({name} skipped at T={q.shape[2]}: {str(err).splitlines()[0][:90]})")
+            return None, ""
+    # flops / (ms * 1e-3) / 1e12 == flops / ms / 1e9.
+    return flops / ms / 1e9, mark
+
+
+def run_throughput_bench(args) -> None:
+    """Print TFLOP/s tables of this kernel vs each torch SDPA backend, forward and forward + backward."""
+    H, K, D = args.n_head, args.n_kv_head, args.head_dim
+    seq_lens = [int(x) for x in args.seq_lens.split(",")]
+    causal_modes = {"both": [True, False], "yes": [True], "no": [False]}[args.causal]
+    providers = _sdpa_providers()
+    names = ["triton"] + [f"sdpa-{name}" for name in providers]
+    print(f"\nthroughput: B*T = {args.tokens} tokens, H/K = {H}/{K}, D = {D}, bf16, median of "
+          f"triton.testing.do_bench; TFLOP/s (FLOPs: 4*B*H*T*S*D fwd, /2 causal, x3.5 fwd+bwd)")
+    print("SDPA gets enable_gqa=True; a value marked * is a backend that rejected it and ran on K, V "
+          "repeated to H heads")
+    for backward in (False, True):
+        print(f"\n{'forward + backward' if backward else 'forward'}")
+        print(f"{'causal':>6} {'T':>6} {'B':>4} " + " ".join(f"{n:>15}" for n in names) + f" {'ours/best':>10}")
+        for causal in causal_modes:
+            for T in seq_lens:
+                # A fixed token budget per step (like a training batch): long sequences get a small batch.
+                B = max(1, args.tokens // T)
+                gen = torch.Generator(device="cuda").manual_seed(0)
+                q = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, H, T, D)
+                k = torch.randn(B, K, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, K, T, D)
+                v = torch.randn(B, K, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, K, T, D)
+                dout = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, H, T, D)
+                flops = attention_flops(B, H, T, T, D, causal, backward)
+                results = {}
+                for name in names:
+                    results[name] = _measure(name.removeprefix("sdpa-"), providers, q, k, v, dout, causal,
+                                             backward, flops)
+                # The ratio that matters: ours against the fastest SDPA backend that could run.
+                best_sdpa = max((tflops for name, (tflops, _) in results.items()
+                                 if name != "triton" and tflops is not None), default=None)
+                cells = [f"{tflops:14.1f}{mark or ' '}" if tflops is not None else f"{'n/a':>15}"
+                         for tflops, mark in results.values()]
+                ratio = f"{results['triton'][0] / best_sdpa:10.2f}" if best_sdpa else f"{'n/a':>10}"
+                print(f"{str(causal):>6} {T:>6} {B:>4} " + " ".join(cells) + " " + ratio, flush=True)
+                del q, k, v, dout
+                torch.cuda.empty_cache()
+
+
+def run_correctness_check(args) -> bool:
+    """bf16 kernel vs a float32 reference at Phi-4 head shapes; prints max errors, returns True if all pass.
+
+    The yardstick is plain PyTorch attention computed in bf16: our error should be no worse than about that.
+    """
+    H, K, D = args.n_head, args.n_kv_head, args.head_dim
+    print(f"\ncorrectness: bf16 kernel vs float32 reference, H/K = {H}/{K}, D = {D}")
+    print(f"{'case':<30} {'tensor':>6} {'ours err':>10} {'bf16 eager err':>15} {'ok':>4}")
+    all_ok = True
+    # (batch, T, S, causal): full causal training shape, an odd non-causal length, a chunked-prefill step.
+    for B, T, S, causal in [(2, 2048, 2048, True), (2, 1000, 1000, False), (2, 128, 2048, True)]:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, H, T, D)
+        k = torch.randn(B, K, S, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, K, S, D)
+        v = torch.randn(B, K, S, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, K, S, D)
+        dout = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, H, T, D)
+        results = {}
+        # All three see the same bf16-rounded inputs, so the differences measure the computation alone:
+        # "ref" upcasts them to float32, "ours" and "eager" compute in bf16.
+        for name, fn, dtype in [("ref", reference_attention, torch.float32), ("ours", flash_attention, None),
+                                ("eager", reference_attention, None)]:
+            inputs = [x.detach().to(dtype or x.dtype).requires_grad_() for x in (q, k, v)]
+            out = fn(*inputs, causal=causal)
+            out.backward(dout.to(out.dtype))
+            results[name] = [out.detach().float()] + [x.grad.float() for x in inputs]
+        for i, tensor in enumerate(["out", "dq", "dk", "dv"]):
+            ref = results["ref"][i]
+            ours_err = (results["ours"][i] - ref).abs().max().item()
+            eager_err = (results["eager"][i] - ref).abs().max().item()
+            # Pass when within 2x the error of plain bf16 attention plus 1% of the tensor's largest value
+            # (bf16 keeps about 3 significant digits, so a few tenths of a percent is rounding, not a bug).
+            ok = ours_err <= 2 * eager_err + 1e-2 * ref.abs().max().item()
+            all_ok &= ok
+            print(f"{f'B={B} T={T} S={S} causal={causal}':<30} {tensor:>6} {ours_err:10.2e} {eager_err:15.2e} "
+                  f"{'yes' if ok else 'NO':>4}")
+        del q, k, v, dout, results
+        torch.cuda.empty_cache()
+    return all_ok
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description="FlashAttention-2 in Triton. --bench compares TFLOP/s against torch SDPA backends on a "
+                    "CUDA GPU and checks bf16 accuracy at Phi-4 shapes. Tests: python -m pytest tests/test_kernels.py")
+    parser.add_argument("--bench", action="store_true", help="run the throughput tables and the bf16 check (needs a CUDA GPU)")
+    parser.add_argument("--tokens", type=int, default=16384, help="B*T per measurement; B = tokens // T (default 16384)")
+    parser.add_argument("--seq-lens", default="512,1024,2048,4096,8192,16384", help="comma-separated T values (S = T)")
+    parser.add_argument("--n-head", type=int, default=40, help="query heads H (Phi-4: 40)")
+    parser.add_argument("--n-kv-head", type=int, default=10, help="key/value heads K (Phi-4: 10)")
+    parser.add_argument("--head-dim", type=int, default=128, help="head dim D (Phi-4: 128)")
+    parser.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="which masks to time")
+    parser.add_argument("--skip-check", action="store_true", help="skip the bf16 correctness check")
+    args = parser.parse_args()
+    # Without --bench there is nothing to run from the command line: the kernel is a library function.
+    if not args.bench:
+        parser.print_help()
+        sys.exit(0)
+    if not (HAS_TRITON and torch.cuda.is_available()) or INTERPRET:
+        print("--bench needs a CUDA GPU with Triton (and TRITON_INTERPRET unset); on CPU run the tests instead: "
+              "python -m pytest tests/test_kernels.py", file=sys.stderr)
+        sys.exit(1)
+    # Say exactly what was measured, so figures copied into the README carry their machine and versions.
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    # Correctness first: a fast wrong kernel is not worth timing. A failed check makes the exit status 1.
+    check_ok = True if args.skip_check else run_correctness_check(args)
+    run_throughput_bench(args)
+    sys.exit(0 if check_ok else 1)
