@@ -123,6 +123,97 @@ class Tokenizer:
         return cls("phi4", ranks)
 
     @classmethod
+    def from_hf(cls, hf_dir: str) -> "Tokenizer":
+        """The tokenizer of a Hugging Face model folder: tokenizer.json, or vocab.json + merges.txt.
+
+        A downloaded Phi-4 folder then needs no other file, and the ids agree with Tokenizer.phi4.
+        HF stores a byte-level BPE as text: GPT-2's byte-to-unicode table maps each of the 256 byte
+        values to a printable character (printable bytes map to themselves, the others to chr(256+n)),
+        so the token " hello" is written "Ġhello". Undoing that table gives tiktoken's bytes. A token's
+        id is its rank: tiktoken merges the adjacent pair whose joined bytes have the lowest rank, which
+        is the order of HF's merge list when that list follows the ids; we check that it does, so the
+        merges themselves are not needed. Special tokens are HF's "added tokens"; they must sit where
+        this class puts them (right after the ranks, in PHI4_SPECIAL_NAMES order).
+        """
+        # GPT-2's table, inverted: printable character -> the byte it stands for.
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+        char_to_byte = {chr(b): b for b in printable}
+        for n, b in enumerate(b for b in range(256) if b not in printable):
+            char_to_byte[chr(256 + n)] = b
+
+        def read_json(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return json.load(f)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"cannot read {path}: {error}") from None
+
+        tokenizer_json = os.path.join(hf_dir, "tokenizer.json")
+        vocab_json, merges_txt = os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt")
+        if os.path.exists(tokenizer_json):
+            source = tokenizer_json
+            spec = read_json(tokenizer_json)
+            bpe = spec.get("model") or {}
+            if bpe.get("type") != "BPE" or not isinstance(bpe.get("vocab"), dict):
+                raise ValueError(f"{tokenizer_json}: model type {bpe.get('type')!r} is not a byte-level BPE")
+            vocab, merges = bpe["vocab"], bpe.get("merges") or []
+            added = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
+        elif os.path.exists(vocab_json) and os.path.exists(merges_txt):
+            source = vocab_json
+            vocab = read_json(vocab_json)
+            with open(merges_txt, encoding="utf-8") as f:
+                merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
+            # Added tokens live in added_tokens.json ({content: id}) and/or tokenizer_config.json.
+            added_file = os.path.join(hf_dir, "added_tokens.json")
+            config_file = os.path.join(hf_dir, "tokenizer_config.json")
+            added = read_json(added_file) if os.path.exists(added_file) else {}
+            if os.path.exists(config_file):
+                for token_id, token in (read_json(config_file).get("added_tokens_decoder") or {}).items():
+                    added[token["content"]] = int(token_id)
+        else:
+            raise ValueError(f"{hf_dir} has no tokenizer.json (nor vocab.json + merges.txt)")
+
+        ranks: dict[bytes, int] = {}
+        special_names = set(PHI4_SPECIAL_NAMES)
+        for token, token_id in vocab.items():
+            # Some files list the special tokens in the vocabulary too: they are not BPE ranks, and
+            # their ids are checked with the added tokens below.
+            if token in added or token in special_names:
+                added.setdefault(token, token_id)
+                continue
+            try:
+                ranks[bytes(char_to_byte[ch] for ch in token)] = token_id
+            except KeyError:
+                raise ValueError(f"{source}: token {token!r} is not in GPT-2's byte-level alphabet") from None
+        n_ranks = len(ranks)
+        if sorted(ranks.values()) != list(range(n_ranks)):
+            raise ValueError(f"{source}: the {n_ranks} BPE ids are not exactly 0..{n_ranks - 1}")
+        # Merges as "a b" strings (older files, merges.txt) or [a, b] pairs (tokenizers >= 0.20).
+        last_id = -1
+        for merge in merges:
+            pair = merge.split(" ") if isinstance(merge, str) else merge
+            if len(pair) != 2:
+                raise ValueError(f"{source}: merge {merge!r} is not a pair of tokens")
+            left, right = pair
+            merged_id = vocab.get(left + right)
+            if left not in vocab or right not in vocab or merged_id is None or merged_id < last_id:
+                raise ValueError(
+                    f"{source}: merge {left!r} + {right!r} does not follow the id order (not a tiktoken-style BPE)"
+                )
+            last_id = merged_id
+        expected = {name: n_ranks + i for i, name in enumerate(PHI4_SPECIAL_NAMES)}
+        wrong = [f"{content} at {token_id}" for content, token_id in added.items() if expected.get(content) != token_id]
+        if wrong:
+            raise ValueError(
+                f"{source}: special tokens differ from Phi-4's layout (ids {n_ranks}.. in PHI4_SPECIAL_NAMES order): "
+                + ", ".join(wrong)
+            )
+        # The pre-tokenizer split is cl100k's, the constructor's default and Phi-4's (PHI4.md section 2);
+        # the copy of that regex in tokenizer.json's pre_tokenizer is not read. train.py sizes the
+        # embedding from the tokenizer unless it is named "phi4" (the full 100,352 vocabulary).
+        return cls("phi4" if n_ranks == CL100K_N_RANKS else "hf-bpe", ranks)
+
+    @classmethod
     def train(cls, text: str, vocab_size: int, name: str = "toy-bpe", verbose: bool = False) -> "Tokenizer":
         """Learn a byte-level BPE of `vocab_size` ids (96 of them special) from `text`.
 
@@ -494,6 +585,80 @@ class TokenLoader:
         self.position, self.epoch = int(state["position"]), int(state["epoch"])
 
 
+class ChatLoader:
+    """Batches of chat conversations for SFT: (inputs, targets), targets -100 where there is no loss.
+
+    One conversation per row, padded with <|dummy_85|> (Phi-4's pad, which is NOT its eos: if padding
+    were <|im_end|>, masking the padding would also mask the very token that teaches the model to stop).
+    Rows are padded to the longest conversation in the batch, not to a fixed length, so short chats cost
+    little. Packing several conversations per row would save more, but would let one conversation
+    attend to an unrelated one; at toy scale the simplicity wins. The order is a seeded shuffle per
+    epoch, and the state is (epoch, position), so resuming is exact.
+    """
+
+    def __init__(self, examples: list[tuple[list[int], list[int]]], batch_size: int, seq_len: int, pad_id: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        # Conversations that do not fit are dropped, never truncated: a cut-off answer teaches the model
+        # to stop mid-solution without <|im_end|>.
+        self.examples = [(ids, mask) for ids, mask in examples if len(ids) <= seq_len + 1]
+        self.n_dropped = len(examples) - len(self.examples)
+        if len(self.examples) < batch_size * world_size:
+            raise ValueError(f"only {len(self.examples)} conversations fit --seq-len {seq_len}; need at least one batch")
+        self.B, self.pad_id, self.rank, self.world_size, self.seed = batch_size, pad_id, rank, world_size, seed
+        self.position, self.epoch = 0, 0
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        global_rows = self.B * self.world_size
+        if self.position + global_rows > len(self.examples):
+            self.position, self.epoch = 0, self.epoch + 1
+        order = self._order()
+        start = self.position + self.rank * self.B
+        chosen = [self.examples[i] for i in order[start : start + self.B]]
+        self.position += global_rows
+        width = max(len(ids) for ids, _ in chosen) - 1
+        inputs = np.full((self.B, width), self.pad_id, dtype=np.int64)  # (B, T)
+        targets = np.full((self.B, width), -100, dtype=np.int64)  # (B, T)
+        for row, (ids, mask) in enumerate(chosen):
+            ids, mask = np.asarray(ids), np.asarray(mask)
+            n = len(ids) - 1
+            inputs[row, :n] = ids[:-1]
+            # Token t+1 is a target only where the loss mask marks it (assistant content and <|im_end|>).
+            targets[row, :n] = np.where(mask[1:] == 1, ids[1:], -100)
+        return inputs, targets
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict):
+        self.position, self.epoch = int(state["position"]), int(state["epoch"])
+
+
+def read_conversations(path: str) -> list[list[dict]]:
+    """Chat data from JSONL: records with "messages", or world problems (rendered by problem_chat)."""
+    if not os.path.exists(path):
+        raise ValueError(f"chat data {path} not found; build it with `python data.py` or pass --sft-data")
+    conversations = []
+    with open(path) as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if "messages" in record:
+                conversations.append(record["messages"])
+            elif "question" in record and "solution" in record:
+                conversations.append(problem_chat(Problem(**record)))
+            else:
+                raise ValueError(f"{path}:{line_number}: a record needs 'messages' or 'question'+'solution'")
+    if not conversations:
+        raise ValueError(f"chat data {path} is empty")
+    return conversations
+
+
 def shard_paths(data_dir: str, split: str) -> list[str]:
     """The shards of one split (`train` or `val`) in a data directory, in order."""
     if not os.path.isdir(data_dir):
@@ -531,7 +696,8 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     """The synthetic world as pretraining shards, an SFT chat set and a decontaminated eval split.
 
     Writes tokenizer.json, train_*.bin, val_*.bin, eval.jsonl (held-out problems), sft.jsonl
-    (training problems in chat form, for the SFT stage) and meta.json (counts, decontamination).
+    (problems for the SFT stage), rl.jsonl (problems to sample on: rejection sampling, PTS) and
+    meta.json (counts, decontamination).
     """
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(seed)
@@ -560,9 +726,14 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     with open(os.path.join(out_dir, "eval.jsonl"), "w") as f:
         for p in eval_problems:
             f.write(json.dumps(p.to_dict()) + "\n")
-    with open(os.path.join(out_dir, "sft.jsonl"), "w") as f:
-        for p in problems[: len(problems) // 3]:
-            f.write(json.dumps(p.to_dict()) + "\n")
+    # Post-training sets, disjoint from each other: SFT conversations, and problems whose answers the
+    # model will be sampled on (rejection sampling, Pivotal Token Search). Both are training problems,
+    # so the 13-gram rule has already cleaned them against the held-out split.
+    n_sft = len(problems) // 3
+    for name, subset in (("sft.jsonl", problems[:n_sft]), ("rl.jsonl", problems[n_sft : n_sft + 4000])):
+        with open(os.path.join(out_dir, name), "w") as f:
+            for p in subset:
+                f.write(json.dumps(p.to_dict()) + "\n")
     meta = {
         "problems": len(problems),
         "dropped_by_13gram": n_dropped,

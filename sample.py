@@ -11,6 +11,8 @@ Commands:
     python sample.py --init out/pretrain --prompt "Problem: Mia has 3 apples." --num-samples 3 --temperature 0.8
     python sample.py --chat --prompt "Mia has 3 apples. ..."    # Phi-4 chat format (for SFT checkpoints)
     python sample.py --bench                         # decode tokens/s with and without the KV cache
+    python sample.py --hf ~/phi-4                    # chat with the released Phi-4 (a Hugging Face folder)
+    python sample.py --hf ~/phi-4 --prompt "What is 17 * 23?" --max-new-tokens 200   # one question, no loop
 
 Simplified: prompts in one batch have the same length (left padding is not needed by this repo's
 callers: rollouts repeat one prompt), and there is no speculative decoding or paged cache.
@@ -19,6 +21,7 @@ callers: rollouts repeat one prompt), and there is no speculative decoding or pa
 from __future__ import annotations
 
 import argparse
+import codecs
 import glob
 import json
 import os
@@ -80,13 +83,15 @@ def generate(
     stop_tokens=(),
     seed: int | None = None,
     use_cache: bool = True,
+    on_token=None,
 ) -> torch.Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B, T + n).
 
     A row that emits one of `stop_tokens` keeps it and is padded with it afterwards; generation ends
     early once every row has stopped. `seed` makes sampling reproducible (a private generator, so the
     global RNG is untouched). `use_cache=False` recomputes the whole sequence at every step: the slow
-    reference that the tests compare the cache against.
+    reference that the tests compare the cache against. `on_token(next_token)`, if given, is called with
+    each new (B,) column as soon as it is chosen (stop tokens included), so a caller can stream text.
     """
     model.eval()
     B, T = idx.shape
@@ -113,6 +118,8 @@ def generate(
         # Rows that already stopped repeat their stop token instead of generating more.
         next_token = torch.where(finished, out[:, -1], next_token)
         out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
+        if on_token is not None:
+            on_token(next_token)
         if len(stop):
             finished |= torch.isin(next_token, stop)
             if bool(finished.all()):
@@ -213,6 +220,69 @@ def load_model(path: str, device="cpu") -> tuple[Phi4, data.Tokenizer]:
     return model, data.Tokenizer.load(tokenizer_file)
 
 
+def load_hf(hf_dir: str, device, dtype_name: str | None = None) -> tuple[Phi4, data.Tokenizer]:
+    """A Hugging Face Phi-4 folder -> (model, tokenizer). bf16 on a GPU (the release's dtype); float32
+    on a CPU unless asked otherwise, since CPU bf16 matmuls are slow on most machines."""
+    dtype = getattr(torch, dtype_name) if dtype_name else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = Phi4.from_pretrained(hf_dir, device=device, dtype=dtype)
+    return model, data.Tokenizer.from_hf(hf_dir)
+
+
+def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
+    """Phi-4's chat format, streamed token by token: a loop on stdin, or one turn with --prompt.
+
+    The whole conversation is re-rendered each turn (system, user, assistant, ...) and ends with an
+    open assistant header; the reply stops at <|im_end|> and joins the history for the next turn.
+    """
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turn = 0
+    while True:
+        if args.prompt is not None:
+            user = args.prompt
+        else:
+            try:
+                user = input("\nuser> ")
+            except EOFError:  # Ctrl-D ends the chat
+                print()
+                break
+            if user.strip() in ("", "/exit", "/quit"):
+                break
+        messages.append({"role": "user", "content": user})
+        ids = tokenizer.render_prompt(messages)
+        # A long chat outgrows the context: forget the oldest exchange (never the system prompt) until
+        # the rest fits; a single message that is too long still fails with generate's clear error.
+        first = 1 if args.system else 0
+        while len(ids) >= model.config.max_seq_len and len(messages) > first + 1:
+            del messages[first : first + 2]
+            ids = tokenizer.render_prompt(messages)
+            print("[the conversation outgrew the context: forgot the oldest exchange]", file=sys.stderr)
+        idx = torch.tensor([ids], device=device)  # (1, T)
+        # A token may end in the middle of a UTF-8 character (emoji, CJK): the incremental decoder
+        # holds such bytes back until the character is complete, instead of printing garbage.
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+        def show(next_token: torch.Tensor):
+            token = int(next_token[0])
+            if token != tokenizer.im_end_id:
+                print(utf8.decode(tokenizer.encoding.decode_single_token_bytes(token)), end="", flush=True)
+
+        if args.prompt is None:
+            print("assistant> ", end="", flush=True)
+        start = time.perf_counter()
+        out = generate(
+            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+            stop_tokens=(tokenizer.im_end_id,), seed=args.seed + turn, on_token=show,
+        )
+        print(utf8.decode(b"", final=True))
+        n_new = out.shape[1] - idx.shape[1]
+        print(f"[{n_new} tokens, {n_new / (time.perf_counter() - start):.1f} tokens/s]", file=sys.stderr)
+        reply = completions(tokenizer, out, idx.shape[1], (tokenizer.im_end_id,))[0]
+        messages.append({"role": "assistant", "content": reply})
+        turn += 1
+        if args.prompt is not None:
+            break
+
+
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo")
 
 
@@ -276,6 +346,12 @@ if __name__ == "__main__":
     parser.add_argument("--eval", action="store_true", help="greedy pass@1 on the held-out problems; writes eval.json into --init")
     parser.add_argument("--eval-limit", type=int, default=None, help="with --eval: score only the first N problems")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
+    parser.add_argument("--hf", default=None, metavar="DIR",
+                        help="chat with a Hugging Face Phi-4 folder (config.json, *.safetensors, tokenizer.json)")
+    parser.add_argument("--system", default=None, help="with --hf: a system prompt for the chat")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="with --hf: weight dtype (default bfloat16 on GPU, float32 on CPU; "
+                        "bfloat16 halves memory: 29 GB for Phi-4 instead of 59)")
     args = parser.parse_args()
 
     try:
@@ -284,6 +360,13 @@ if __name__ == "__main__":
             print(open(args.report).read())
             sys.exit(0)
         device = resolve_device(args.device)
+        if args.hf:
+            start = time.perf_counter()
+            model, tokenizer = load_hf(args.hf, device, args.dtype)
+            print(f"loaded {args.hf} in {time.perf_counter() - start:.1f}s: {model.num_params():,} parameters, "
+                  f"{next(model.parameters()).dtype}, context {model.config.max_seq_len}", file=sys.stderr)
+            chat(model, tokenizer, args, device)
+            sys.exit(0)
         path = args.init or newest_checkpoint()
         if path is None:
             raise ValueError("no checkpoint under out/; train one with `python train.py` or pass --init DIR")
