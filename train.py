@@ -44,23 +44,36 @@ from model import PRESETS, ModelConfig, Phi4, get_config, peak_flops
 # Configuration: every field is a command-line flag (underscores become dashes).
 
 
+# What each stage changes when its flags are not given. Toy-scale values; the Phi-4 numbers they mirror
+# are in the comments (report sections 3 and 4).
+STAGE_DEFAULTS = {
+    # Phi-4: peak 3e-4 at 14B; a 1M-parameter model trains fastest near 3e-3.
+    "pretrain": dict(what="next-token prediction on token shards", lr=3e-3, steps=1200, warmup_steps=50),
+    # Phi-4: SFT at 1e-6, 300x below its pretraining peak. We keep the learning rate 10x lower than
+    # pretraining: the toy model is far from converged, and the chat format is new to it.
+    "sft": dict(what="chat format, loss on assistant tokens only; needs --init", lr=3e-4, steps=300, warmup_steps=20),
+}
+STAGES = tuple(STAGE_DEFAULTS)
+
+
 @dataclass
 class TrainConfig:
-    stage: str = "pretrain"  # which stage of the recipe this run is
+    stage: str = "pretrain"  # which stage of the recipe this run is (STAGES below)
     size: str = "toy"  # model preset (model.PRESETS)
     data: str = data.TOY_DATA_DIR  # folder with tokenizer.json and train_*.bin / val_*.bin shards
-    out: str = "out/pretrain"  # checkpoint, log and tokenizer go here
+    sft_data: str | None = None  # chat JSONL for --stage sft (default: DATA/sft.jsonl)
+    out: str | None = None  # checkpoint, log and tokenizer go here (default: out/STAGE)
     init: str | None = None  # start from the weights of this checkpoint folder (fresh optimizer)
     resume: bool = False  # continue the run saved in --out, exactly (optimizer, data position, RNG)
     seed: int = 1337
-    steps: int = 1200  # optimizer steps in the whole run (the schedule is laid out over these)
+    steps: int | None = None  # optimizer steps in the whole run (the schedule is laid out over these)
     stop_at: int | None = None  # stop after this step (as if interrupted); --resume continues it
     batch_size: int = 16  # sequences per micro-batch on each device
     seq_len: int | None = None  # tokens per sequence; default: the model's max_seq_len
     batch_tokens: int | None = None  # tokens per optimizer step (global); default: one micro-batch
-    lr: float = 3e-3  # peak learning rate (Phi-4 14B: 3e-4; small models tolerate more)
+    lr: float | None = None  # peak learning rate (Phi-4 14B: 3e-4; small models tolerate more)
     min_lr_ratio: float = 0.0  # the linear decay ends at lr * min_lr_ratio
-    warmup_steps: int = 50
+    warmup_steps: int | None = None
     weight_decay: float = 0.1  # Phi-4's value; applied to matrices only
     beta1: float = 0.9
     beta2: float = 0.95
@@ -73,21 +86,22 @@ class TrainConfig:
     attn_impl: str | None = None  # override the preset's attention: naive | sdpa | triton
 
     HELP = {
-        "stage": "recipe stage (pretrain)",
+        "stage": "recipe stage: " + ", ".join(f"{k} ({v['what']})" for k, v in STAGE_DEFAULTS.items()),
         "size": f"model preset: {', '.join(PRESETS)}",
         "data": "data folder from `python data.py` (built automatically for the toy world)",
-        "out": "output folder for checkpoint, log.jsonl and tokenizer.json",
+        "sft_data": "chat JSONL for --stage sft: {'messages': [...]} or world problems (default DATA/sft.jsonl)",
+        "out": "output folder for checkpoint, log.jsonl and tokenizer.json (default out/STAGE)",
         "init": "checkpoint folder whose weights start this run (optimizer and step start fresh)",
         "resume": "continue the run in --out exactly where its last checkpoint left it",
         "seed": "seed for weights, data order and sampling",
-        "steps": "optimizer steps in the whole run; the LR schedule spans them",
+        "steps": "optimizer steps in the whole run; the LR schedule spans them (default: per stage)",
         "stop_at": "stop after this step as if interrupted (resume later with --resume)",
         "batch_size": "sequences per micro-batch per device",
         "seq_len": "sequence length in tokens (default: the preset's max_seq_len)",
         "batch_tokens": "global tokens per optimizer step; gradient accumulation fills the gap",
-        "lr": "peak learning rate after warm-up",
+        "lr": "peak learning rate after warm-up (default: per stage)",
         "min_lr_ratio": "final learning rate as a fraction of --lr (linear decay)",
-        "warmup_steps": "linear warm-up steps",
+        "warmup_steps": "linear warm-up steps (default: per stage)",
         "weight_decay": "AdamW weight decay on matrices (not on norm gains)",
         "beta1": "AdamW beta1",
         "beta2": "AdamW beta2",
@@ -101,7 +115,17 @@ class TrainConfig:
     }
 
 
-STAGES = ("pretrain",)
+
+
+def resolve_stage(cfg: TrainConfig) -> TrainConfig:
+    """Fill the flags left unset with the stage's defaults, and check the stage has what it needs."""
+    defaults = STAGE_DEFAULTS[cfg.stage]
+    updates = {k: v for k, v in defaults.items() if k != "what" and getattr(cfg, k) is None}
+    if cfg.out is None:
+        updates["out"] = os.path.join("out", cfg.stage)
+    if cfg.stage == "sft" and not (cfg.init or cfg.resume):
+        raise ValueError("--stage sft fine-tunes a trained model: pass --init out/pretrain (or --resume)")
+    return dataclasses.replace(cfg, **updates)
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -124,7 +148,7 @@ def parse_args(argv=None) -> TrainConfig:
             kwargs["choices"] = ["naive", "sdpa", "triton"]
         parser.add_argument(flag, **kwargs)
     args = parser.parse_args(argv)
-    return TrainConfig(**vars(args))
+    return TrainConfig(**vars(args))  # stage defaults are filled in by resolve_stage()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,7 +260,7 @@ def evaluate(model, loader: data.TokenLoader, n_batches: int, device, autocast) 
         inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
         with autocast:
             total += model(inputs, targets, reduction="sum").item()
-        count += targets.numel()
+        count += int((targets != -100).sum())
     model.train()
     return total / count
 
@@ -291,8 +315,26 @@ def build_model(cfg: TrainConfig, tokenizer: data.Tokenizer, device) -> tuple[Ph
     return model, state
 
 
+def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank: int = 0, world_size: int = 1):
+    """(train loader, held-out loader or None) for the stage: token shards, or chat conversations for SFT."""
+    if cfg.stage == "sft":
+        conversations = data.read_conversations(cfg.sft_data or os.path.join(cfg.data, "sft.jsonl"))
+        examples = [tokenizer.render_chat(c) for c in conversations]
+        n_val = min(200, len(examples) // 10)  # the tail of the file is the held-out part
+        make = lambda ex, seed: data.ChatLoader(ex, cfg.batch_size, seq_len, tokenizer.pad_id, rank, world_size, seed)
+        train_loader = make(examples[n_val:], cfg.seed)
+        if train_loader.n_dropped:
+            print(f"note: {train_loader.n_dropped} conversations longer than --seq-len {seq_len} were left out")
+        return train_loader, (make(examples[:n_val], 0) if n_val >= cfg.batch_size * world_size else None)
+    train_loader = data.TokenLoader(data.shard_paths(cfg.data, "train"), cfg.batch_size, seq_len, rank, world_size)
+    val_paths = data.shard_paths(cfg.data, "val")
+    val_loader = data.TokenLoader(val_paths, cfg.batch_size, seq_len, rank, world_size) if val_paths else None
+    return train_loader, val_loader
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Run one training job; returns the list of logged records (also written to out/log.jsonl)."""
+    cfg = resolve_stage(cfg)
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -309,9 +351,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         raise ValueError(f"--batch-tokens {batch_tokens} must be a multiple of batch_size*seq_len = {micro_tokens}")
     grad_accum = batch_tokens // micro_tokens
 
-    train_loader = data.TokenLoader(data.shard_paths(cfg.data, "train"), cfg.batch_size, seq_len)
-    val_paths = data.shard_paths(cfg.data, "val")
-    val_loader = data.TokenLoader(val_paths, cfg.batch_size, seq_len) if val_paths else None
+    train_loader, val_loader = make_loaders(cfg, tokenizer, seq_len)
     optimizer = make_optimizer(model, cfg, device)
     start_step = 0
     if cfg.resume:
@@ -358,6 +398,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         # of target tokens: every token then weighs the same, however they fall into micro-batches.
         batches = [train_loader.next_batch() for _ in range(grad_accum)]
         n_targets = sum(int((t != -100).sum()) for _, t in batches)
+        n_tokens = sum(inputs.size for inputs, _ in batches)
         loss_sum = 0.0
         for inputs, targets in batches:
             inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
@@ -372,7 +413,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        tokens_per_s = batch_tokens / dt
+        tokens_per_s = n_tokens / dt
         mfu = tokens_per_s * flops_per_token / peak if peak else None
         record = {"step": step + 1, "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tok_s": tokens_per_s, "mfu": mfu,
                   "time_s": time.perf_counter() - run_start}

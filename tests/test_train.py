@@ -82,7 +82,7 @@ def test_learning_rate_warms_up_linearly_then_decays_linearly_to_the_floor():
 def test_weight_decay_applies_to_matrices_and_not_to_norm_gains(toy_data_dir):
     tokenizer = train.prepare_data(TrainConfig(data=toy_data_dir))
     model, _ = train.build_model(TrainConfig(data=toy_data_dir, seq_len=32), tokenizer, "cpu")
-    decay, no_decay = train.make_optimizer(model, TrainConfig(), torch.device("cpu")).param_groups
+    decay, no_decay = train.make_optimizer(model, train.resolve_stage(TrainConfig()), torch.device("cpu")).param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in no_decay["params"]} == {id(p) for n, p in model.named_parameters() if "norm" in n}
 
