@@ -11,6 +11,8 @@ Commands:
     python sample.py --init out/pretrain --prompt "Problem: Mia has 3 apples." --num-samples 3 --temperature 0.8
     python sample.py --chat --prompt "Mia has 3 apples. ..."    # Phi-4 chat format (for SFT checkpoints)
     python sample.py --bench                         # decode tokens/s with and without the KV cache
+    python sample.py --init out/sft --chat --eval    # held-out greedy pass@1 and maj@8 -> out/sft/eval.json
+    python sample.py --init out/sft --rejection-sampling --out out/rs   # best-of-n SFT data + preference pairs
     python sample.py --hf ~/phi-4                    # chat with the released Phi-4 (a Hugging Face folder)
     python sample.py --hf ~/phi-4 --prompt "What is 17 * 23?" --max-new-tokens 200   # one question, no loop
 
@@ -27,8 +29,10 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 
 import torch
+from tqdm import tqdm
 
 import data
 from model import KVCache, Phi4
@@ -84,14 +88,20 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     on_token=None,
+    num_samples: int = 1,
 ) -> torch.Tensor:
-    """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B, T + n).
+    """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B * num_samples, T + n).
 
     A row that emits one of `stop_tokens` keeps it and is padded with it afterwards; generation ends
     early once every row has stopped. `seed` makes sampling reproducible (a private generator, so the
     global RNG is untouched). `use_cache=False` recomputes the whole sequence at every step: the slow
     reference that the tests compare the cache against. `on_token(next_token)`, if given, is called with
     each new (B,) column as soon as it is chosen (stop tokens included), so a caller can stream text.
+
+    `num_samples` continues every row that many times (output rows b*n .. b*n+n-1 continue row b). The
+    prompt is prefilled once and its KV cache copied to the n rows (KVCache.expand), instead of
+    prefilling n copies of it: the saving that rollouts from one shared prefix live on (pts.py). With a
+    seed, the samples equal those of passing each row repeated n times.
     """
     model.eval()
     B, T = idx.shape
@@ -111,7 +121,13 @@ def generate(
         return model.lm_head(hidden[:, -1])  # (B, V)
 
     logits = last_logits(idx)  # prefill
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    if num_samples > 1:
+        # From here on every row is num_samples rows, each with its own copy of the prompt's keys/values.
+        if cache is not None:
+            cache.expand(num_samples)  # (L, B, K, S, D) -> (L, B * n, K, S, D)
+        logits = logits.repeat_interleave(num_samples, dim=0)  # (B, V) -> (B * n, V)
+        idx = idx.repeat_interleave(num_samples, dim=0)  # (B, T) -> (B * n, T)
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)
     out = idx
     for _ in range(max_new_tokens):
         next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
@@ -152,6 +168,60 @@ def problem_prompt_ids(tokenizer: data.Tokenizer, problem: data.Problem, chat: b
 
 
 @torch.no_grad()
+def sample_completions(
+    model: Phi4,
+    prompts: list[list[int]],
+    n: int,
+    max_new_tokens: int,
+    stop_tokens,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    batch_rows: int = 256,
+    progress: str | None = None,
+) -> list[list[list[int]]]:
+    """n completions of every prompt -> [prompt][sample] token ids, cut just after the first stop token.
+
+    Many rows decode together, which is where the KV cache pays: prompts of equal length share a batch
+    (generate needs rectangular input), each repeated n times, at most `batch_rows` rows per batch.
+    Temperature 0 gives n copies of the greedy answer. A completion without a stop token hit
+    max_new_tokens (or the context) and is returned as it is: callers decide what an unfinished answer
+    is worth (the oracle usually rejects it, as it ends before "Answer:").
+    """
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    per_batch = max(1, batch_rows // n)  # prompts per batch
+    batches = [
+        (length, indices[start : start + per_batch])
+        for length, indices in sorted(by_length.items())
+        for start in range(0, len(indices), per_batch)
+    ]
+    results: list[list[list[int]]] = [[] for _ in prompts]
+    stop = set(stop_tokens)
+    for b, (length, chunk) in enumerate(tqdm(batches, desc=progress, unit="batch", disable=progress is None)):
+        idx = torch.tensor([prompts[i] for i in chunk for _ in range(n)], device=device)  # (len(chunk) * n, length)
+        # Seed per batch: the samples do not depend on what ran before (resumable, comparable).
+        out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed=seed + b)
+        for row, ids in enumerate(out[:, length:].tolist()):
+            end = next((j + 1 for j, token in enumerate(ids) if token in stop), len(ids))
+            results[chunk[row // n]].append(ids[:end])
+    return results
+
+
+def majority_answer(texts: list[str]) -> int | None:
+    """The most frequent final answer among texts (ties: the one seen first); None if none has one."""
+    answers = [a for a in map(data.extract_answer, texts) if a is not None]
+    if not answers:
+        return None
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in answers if counts[a] == best)
+
+
+@torch.no_grad()
 def evaluate_problems(
     model: Phi4,
     tokenizer: data.Tokenizer,
@@ -159,35 +229,41 @@ def evaluate_problems(
     chat: bool = False,
     max_new_tokens: int = 120,
     batch_size: int = 64,
+    maj_k: int = 0,
+    temperature: float = 0.7,
+    seed: int = 0,
 ) -> dict:
-    """Greedy pass@1 on `problems`, graded by the world's oracle -> {"accuracy", "n", "correct", "per_level"}.
+    """Greedy pass@1 (and, with maj_k > 0, sampled maj@k) on `problems`, graded by the world's oracle.
 
-    Prompts are grouped by token length so every batch is rectangular (generate needs equal lengths);
-    greedy decoding makes the result independent of that grouping.
+    -> {"accuracy", "n", "correct", "per_level"} (+ "maj_k", "maj_accuracy", "maj_correct").
+    maj@k samples k answers at `temperature` and scores the most frequent final answer: it measures
+    whether the model's *distribution* is right more often than not, which greedy decoding hides.
     """
-    device = next(model.parameters()).device
     stop = (tokenizer.bos_id, tokenizer.im_end_id)
     prompts = [problem_prompt_ids(tokenizer, p, chat) for p in problems]
-    by_length: dict[int, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        by_length.setdefault(len(prompt), []).append(i)
-    correct = [False] * len(problems)
-    for length, indices in by_length.items():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start : start + batch_size]
-            idx = torch.tensor([prompts[i] for i in chunk], device=device)  # (b, length)
-            out = generate(model, idx, max_new_tokens, temperature=0, stop_tokens=stop)
-            for i, text in zip(chunk, completions(tokenizer, out, length, stop)):
-                correct[i] = data.check(problems[i], text)
+    greedy = sample_completions(model, prompts, 1, max_new_tokens, stop, temperature=0, batch_rows=batch_size)
+    correct = [data.check(p, tokenizer.decode(strip_stop(s[0], stop))) for p, s in zip(problems, greedy)]
     per_level: dict[int, list[bool]] = {}
     for problem, ok in zip(problems, correct):
         per_level.setdefault(problem.level, []).append(ok)
-    return {
+    result = {
         "accuracy": sum(correct) / max(1, len(problems)),
         "n": len(problems),
         "correct": sum(correct),
         "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
     }
+    if maj_k > 0:
+        samples = sample_completions(model, prompts, maj_k, max_new_tokens, stop, temperature, seed=seed)
+        votes = [majority_answer([tokenizer.decode(strip_stop(s, stop)) for s in group]) for group in samples]
+        maj_correct = sum(vote == p.answer for vote, p in zip(votes, problems))
+        result.update(maj_k=maj_k, maj_temperature=temperature, maj_correct=maj_correct,
+                      maj_accuracy=maj_correct / max(1, len(problems)))
+    return result
+
+
+def strip_stop(ids: list[int], stop_tokens) -> list[int]:
+    """A completion without its final stop token (the text the oracle reads)."""
+    return ids[:-1] if ids and ids[-1] in stop_tokens else ids
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -198,6 +274,73 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rejection sampling (Phi-4 report section 4: SFT responses "chosen by best-of-n")
+
+
+def rejection_sampling(
+    model: Phi4,
+    tokenizer: data.Tokenizer,
+    problems: list[data.Problem],
+    n: int,
+    max_new_tokens: int = 120,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    batch_rows: int = 256,
+) -> tuple[list[dict], list[dict], dict]:
+    """Sample n answers per problem, let the oracle grade them -> (sft_records, pairs, summary).
+
+    sft_records: one conversation per problem that had a correct answer ({"messages": [...]}, the format
+      train.py --stage sft reads): the model's own accepted answer becomes its next training target.
+    pairs: one full-length preference pair per problem that had both a correct and an incorrect answer,
+      {"prompt", "chosen", "rejected"} as text (what other DPO tools read) plus the exact token ids
+      (`*_ids`, what dpo.py trains on: re-encoding the text could merge tokens differently).
+    Only finished answers (ending in <|im_end|>) can be accepted; a rambling answer that ran out of
+    tokens is a good *rejected* example, since stopping is part of what the model must learn.
+    """
+    stop = (tokenizer.im_end_id,)
+    prompts = [problem_prompt_ids(tokenizer, p, chat=True) for p in problems]
+    samples = sample_completions(
+        model, prompts, n, max_new_tokens, stop, temperature, top_k, top_p, seed, batch_rows, progress="rejection sampling"
+    )
+    sft_records, pairs = [], []
+    n_correct = n_all_right = n_all_wrong = 0
+    for problem, prompt, group in zip(problems, prompts, samples):
+        verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and data.check(problem, tokenizer.decode(s[:-1])) for s in group]
+        good = [s for s, ok in zip(group, verdicts) if ok]
+        bad = [s for s, ok in zip(group, verdicts) if not ok]
+        n_correct += len(good)
+        n_all_right += not bad
+        n_all_wrong += not good
+        if good:
+            # Samples are i.i.d., so the first accepted one is a uniform pick among the accepted.
+            answer = tokenizer.decode(good[0][:-1])
+            sft_records.append({"messages": [{"role": "user", "content": problem.question},
+                                             {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
+        if good and bad:
+            pairs.append({
+                "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(good[0]), "rejected": tokenizer.decode(bad[0]),
+                "prompt_ids": prompt, "chosen_ids": good[0], "rejected_ids": bad[0],
+                "source": "rejection_sampling", "question": problem.question, "answer": problem.answer,
+            })
+    summary = {
+        "problems": len(problems), "samples_per_problem": n, "temperature": temperature,
+        "sample_accuracy": n_correct / max(1, n * len(problems)),
+        "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),
+        "all_correct": n_all_right, "all_wrong": n_all_wrong,
+        "sft_records": len(sft_records), "pairs": len(pairs),
+    }
+    return sft_records, pairs, summary
+
+
+def write_jsonl(path: str, records: list[dict]):
+    """One JSON object per line, written atomically."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    data.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,7 +413,7 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
             print("assistant> ", end="", flush=True)
         start = time.perf_counter()
         out = generate(
-            model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+            model, idx, args.max_new_tokens, args.temperature or 0.0, args.top_k, args.top_p,
             stop_tokens=(tokenizer.im_end_id,), seed=args.seed + turn, on_token=show,
         )
         print(utf8.decode(b"", final=True))
@@ -335,7 +478,8 @@ if __name__ == "__main__":
     parser.add_argument("--chat", action="store_true", help="wrap --prompt as a user turn in Phi-4's chat format")
     parser.add_argument("--num-samples", type=int, default=3, help="completions (or held-out problems) to show")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens to generate per completion")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default 0; 0.7 for maj@k votes, 1.0 for rejection sampling)")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
@@ -345,6 +489,14 @@ if __name__ == "__main__":
     parser.add_argument("--bench", action="store_true", help="measure decode tokens/s with and without the KV cache")
     parser.add_argument("--eval", action="store_true", help="greedy pass@1 on the held-out problems; writes eval.json into --init")
     parser.add_argument("--eval-limit", type=int, default=None, help="with --eval: score only the first N problems")
+    parser.add_argument("--maj-k", type=int, default=8, help="with --eval: also sampled maj@k with k votes (0: greedy only)")
+    parser.add_argument("--rejection-sampling", action="store_true",
+                        help="sample --rs-samples answers to --rs-problems problems of DATA/rl.jsonl, grade them with the "
+                        "oracle, write best-of-n SFT data (OUT/sft.jsonl) and preference pairs (OUT/pairs.jsonl)")
+    parser.add_argument("--rs-problems", type=int, default=1500, help="with --rejection-sampling: problems to sample on")
+    parser.add_argument("--rs-samples", type=int, default=8, help="with --rejection-sampling: answers per problem (the n of best-of-n)")
+    parser.add_argument("--rs-skip", type=int, default=0, help="with --rejection-sampling: start at this problem of rl.jsonl")
+    parser.add_argument("--out", default="out/rs", help="with --rejection-sampling: output folder")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
     parser.add_argument("--hf", default=None, metavar="DIR",
                         help="chat with a Hugging Face Phi-4 folder (config.json, *.safetensors, tokenizer.json)")
@@ -388,14 +540,49 @@ if __name__ == "__main__":
                 raise ValueError(f"{eval_file} not found; build the data with `python data.py` or pass --data")
             problems = data.read_problems(eval_file)[: args.eval_limit]
             start = time.perf_counter()
-            result = evaluate_problems(model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens)
+            result = evaluate_problems(
+                model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens, maj_k=args.maj_k,
+                temperature=0.7 if args.temperature is None else args.temperature, seed=args.seed,
+            )
             low, high = wilson_interval(result["correct"], result["n"])
             result.update(ci95=[low, high], format="chat" if args.chat else "document", seconds=time.perf_counter() - start)
-            data.atomic_write_text(os.path.join(path, "eval.json"), json.dumps(result, indent=2))
             levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())
             print(
                 f"held-out pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
                 f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {result['seconds']:.1f}s"
+            )
+            if args.maj_k:
+                result["maj_ci95"] = wilson_interval(result["maj_correct"], result["n"])
+                low, high = result["maj_ci95"]
+                print(f"held-out maj@{args.maj_k} (T={result['maj_temperature']}): {100 * result['maj_accuracy']:.1f}% "
+                      f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)")
+            data.atomic_write_text(os.path.join(path, "eval.json"), json.dumps(result, indent=2))
+            sys.exit(0)
+
+        if args.rejection_sampling:
+            rl_file = os.path.join(args.data, "rl.jsonl")
+            if not os.path.exists(rl_file):
+                raise ValueError(f"{rl_file} not found; build the data with `python data.py` or pass --data")
+            problems = data.read_problems(rl_file)[args.rs_skip : args.rs_skip + args.rs_problems]
+            if not problems:
+                raise ValueError(f"{rl_file} has no problems after --rs-skip {args.rs_skip}")
+            if args.rs_samples < 2:
+                raise ValueError("--rs-samples must be at least 2 to choose among answers and form pairs")
+            temperature = 1.0 if args.temperature is None else args.temperature
+            if temperature <= 0:
+                raise ValueError("rejection sampling needs diverse answers: pass --temperature > 0")
+            start = time.perf_counter()
+            sft_records, pairs, summary = rejection_sampling(
+                model, tokenizer, problems, args.rs_samples, args.max_new_tokens, temperature, args.top_k, args.top_p, args.seed,
+            )
+            summary.update(init=path, seconds=time.perf_counter() - start)
+            write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
+            write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
+            data.atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
+            print(
+                f"rejection sampling: {summary['problems']} problems x {args.rs_samples} samples in {summary['seconds']:.0f}s | "
+                f"sample accuracy {100 * summary['sample_accuracy']:.1f}% | pass@{args.rs_samples} {100 * summary['pass_at_n']:.1f}% | "
+                f"{summary['sft_records']} accepted answers -> {args.out}/sft.jsonl | {summary['pairs']} pairs -> {args.out}/pairs.jsonl"
             )
             sys.exit(0)
 
@@ -418,7 +605,7 @@ if __name__ == "__main__":
             idx = torch.tensor([prompt], device=device)
             start = time.perf_counter()
             out = generate(
-                model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                model, idx, args.max_new_tokens, args.temperature or 0.0, args.top_k, args.top_p,
                 stop_tokens=stop, seed=args.seed + i, use_cache=not args.no_cache,
             )
             elapsed += time.perf_counter() - start

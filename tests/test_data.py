@@ -151,6 +151,31 @@ def test_render_chat_uses_phi4_format_and_masks_only_assistant_content_and_im_en
     assert ids[-1] == phi4.im_end_id
 
 
+def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_that_is_not_eos(toy_tokenizer):
+    tok = toy_tokenizer
+    chats = [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Mia has 3 apples."},
+         {"role": "assistant", "content": "Answer: 3"}, {"role": "user", "content": "And 4?"},
+         {"role": "assistant", "content": "Answer: 4"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Answer: 12"}],
+    ]
+    examples = [tok.render_chat(c) for c in chats]
+    loader = data.ChatLoader(examples, batch_size=2, seq_len=256, pad_id=tok.pad_id, seed=0)
+    inputs, targets = loader.next_batch()
+    assert tok.pad_id != tok.im_end_id
+    rows = {tuple(inputs[r, : len(ids) - 1]): r for r, (ids, _) in enumerate(examples)}
+    for ids, mask in examples:
+        r = next(row for prefix, row in rows.items() if list(prefix) == ids[:-1] and len(prefix) == len(ids) - 1)
+        # Position by position: token t+1 is the target exactly where the render mask marks it.
+        for t in range(len(ids) - 1):
+            assert targets[r, t] == (ids[t + 1] if mask[t + 1] else -100)
+        assert (inputs[r, len(ids) - 1 :] == tok.pad_id).all() and (targets[r, len(ids) - 1 :] == -100).all()
+        # The assistant turns' <|im_end|> tokens are targets: the model learns to stop.
+        im_end_positions = [t for t in range(1, len(ids)) if ids[t] == tok.im_end_id and mask[t]]
+        assert len(im_end_positions) == sum(m["role"] == "assistant" for m in chats[examples.index((ids, mask))])
+        assert all(targets[r, t - 1] == tok.im_end_id for t in im_end_positions)
+
+
 def test_render_prompt_ends_with_an_open_assistant_header(phi4):
     ids = phi4.render_prompt([{"role": "user", "content": "Hi"}])
     assert ids[-3:] == [100264, 78191, 100266]

@@ -128,3 +128,58 @@ def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
     sample.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
     row = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pretrain")][0]
     assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) |"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batched sampling, maj@k and rejection sampling
+
+
+def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end_after_the_stop_token():
+    model = trained_looking_model()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11]]
+    stop = (5, 17)
+    groups = sample.sample_completions(model, prompts, n=3, max_new_tokens=12, stop_tokens=stop, temperature=0, batch_rows=4)
+    for prompt, group in zip(prompts, groups):
+        out = generate(model, torch.tensor([prompt]), 12, temperature=0, stop_tokens=stop)[0, len(prompt):].tolist()
+        end = next((j + 1 for j, t in enumerate(out) if t in stop), len(out))
+        assert group == [out[:end]] * 3
+
+
+def test_sampled_completions_are_reproducible_and_differ_across_samples():
+    model = trained_looking_model()
+    first = sample.sample_completions(model, [[1, 2, 3]], n=6, max_new_tokens=10, stop_tokens=(), temperature=1.0, seed=3)
+    again = sample.sample_completions(model, [[1, 2, 3]], n=6, max_new_tokens=10, stop_tokens=(), temperature=1.0, seed=3)
+    assert first == again and len({tuple(s) for s in first[0]}) > 1
+
+
+def test_majority_answer_picks_the_most_frequent_answer_and_ignores_missing_ones():
+    assert sample.majority_answer(["Answer: 3", "Answer: 5", "no answer", "Answer: 5"]) == 5
+    assert sample.majority_answer(["Answer: 4", "Answer: 2"]) == 4  # a tie goes to the first seen
+    assert sample.majority_answer(["nothing", ""]) is None
+
+
+def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_correct_with_an_incorrect_one(toy_data_dir, monkeypatch):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    problems = data.make_split(7, 3)
+    end = tokenizer.im_end_id
+
+    def answer(problem, delta, finished=True):
+        return tokenizer.encode(f"{problem.solution.rsplit('Answer:', 1)[0]}Answer: {problem.answer + delta}") + ([end] if finished else [])
+
+    # Problem 0: wrong, right, right-but-unfinished. Problem 1: all wrong. Problem 2: all right.
+    canned = [
+        [answer(problems[0], 1), answer(problems[0], 0), answer(problems[0], 0, finished=False)],
+        [answer(problems[1], 2), answer(problems[1], 3), answer(problems[1], 4)],
+        [answer(problems[2], 0), answer(problems[2], 0), answer(problems[2], 0)],
+    ]
+    monkeypatch.setattr(sample, "sample_completions", lambda model, prompts, n, *a, **k: canned)
+    sft, pairs, summary = sample.rejection_sampling(None, tokenizer, problems, n=3)
+
+    assert [r["messages"][0]["content"] for r in sft] == [problems[0].question, problems[2].question]
+    assert all(data.check(p, r["messages"][1]["content"]) for p, r in zip((problems[0], problems[2]), sft))
+    assert len(pairs) == 1
+    pair = pairs[0]
+    assert pair["prompt_ids"] == tokenizer.render_prompt([{"role": "user", "content": problems[0].question}])
+    assert pair["chosen_ids"] == canned[0][1] and pair["rejected_ids"] == canned[0][0]
+    assert pair["chosen"] == tokenizer.decode(canned[0][1]) and pair["prompt"] == tokenizer.decode(pair["prompt_ids"])
+    assert summary["sample_accuracy"] == pytest.approx(4 / 9) and summary["all_wrong"] == 1 and summary["all_correct"] == 1

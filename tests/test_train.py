@@ -148,3 +148,29 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
 def test_a_sequence_longer_than_the_context_is_refused_before_training(tmp_path, toy_data_dir):
     result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
     assert result.returncode != 0
+
+
+def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path):
+    train.train(small_run(toy_data_dir, tmp_path / "pre", steps=2))
+    cfg = small_run(toy_data_dir, tmp_path / "sft", stage="sft", init=str(tmp_path / "pre"), steps=1, seq_len=None, batch_tokens=256, lr=0.0)
+    records = train.train(cfg)
+    # Oracle: the same first batch, scored by hand with the init weights and the render mask.
+    cfg = train.resolve_stage(cfg)
+    tokenizer = train.prepare_data(cfg)
+    model = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "pre")), "cpu")
+    loader, _ = train.make_loaders(cfg, tokenizer, model.config.max_seq_len)
+    inputs, targets = loader.next_batch()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(inputs)).float()
+    keep = torch.from_numpy(targets) != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], torch.from_numpy(targets)[keep])
+    assert records[0]["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    assert 0 < keep.sum() < keep.numel()  # some positions are masked out, some are not
+
+
+def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, toy_data_dir):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--stage", "sft", "--data", toy_data_dir, "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "--init" in result.stderr

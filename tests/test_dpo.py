@@ -1,0 +1,232 @@
+"""dpo.py: the loss against its known answers, sequence log-probs against a naive per-token loop, the
+guards, the reference pass, and a short training run on pairs with a known preference."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import dpo
+import train
+from model import ModelConfig, Phi4
+
+
+def tiny_model(seed=0, vocab_size=61, max_seq_len=48) -> Phi4:
+    config = ModelConfig(vocab_size=vocab_size, n_layer=2, d_model=32, n_head=4, n_kv_head=2, ffn_dim=64,
+                         max_seq_len=max_seq_len, init_std=0.1)
+    model = Phi4(config)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model
+
+
+def naive_logprobs(model, prompt: list[int], completion: list[int]) -> float:
+    """Oracle: one full forward per completion token, the log-prob of that token after everything before it."""
+    total = 0.0
+    with torch.no_grad():
+        for i, token in enumerate(completion):
+            prefix = torch.tensor([prompt + completion[:i]])  # (1, t)
+            logits = model(prefix)[0, -1].double()  # (V,)
+            total += (logits.log_softmax(-1)[token]).item()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_policy_equal_to_reference_gives_loss_ln2_and_zero_rewards():
+    logps = torch.tensor([-12.0, -3.5, -40.0])
+    other = torch.tensor([-9.0, -7.0, -1.0])
+    loss, chosen, rejected = dpo.dpo_loss(logps, other, logps, other, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    assert torch.equal(chosen, torch.zeros(3)) and torch.equal(rejected, torch.zeros(3))
+
+
+def test_dpo_loss_matches_its_formula_on_known_numbers():
+    loss, chosen, rejected = dpo.dpo_loss(torch.tensor([-2.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0]), beta=0.5)
+    # chosen log-ratio +1, rejected log-ratio -1 -> rewards +0.5 and -0.5, loss -log sigmoid(1)
+    assert chosen.item() == pytest.approx(0.5) and rejected.item() == pytest.approx(-0.5)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), rel=1e-6)
+
+
+def test_swapping_chosen_and_rejected_flips_the_sign_of_the_margin():
+    generator = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (-20 * torch.rand(5, generator=generator) for _ in range(4))
+    _, chosen, rejected = dpo.dpo_loss(pc, pr, rc, rr, beta=0.2)
+    _, chosen_swapped, rejected_swapped = dpo.dpo_loss(pr, pc, rr, rc, beta=0.2)
+    assert torch.allclose(chosen - rejected, -(chosen_swapped - rejected_swapped))
+    assert (chosen - rejected).abs().min() > 0  # the check above is not vacuous
+
+
+def test_the_loss_gradient_raises_chosen_and_lowers_rejected_log_probs():
+    pc = torch.tensor([-4.0], requires_grad=True)
+    pr = torch.tensor([-4.0], requires_grad=True)
+    loss, _, _ = dpo.dpo_loss(pc, pr, torch.tensor([-4.0]), torch.tensor([-4.0]), beta=0.1)
+    loss.backward()
+    assert pc.grad.item() < 0 < pr.grad.item()  # descending the loss raises pc and lowers pr
+
+
+def test_a_non_positive_beta_is_refused_naming_the_flag():
+    with pytest.raises(ValueError, match="--beta"):
+        dpo.dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sequence log-probs
+
+
+def test_summed_logprobs_match_a_naive_per_token_loop_on_padded_rows():
+    model = tiny_model().eval()
+    pairs = [dpo.Pair([1, 5, 9], [4, 4, 7, 2], [3]), dpo.Pair([8, 2, 2, 6, 1, 1], [5], [9, 9, 9, 9, 3])]
+    ids, mask = dpo.collate(pairs, pad_id=0, device="cpu")
+    with torch.no_grad():
+        got = dpo.sequence_logprobs(model, ids, mask)
+    expected = [naive_logprobs(model, p.prompt, p.chosen) for p in pairs] + [naive_logprobs(model, p.prompt, p.rejected) for p in pairs]
+    assert got.dtype == torch.float32
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_completion_mask_of_a_batch_covers_exactly_the_completion_tokens():
+    ids, mask = dpo.collate([dpo.Pair([7, 8], [1, 2, 3], [4])], pad_id=0, device="cpu")
+    assert ids.tolist() == [[7, 8, 1, 2, 3], [7, 8, 4, 0, 0]]
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]]
+
+
+def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length():
+    model = tiny_model().eval()
+    ids, mask = dpo.collate([dpo.Pair([1, 2], [3, 4, 5], [6])], pad_id=0, device="cpu")
+    with torch.no_grad():
+        sums = dpo.sequence_logprobs(model, ids, mask)
+        means = dpo.sequence_logprobs(model, ids, mask, average=True)
+    assert means.tolist() == pytest.approx([sums[0].item() / 3, sums[1].item() / 1], rel=1e-6)
+
+
+def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt():
+    model = tiny_model().eval()
+    prompt = [3, 1, 4, 1, 5]
+    ids, mask = dpo.collate([dpo.Pair(prompt, [9], [2])], pad_id=0, device="cpu")
+    with torch.no_grad():
+        got = dpo.sequence_logprobs(model, ids, mask)
+        last = model(torch.tensor([prompt]))[0, -1].log_softmax(-1)
+    assert got.tolist() == pytest.approx([last[9].item(), last[2].item()], abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocast(dtype):
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(60.0)  # logits of several hundred: a naive half-precision softmax overflows
+    ids, mask = dpo.collate([dpo.Pair([1, 2, 3], [4, 5, 6, 7, 8, 9], [10])], pad_id=0, device="cpu")
+    with torch.no_grad():
+        reference = dpo.sequence_logprobs(model, ids, mask)
+        try:
+            with torch.autocast("cpu", dtype=dtype):
+                half = dpo.sequence_logprobs(model, ids, mask)
+        except RuntimeError as error:  # an older CPU autocast without float16
+            pytest.skip(f"CPU autocast does not support {dtype}: {error}")
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert reference.abs().min() > 10  # large log-probs: the comparison below is a real one
+    assert torch.allclose(half, reference, rtol=0.05)
+
+
+def test_a_completion_on_the_first_position_is_refused():
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="first token"):
+        dpo.sequence_logprobs(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 1]]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pairs and the reference pass
+
+
+def write_pairs(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_pairs_with_empty_completions_or_too_long_for_the_context_are_skipped_and_counted(toy_data_dir, tmp_path):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    good = {"prompt": "Q: 1 + 2?", "chosen": "Answer: 3", "rejected": "Answer: 4"}
+    records = [good, dict(good, chosen=""), dict(good, prompt="1 + 1 = 2. " * 40), dict(good, rejected_ids=[])]
+    pairs, kept, skipped = dpo.read_pairs(write_pairs(tmp_path / "p.jsonl", records), tokenizer, max_len=64)
+    assert len(pairs) == 1 and kept == [good]
+    assert skipped == {"empty_completion": 2, "too_long": 1}
+    with pytest.raises(ValueError, match="no usable pairs"):
+        dpo.read_pairs(write_pairs(tmp_path / "q.jsonl", records[1:]), tokenizer, max_len=64)
+
+
+def test_token_ids_in_a_pair_record_win_over_its_text(toy_data_dir, tmp_path):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    record = {"prompt": "x", "chosen": "yy", "rejected": "z", "prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8]}
+    pairs, _, _ = dpo.read_pairs(write_pairs(tmp_path / "p.jsonl", [record]), tokenizer, max_len=64)
+    assert (pairs[0].prompt, pairs[0].chosen, pairs[0].rejected) == ([5, 6], [7], [8])
+
+
+def make_checkpoint(folder, toy_data_dir, seed=0):
+    """A tiny model saved as train.py saves one, with the toy tokenizer beside it."""
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    model = tiny_model(seed, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64), max_seq_len=64)
+    train.save_checkpoint(str(folder), model, None, 0, None, model.config, None)
+    (folder / "tokenizer.json").write_text(open(f"{toy_data_dir}/tokenizer.json").read())
+    return tokenizer
+
+
+def preference_pairs(tokenizer, n=48):
+    """Pairs with one known preference: after any prompt, the token for "7" beats the token for "3"."""
+    seven, three = tokenizer.encode("7"), tokenizer.encode("3")
+    generator = torch.Generator().manual_seed(5)
+    records = []
+    for _ in range(n):
+        prompt = torch.randint(10, 200, (int(torch.randint(3, 9, (1,), generator=generator)),), generator=generator).tolist()
+        records.append({"prompt": tokenizer.decode(prompt), "chosen": "7", "rejected": "3",
+                        "prompt_ids": prompt, "chosen_ids": seven, "rejected_ids": three})
+    return records
+
+
+def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_dir, tmp_path):
+    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer))
+    cfg = dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=25,
+                        batch_size=8, lr=3e-3, warmup_steps=2, device="cpu", beta=0.5)
+    records = dpo.train_dpo(cfg)
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # step 1 runs at policy == reference
+    assert records[-1]["accuracy"] == 1.0 and records[-1]["margin"] > 1.0 and records[-1]["loss"] < 0.4
+
+
+def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_with_the_pairs(toy_data_dir, tmp_path, monkeypatch):
+    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
+    built = []
+    original = dpo.model_from_checkpoint
+    monkeypatch.setattr(dpo, "model_from_checkpoint", lambda *a: built.append(1) or original(*a))
+    dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=3,
+                                batch_size=8, lr=1e-3, warmup_steps=1, device="cpu"))
+    assert len(built) == 1  # one model in memory: the policy; the reference is its frozen first pass
+    stored = [json.loads(line) for line in open(tmp_path / "dpo" / "pairs.jsonl")]
+    init = original(train.load_checkpoint(str(tmp_path / "init")), "cpu").eval()
+    pairs, _, _ = dpo.read_pairs(pairs_file, tokenizer, 64)
+    ids, mask = dpo.collate(pairs, tokenizer.pad_id, "cpu")
+    with torch.no_grad():
+        expected = dpo.sequence_logprobs(init, ids, mask)
+    assert [r["ref_chosen_logp"] for r in stored] == pytest.approx(expected[:16].tolist(), abs=1e-5)
+    assert [r["ref_rejected_logp"] for r in stored] == pytest.approx(expected[16:].tolist(), abs=1e-5)
+
+
+def test_resuming_dpo_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path):
+    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=24))
+    base = dict(init=str(tmp_path / "init"), pairs=pairs_file, steps=6, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu")
+    full = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "a"), **base))
+    dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "b"), stop_at=3, **base))
+    resumed = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "b"), resume=True, **base))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[3:]], abs=1e-6)
+
+
+def test_dpo_without_init_exits_with_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "dpo.py", "--pairs", "x.jsonl", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--init" in result.stderr
