@@ -200,6 +200,26 @@ def _fwd_inner(
 
 
 @triton.jit
+def _key_stages(m_start, causal_offset, S, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Where a query block's key loop switches from unmasked blocks to masked ones, and where it ends.
+
+    Keys [0, n_full) need no mask; keys [n_full, n_end) need the causal (or ragged-tail) mask; keys from
+    n_end on are never loaded. Shared by the forward and the dQ kernel, which walk keys the same way.
+    """
+    if CAUSAL:
+        # Stage 1 ends at the last key block that even the block's first row (m_start) sees entirely:
+        # keys < m_start + causal_offset + 1, rounded down to whole blocks. All operands are >= 0 here.
+        n_full = ((m_start + causal_offset + 1) // BLOCK_N) * BLOCK_N
+        # Stage 2 ends past the last key the block's last row can see; later key blocks are never loaded.
+        n_end = tl.minimum(m_start + BLOCK_M + causal_offset, S)
+    else:
+        # No causal mask: every whole key block is unmasked, only the ragged tail past S needs a mask.
+        n_full = (S // BLOCK_N) * BLOCK_N
+        n_end = S
+    return n_full, n_end
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr,
     stride_qb, stride_qh, stride_qt, stride_qd,
@@ -249,16 +269,7 @@ def _fwd_kernel(
     # stage 1 runs keys 0..31 with no mask (row 32 sees keys 0..32), stage 2 runs keys 32..63 with the
     # mask, and keys 64..99 (the future of every row here) are never touched.
     causal_offset = S - T
-    if CAUSAL:
-        # Stage 1 ends at the last key block that even the block's first row (m_start) sees entirely:
-        # keys < m_start + causal_offset + 1, rounded down to whole blocks. All operands are >= 0 here.
-        n_full = ((m_start + causal_offset + 1) // BLOCK_N) * BLOCK_N
-        # Stage 2 ends past the last key the block's last row can see; later key blocks are never loaded.
-        n_end = tl.minimum(m_start + BLOCK_M + causal_offset, S)
-    else:
-        # No causal mask: every whole key block is unmasked, only the ragged tail past S needs a mask.
-        n_full = (S // BLOCK_N) * BLOCK_N
-        n_end = S
+    n_full, n_end = _key_stages(m_start, causal_offset, S, BLOCK_M, BLOCK_N, CAUSAL)
     acc, row_max, row_sum = _fwd_inner(
         acc, row_max, row_sum, q, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, 0, n_full, S, causal_offset, qk_scale,
@@ -515,12 +526,7 @@ def _bwd_dq_kernel(
 
     # The same two-stage key loop as forward (see _fwd_kernel for the bounds and a worked example).
     causal_offset = S - T
-    if CAUSAL:
-        n_full = ((m_start + causal_offset + 1) // BLOCK_N) * BLOCK_N
-        n_end = tl.minimum(m_start + BLOCK_M + causal_offset, S)
-    else:
-        n_full = (S // BLOCK_N) * BLOCK_N
-        n_end = S
+    n_full, n_end = _key_stages(m_start, causal_offset, S, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _bwd_dq_inner(
         dq, q, dout, lse, delta, k_ptr, v_ptr, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, 0, n_full, S, causal_offset, qk_scale,
