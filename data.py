@@ -14,8 +14,10 @@ Sections, top to bottom:
   1. Tokenizer      Phi-4's tokenizer (cl100k_base + 96 special tokens, vocab 100,352) and a byte-level
                     BPE trained from scratch on our corpus, both on top of tiktoken; chat rendering
   2. The world      problems, solutions, the answer extractor and the oracle
+  2b. Long documents  facts stated early and asked about much later, for midtraining (context extension)
   3. Decontamination  13-gram overlap between training text and held-out questions
-  4. Shards         uint32 token files with a header, memory-mapped, and a resumable batch loader
+  4. Shards         uint32 token files with a header, memory-mapped, and resumable batch loaders
+                    (pretraining stream, chat rows, and the 30/70 long/replay mixture of midtraining)
   5. Building       `python data.py` builds the toy data set; `--input-dir` shards a user's own text
 
 Simplified: the world is arithmetic only (addition, subtraction, doubling), which is what a 1M-parameter
@@ -32,11 +34,13 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import numpy as np
 import regex
@@ -474,6 +478,200 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# 2b. Long documents (report section 3: midtraining on 30% long-context data)
+#
+# Phi-4 extended its context from 4K to 16K tokens on documents that are genuinely long: text whose
+# later parts need facts from far earlier. Short documents glued together do not teach that (nothing
+# in one problem depends on the one before it), which is why the report found natural long documents
+# better than concatenated or padded ones. Ours are built from the world's own parts, with two kinds
+# of long-range reference planted in them:
+#
+#   a ledger entry       "Leo has 37 shells."          ... far later ...   "Problem: How many shells does Leo
+#                                                                           have now?" and its solution
+#   a two-part problem   "Problem: Mia has 12 apples." ... far later ...   the rest of that problem and its
+#                                                                           worked solution
+#
+# Either way the solution opens "Leo starts with 37 shells.", the line every worked solution of
+# pretraining opens with, so the only new thing to learn is where the 37 comes from: one fact among a
+# dozen "X has N" lines, hundreds of tokens back, instead of the question just above. (Pretraining
+# taught that copy at short range only: the pretrained toy model gets it right at 20 tokens of
+# distance and mostly wrong at 60.)
+#
+# Between them sits filler the model already knows (problems with solutions, arithmetic drills) that
+# never names the people of the document, so nothing nearby gives an answer away. A document is built
+# as a list of text pieces whose ids are concatenated. Every piece boundary is also a boundary of the
+# tokenizer's pre-split (after a newline, or at the space before a number; BPE never merges across
+# those), so the ids equal encode(text) and the position of every answer token is known exactly.
+
+LEDGER_VALUES = range(10, 100)  # two-digit counts: one token each, and 90 of them (chance 1.1%)
+LONG_SEED = 2_000_003  # seed of the midtraining documents (train and val splits)
+LONG_EVAL_SEED = 3_000_017  # seed of the long-context evaluation documents (sample.py --eval-long)
+SOLUTION_START_RE = regex.compile(r"^(\p{L}+) starts with (\d+) (\p{L}+)\.$")
+
+
+@dataclass
+class LongDocument:
+    """A long document as token ids (the first is <|endoftext|>) with the exact place of every answer.
+
+    answers: one dict per long-range question: "kind" ("ledger" or "problem"), "answer" (the number),
+    "position" (index in ids of the answer's first token), "n_tokens" (its length in tokens) and
+    "fact_position" (index in ids where the fact that gives the answer starts). position minus
+    fact_position is how far back the model has to look.
+    """
+
+    ids: list[int]
+    text: str
+    answers: list[dict]
+
+
+def long_document(
+    rng: random.Random,
+    tokenizer: Tokenizer,
+    n_tokens: int,
+    layout: str = "recall",
+    n_ledger: int = 8,
+    n_problems: int = 4,
+    n_ledger_asked: int = 2,
+    n_problems_asked: int = 1,
+    banned_ngrams: set | None = None,
+) -> LongDocument:
+    """One long document of at most n_tokens ids (<|endoftext|> included), filled to within a few tokens.
+
+    layout "recall": all facts first, then filler, then the questions, so every answer sits nearly
+      n_tokens after its fact (the evaluation at 1x, 2x and 4x the pretraining length uses this).
+    layout "near": the facts nobody asks about first, then filler, then each asked fact right before
+      its question: the same questions, answered from a few tokens back, at the end of a long document.
+    layout "mixed": facts and filler shuffled, each question somewhere after its fact, as many blocks
+      later as a log-uniform draw says: every distance from a few tokens to the whole document, short
+      ones as often as long ones (a curriculum from the copying pretraining taught to long range).
+    Facts nobody asks about stay in as distractors. banned_ngrams holds the 13-grams of held-out
+    questions: problems sharing one are drawn again (the decontamination rule of build_toy_dataset).
+    """
+    if layout not in ("recall", "near", "mixed"):
+        raise ValueError(f"layout must be 'recall', 'near' or 'mixed', got {layout!r}")
+    if not (0 <= n_ledger_asked <= n_ledger and 0 <= n_problems_asked <= n_problems):
+        raise ValueError("cannot ask about more facts than the document states")
+    names = set(NAMES)
+    key_people: set[str] = set()  # every person a fact is about: filler must not mention them
+
+    def draw_problem(level: int, is_key: bool) -> Problem:
+        # Draw until the problem's people are new to the document and its question is clean.
+        while True:
+            problem = make_problem(rng, level)
+            people = set(regex.findall(r"\p{L}+", problem.question)) & names
+            clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)
+            if clean and not (people & key_people):
+                if is_key:
+                    key_people.update(people)
+                return problem
+
+    # A block is a list of (text, answer) pieces; answer is None, or the dict that the answer fills in.
+    facts, questions = [], []  # questions[i]["fact"] is the index of its fact in `facts`
+    for k in range(n_problems):
+        problem = draw_problem(rng.randint(1, 3), is_key=True)
+        # Part one is the problem's first sentence ("Mia has 12 apples."), part two is everything else.
+        first, rest = problem.question.split(". ", 1)
+        facts.append({"pieces": [(f"Problem: {first}.\n", None)]})
+        if k < n_problems_asked:
+            opening, *steps = problem.solution.split("\n")
+            name, start, item = SOLUTION_START_RE.match(opening).groups()
+            answer = {"kind": "problem", "answer": int(start)}
+            pieces = [
+                (f"Problem: {rest}\nSolution:\n{name} starts with ", None),
+                (start, answer),
+                (f" {item}.\n" + "\n".join(steps) + "\n", None),
+            ]
+            questions.append({"pieces": pieces, "fact": len(facts) - 1})
+    # Ledger entries go to people no problem mentions, so every name in the document has one fact.
+    free = [name for name in NAMES if name not in key_people]
+    if len(free) < n_ledger + 2:  # + 2: filler problems need two people of their own
+        raise ValueError(f"{n_ledger} ledger entries and {n_problems} problems need more than {len(NAMES)} names")
+    people = rng.sample(free, n_ledger)
+    key_people.update(people)
+    for k, (name, value) in enumerate(zip(people, rng.sample(LEDGER_VALUES, n_ledger))):
+        item = rng.choice(ITEMS)
+        facts.append({"pieces": [(f"{name} has {value} {item}.\n", None)]})
+        if k < n_ledger_asked:
+            answer = {"kind": "ledger", "answer": value}
+            pieces = [
+                (f"Problem: How many {item} does {name} have now?\nSolution:\n{name} starts with ", None),
+                (str(value), answer),
+                (f" {item}.\nAnswer: {value}\n", None),
+            ]
+            questions.append({"pieces": pieces, "fact": len(facts) - 1})
+
+    def count(block: dict) -> int:
+        return sum(len(tokenizer.encode(text)) for text, _ in block["pieces"])
+
+    room = n_tokens - 1 - sum(map(count, facts)) - sum(map(count, questions))  # 1: the <|endoftext|>
+    if room < 0:
+        raise ValueError(f"{n_tokens} tokens cannot hold {n_ledger} ledger and {n_problems} problem facts")
+    filler = []
+    while room > 0:
+        if rng.random() < 0.6:
+            block = {"pieces": [(problem_document(draw_problem(rng.randint(1, 4), is_key=False)) + "\n", None)]}
+        else:
+            block = {"pieces": [(drill_document(rng, rng.randint(2, 6)) + "\n", None)]}
+        if count(block) > room:  # too big for what is left: top up with the longest drill that fits, or stop
+            for n_lines in range(5, 0, -1):
+                block = {"pieces": [(drill_document(rng, n_lines) + "\n", None)]}
+                if count(block) <= room:
+                    break
+            else:
+                break
+        filler.append(block)
+        room -= count(block)
+
+    if layout == "recall":
+        order = rng.sample(facts, len(facts)) + filler + rng.sample(questions, len(questions))
+    elif layout == "near":
+        asked = {question["fact"] for question in questions}
+        order = [fact for k, fact in enumerate(facts) if k not in asked] + filler
+        for question in rng.sample(questions, len(questions)):
+            order += [facts[question["fact"]], question]
+    else:
+        order = rng.sample(facts + filler, len(facts) + len(filler))
+        for question in rng.sample(questions, len(questions)):
+            fact = facts[question["fact"]]
+            after = next(i for i, block in enumerate(order) if block is fact) + 1  # by identity, not ==
+            skip = int(math.exp(rng.uniform(0.0, math.log(len(order) - after + 1))))  # 1 .. blocks left + 1
+            order.insert(after + skip - 1, question)
+
+    ids, texts, fact_positions = [tokenizer.bos_id], [], {}
+    for block in order:
+        if any(block is fact for fact in facts):
+            fact_positions[next(i for i, fact in enumerate(facts) if fact is block)] = len(ids)
+        for text, answer in block["pieces"]:
+            piece = tokenizer.encode(text)
+            if answer is not None:
+                answer.update(position=len(ids), n_tokens=len(piece))
+            ids += piece
+            texts.append(text)
+    answers = []
+    for question in questions:
+        answer = next(a for _, a in question["pieces"] if a is not None)
+        answers.append({**answer, "fact_position": fact_positions[question["fact"]]})
+    answers.sort(key=lambda a: a["position"])
+    return LongDocument(ids, "".join(texts), answers)
+
+
+def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: int, banned_ngrams=None) -> LongDocument:
+    """A midtraining document: random layout, and random numbers of facts and questions that grow with length.
+
+    Half the documents put every question at the end (the hardest distances), half scatter them (every
+    distance); some facts are never asked about, so the model cannot answer by elimination.
+    """
+    scale = max(1, n_tokens // 160)  # 6 at 1,024 tokens: up to 12 ledger entries and 6 problems
+    n_ledger, n_problems = rng.randint(2, 2 * scale), rng.randint(1, scale)
+    return long_document(
+        rng, tokenizer, n_tokens, layout=rng.choice(("recall", "mixed")),
+        n_ledger=n_ledger, n_problems=n_problems,
+        n_ledger_asked=rng.randint((n_ledger + 1) // 2, n_ledger), n_problems_asked=rng.randint(1, n_problems),
+        banned_ngrams=banned_ngrams,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
 # 3. Decontamination (report section 2: a 13-gram overlap with an evaluation set flags a sample)
 
 
@@ -668,6 +866,104 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
     )
 
 
+class MixtureLoader:
+    """Midtraining batches: a fixed share of rows holds one long document each, the rest replay pretraining.
+
+    Phi-4 midtrained on 30% new long-context data and 70% replayed pretraining data (report section 3).
+    We mix by rows: global row g (counted over the whole run, across ranks) is a long document exactly
+    when floor((g + 1) * f) > floor(g * f), so any window of N rows holds f * N of them, give or take
+    one, and the long rows are spread evenly instead of arriving in clumps. Long documents are built to
+    fill a row (data.long_document), so the share of tokens is the share of rows, less a few pad tokens.
+
+    How each kind of row is packed, and why:
+    - A long document gets a row of its own, starting at position 0 with its <|endoftext|>, padded at
+      the end (pad targets are -100, and causal attention never looks forward at the padding). It is
+      never cut and never shares a row: the facts a question needs are all in the row, no unrelated
+      document is visible to be matched by mistake (another document's "The harbor has 12 shells."
+      would be a wrong answer within reach), and token i sits at its true position i in the document,
+      which is exactly what the new RoPE positions have to learn.
+    - Replay rows are packed exactly as in pretraining: short documents back to back, separated by
+      <|endoftext|>, and attention does cross those boundaries. That is harmless here, because the
+      documents are independent and the model learned in pretraining that <|endoftext|> starts afresh,
+      but it also teaches nothing long-range (the report's finding that concatenated short documents
+      are a poor substitute for long ones), which is why the long rows exist.
+    Masking attention at document boundaries (a block-diagonal mask) would be the alternative; it needs
+    a second mask kind in every attention implementation, and the rows above make it unnecessary.
+
+    The state is one integer, the next global row, so resuming is exact on any number of ranks.
+    """
+
+    def __init__(self, replay_paths: list[str], long_paths: list[str], batch_size: int, seq_len: int,
+                 long_fraction: float, bos_id: int, pad_id: int, rank: int = 0, world_size: int = 1):
+        if not 0.0 <= long_fraction <= 1.0:
+            raise ValueError(f"--long-fraction must be between 0 and 1, got {long_fraction}")
+        if not long_paths and long_fraction > 0:
+            raise ValueError("no long-document shards (long_train_*.bin) found; build them or pass --long-data")
+        # The fraction as an exact ratio, so row g's kind does not depend on float rounding.
+        ratio = Fraction(long_fraction).limit_denominator(1000)
+        self.numerator, self.denominator = ratio.numerator, ratio.denominator
+        self.replay = TokenLoader(replay_paths, 1, seq_len)  # read through its concatenated stream only
+        self.n_replay_rows = self.replay.total // (seq_len + 1)
+        self.documents: list[np.ndarray] = []  # views into the memory-mapped shards, one per document
+        for path in long_paths:
+            shard = read_shard(path)
+            starts = np.flatnonzero(np.asarray(shard) == bos_id)
+            if len(shard) and (len(starts) == 0 or starts[0] != 0):
+                raise ValueError(f"{path} does not start with <|endoftext|>; rebuild the long documents")
+            ends = [*starts[1:], len(shard)]
+            self.documents += [shard[start:end] for start, end in zip(starts, ends)]
+        longest = max((len(doc) for doc in self.documents), default=0)
+        if longest > seq_len + 1:
+            raise ValueError(
+                f"long documents of up to {longest} tokens do not fit --seq-len {seq_len}: rebuild them for this "
+                "length (remove DATA/long_meta.json) or raise --seq-len"
+            )
+        self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
+        self.bos_id, self.pad_id = bos_id, pad_id
+        self.position = 0  # the next global row
+
+    def is_long(self, row: int) -> bool:
+        """Whether global row `row` holds a long document (the even spread described above)."""
+        return (row + 1) * self.numerator // self.denominator > row * self.numerator // self.denominator
+
+    def row(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global row g -> (inputs (T,), targets (T,)), with -100 targets on padding."""
+        n_long_before = g * self.numerator // self.denominator  # long rows among rows 0 .. g-1
+        tokens = np.full(self.T + 1, self.pad_id, dtype=np.int64)  # (T+1,)
+        if self.is_long(g):
+            document = self.documents[n_long_before % len(self.documents)]
+            tokens[: len(document)] = document
+            n_real = len(document)
+        else:
+            # Replay rows walk through the pretraining stream in order and start over at its end.
+            replay_row = (g - n_long_before) % self.n_replay_rows
+            tokens[:] = self.replay._read(replay_row * (self.T + 1), self.T + 1)
+            n_real = self.T + 1
+        targets = tokens[1:].copy()
+        targets[n_real - 1 :] = -100  # target t is token t+1: none past the document's last token
+        return tokens[:-1], targets
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        first = self.position + self.rank * self.B  # this rank's rows of the global batch
+        rows = [self.row(g) for g in range(first, first + self.B)]
+        self.position += self.world_size * self.B
+        return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])  # (B, T) each
+
+    def long_token_share(self) -> float:
+        """The share of target tokens that come from long documents (what "30% long" means in tokens)."""
+        if not self.documents:
+            return 0.0
+        fraction = self.numerator / self.denominator
+        long_tokens = fraction * float(np.mean([len(doc) - 1 for doc in self.documents]))
+        return long_tokens / (long_tokens + (1 - fraction) * self.T)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict):
+        self.position = int(state["position"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # 5. Building data sets
 
@@ -751,6 +1047,56 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
 def read_problems(path: str) -> list[Problem]:
     with open(path) as f:
         return [Problem(**json.loads(line)) for line in f if line.strip()]
+
+
+LONG_META = "long_meta.json"
+
+
+def build_long_documents(data_dir: str, doc_tokens: int, n_train: int = 4000, n_val: int = 64, seed: int = LONG_SEED) -> dict:
+    """Midtraining documents of at most doc_tokens ids -> long_train_000.bin, long_val_000.bin, long_meta.json.
+
+    Tokenized with the folder's own tokenizer.json (the pretraining tokenizer: nothing is retrained, and
+    the pretraining shards are left as they are) and decontaminated against the held-out questions of
+    eval.jsonl when the folder has them. Each document starts with <|endoftext|>, as in every shard.
+    """
+    tokenizer = Tokenizer.load(os.path.join(data_dir, "tokenizer.json"))
+    eval_file = os.path.join(data_dir, "eval.jsonl")
+    banned: set = set()
+    for problem in read_problems(eval_file) if os.path.exists(eval_file) else []:
+        banned |= ngrams(problem.question)
+    meta = {"doc_tokens": doc_tokens, "seed": seed}
+    for split, n, split_seed in (("long_train", n_train, seed), ("long_val", n_val, seed + 1)):
+        rng = random.Random(split_seed)
+        documents = [
+            long_training_document(rng, tokenizer, doc_tokens, banned)
+            for _ in tqdm(range(n), desc=f"building {split}", unit="doc", mininterval=1.0)
+        ]
+        # Problems were drawn clean already; checking whole documents as well means a 13-gram that
+        # happens to span two pieces cannot slip through either.
+        clean = [doc for doc in documents if not (ngrams(doc.text) & banned)]
+        tokens = np.concatenate([np.asarray(doc.ids, dtype=np.uint32) for doc in clean])
+        write_shard(os.path.join(data_dir, f"{split}_000.bin"), tokens)
+        meta.update({
+            f"{split}_documents": len(clean),
+            f"{split}_tokens": len(tokens),
+            f"{split}_questions": sum(len(doc.answers) for doc in clean),
+            f"{split}_dropped_by_13gram": n - len(clean),
+        })
+    # Written last: a meta file means a complete set for this length.
+    atomic_write_text(os.path.join(data_dir, LONG_META), json.dumps(meta, indent=2))
+    return meta
+
+
+def ensure_long_documents(data_dir: str, doc_tokens: int, **kwargs) -> dict:
+    """The long documents of data_dir for rows of doc_tokens ids: built on first use, or again for a new length."""
+    meta_path = os.path.join(data_dir, LONG_META)
+    if os.path.exists(meta_path) and shard_paths(data_dir, "long_train"):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("doc_tokens") == doc_tokens:
+            return meta
+    print(f"building long documents of up to {doc_tokens} tokens in {data_dir} (the midtraining data)")
+    return build_long_documents(data_dir, doc_tokens, **kwargs)
 
 
 def read_text_folder(folder: str) -> list[str]:

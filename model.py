@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,6 +293,15 @@ class KVCache:
         """Called once per forward (after the last layer) to commit the new tokens."""
         self.length += n_tokens
 
+    def expand(self, n: int):
+        """Give every row n copies of itself, so n continuations of one prefix share its prefill.
+
+        Rows b*n .. b*n+n-1 of the expanded cache hold row b. Each copy is real memory, not a view:
+        the continuations write different tokens after the shared prefix.
+        """
+        self.k = self.k.repeat_interleave(n, dim=1)  # (L, B, K, max_len, D) -> (L, B * n, K, max_len, D)
+        self.v = self.v.repeat_interleave(n, dim=1)  # (L, B, K, max_len, D) -> (L, B * n, K, max_len, D)
+
 
 # ----------------------------------------------------------------------------------------------------
 # 5. The model
@@ -374,7 +384,7 @@ class Phi4(nn.Module):
 
         Phi-4 states an init std of 0.02 and nothing more; we use it everywhere (no depth-scaled
         output projections), which trains fine at these depths. Parameters are visited in a fixed
-        order, so a seeded generator gives the same model on any device.
+        order, so a seeded generator gives the same model on any device and any number of ranks.
         """
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
@@ -383,6 +393,11 @@ class Phi4(nn.Module):
                 # Draw on CPU with the given generator, then copy: identical weights on CPU and GPU.
                 values = torch.empty(param.shape, dtype=torch.float32)
                 values.normal_(0.0, self.config.init_std, generator=generator)
+                if isinstance(param, DTensor):
+                    # An FSDP2 shard (parallel.py): param.shape is the full shape, so every rank drew the
+                    # same full tensor; each keeps only its own rows. The weights are then identical
+                    # whatever the number of ranks, and no rank ever holds more than one full tensor.
+                    values = distribute_tensor(values.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
                 param.copy_(values)
         self.set_rope()
 
@@ -429,13 +444,19 @@ class Phi4(nn.Module):
         cache: KVCache | None = None,
         reduction: str = "mean",
         loss_chunk: int = 4096,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx (B, T) int64 -> logits (B, T, V); with targets (B, T) -> the cross-entropy instead.
 
         Targets equal to -100 are ignored (padding, prompt tokens in SFT). `reduction="sum"` returns
-        the summed loss so callers can weight micro-batches by their token counts.
+        the summed loss so callers can weight micro-batches by their token counts. `select`, a (B, T)
+        bool mask, returns logits only where it is True -> (N, V), in row-major order: DPO needs the
+        completion positions only, and at a 100K vocabulary the skipped rows are most of the memory.
+        Going through forward (not hidden_states + lm_head) keeps FSDP's hooks in charge of the weights.
         """
         hidden = self.hidden_states(idx, cache)  # (B, T, C)
+        if select is not None:
+            return self.lm_head(hidden[select])  # (N, V)
         if targets is None:
             return self.lm_head(hidden)  # (B, T, V)
         return chunked_cross_entropy(hidden, self.lm_head.weight, targets, loss_chunk, reduction)

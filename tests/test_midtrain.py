@@ -1,0 +1,317 @@
+"""Midtraining (context extension): RoPE tables against a float64 formula for the new base and length,
+a midtrained checkpoint that reloads with 4x the context and theta 250K (or the old base, for the
+ablation), positions past the table refused instead of wrapped, long documents whose answers are
+re-derived from their text, the 30/70 long/replay mixture counted row by row, and the long-context
+evaluation scored on oracle predictors."""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import sample
+import train
+from model import KVCache, ModelConfig, Phi4
+from train import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_run(toy_data_dir, out, **overrides) -> TrainConfig:
+    """A seconds-long toy run: pretraining at 64 tokens, so midtraining extends it to 256."""
+    fields = dict(
+        data=toy_data_dir, out=str(out), steps=2, batch_size=4, seq_len=64, warmup_steps=1,
+        eval_every=0, eval_batches=1, save_every=1000, seed=3, device="cpu",
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def pretrained(toy_data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    train.train(tiny_run(toy_data_dir, out))
+    # Long documents for midtraining's rows of 4 x 64 + 1 tokens; fewer than the default keeps this fast.
+    data.ensure_long_documents(toy_data_dir, 257, n_train=300, n_val=16)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def toy_tokenizer(toy_data_dir):
+    return data.Tokenizer.load(os.path.join(toy_data_dir, "tokenizer.json"))
+
+
+# -- RoPE tables and the checkpoint of a midtraining run ---------------------------------------------
+
+
+def reference_tables(n_positions: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of m * theta^(-2i/D) in float64, channel i and i + D/2 sharing an angle (rotate half)."""
+    cos = torch.empty(n_positions, head_dim, dtype=torch.float64)
+    sin = torch.empty(n_positions, head_dim, dtype=torch.float64)
+    for i in range(head_dim // 2):
+        angles = torch.arange(n_positions, dtype=torch.float64) * theta ** (-2 * i / head_dim)
+        cos[:, i] = cos[:, i + head_dim // 2] = torch.cos(angles)
+        sin[:, i] = sin[:, i + head_dim // 2] = torch.sin(angles)
+    return cos, sin
+
+
+@pytest.mark.parametrize("theta", [250_000.0, 10_000.0])  # the recipe, and the ablation that keeps the base
+def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, theta, capsys):
+    flags = dict(stage="midtrain", init=pretrained, seq_len=None, batch_size=2, eval_batches=1)
+    if theta != 250_000.0:
+        flags["rope_theta"] = theta  # --rope-theta 10000
+    train.train(tiny_run(toy_data_dir, tmp_path, **flags))
+    printed = capsys.readouterr().out
+    state = train.load_checkpoint(str(tmp_path))
+    assert state["model_config"]["max_seq_len"] == 4 * 64 and state["model_config"]["rope_theta"] == theta
+    assert state["train_config"]["lr"] == pytest.approx(train.STAGE_DEFAULTS["pretrain"]["lr"] / 10)
+    # Each change is logged old -> new.
+    assert "max_seq_len 64 -> 256" in printed and f"rope_theta 10000 -> {theta:g}" in printed
+    assert "peak lr 0.003 (pretraining) -> 0.0003" in printed
+    # Reloaded, the model has tables for 256 positions at the new base (float32 against float64).
+    model = train.model_from_checkpoint(state, "cpu")
+    cos, sin = reference_tables(256, model.config.head_dim, theta)
+    assert model.rope_cos.shape == (256, model.config.head_dim)
+    torch.testing.assert_close(model.rope_cos.double(), cos, atol=2e-5, rtol=0)
+    torch.testing.assert_close(model.rope_sin.double(), sin, atol=2e-5, rtol=0)
+
+
+def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir, pretrained, tmp_path):
+    flags = dict(stage="midtrain", seq_len=None, batch_size=2, steps=3)
+    straight = train.train(tiny_run(toy_data_dir, tmp_path / "a", init=pretrained, **flags))
+    first = train.train(tiny_run(toy_data_dir, tmp_path / "b", init=pretrained, stop_at=1, **flags))
+    # --resume alone: the context, base and LR come back from the run's own checkpoint.
+    resumed = train.train(tiny_run(toy_data_dir, tmp_path / "b", resume=True, **flags))
+    assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
+    assert train.load_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
+
+
+def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_channel_pair_but_the_first():
+    """Raising the base slows every rotation but the fastest: the slow pairs, which carry long-range
+    position, then stay within the angles pretraining saw over 4x the distance."""
+    old, _ = reference_tables(2, 32, 10_000.0)
+    new, _ = reference_tables(2, 32, 250_000.0)
+    old_angle, new_angle = torch.arccos(old[1, :16]), torch.arccos(new[1, :16])  # angle of one step, per pair
+    assert float(old_angle[0]) == pytest.approx(1.0) and float(new_angle[0]) == pytest.approx(1.0)
+    assert bool((new_angle[1:] < old_angle[1:]).all())
+    # The slowest pair at 4 x 256 positions under 250K turns less than under 10K over 256 positions.
+    assert 1024 * 250_000.0 ** (-30 / 32) < 256 * 10_000.0 ** (-30 / 32)
+
+
+def test_positions_beyond_the_extended_table_raise_a_clear_error_instead_of_wrapping():
+    model = Phi4(ModelConfig(vocab_size=64, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=16))
+    model.set_rope(max_seq_len=64, rope_theta=250_000.0)  # what midtraining does
+    model(torch.zeros(1, 64, dtype=torch.long))  # the whole new context works
+    with pytest.raises(ValueError, match="exceeds max_seq_len 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    # Through a KV cache as well: 60 tokens cached, then 5 more would need positions 60..64.
+    cache = KVCache(model.config, batch_size=1, max_len=64)
+    model(torch.zeros(1, 60, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="exceeds max_seq_len 64"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+
+
+def test_midtraining_without_a_pretrained_model_exits_with_one_clear_line_naming_the_flag(toy_data_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--stage", "midtrain", "--data", toy_data_dir, "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "--init" in last
+
+
+def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a_tenth_of_the_lr(tmp_path):
+    # A checkpoint record of a pretrained 14b (no weights are read to plan the extension).
+    (tmp_path / "shards-0000001-abcdef").mkdir()
+    record = {"step": 1, "shards": "shards-0000001-abcdef", "model_config": train.get_config("14b").to_dict(),
+              "train_config": {"lr": 3e-4, "size": "14b"}}
+    torch.save(record, tmp_path / "ckpt.pt")
+    cfg = train.resolve_stage(TrainConfig(stage="midtrain", size="14b", init=str(tmp_path)))
+    assert (cfg.seq_len, cfg.rope_theta, cfg.lr) == (16384, 250_000.0, pytest.approx(3e-5))
+    planned = train.resolve_stage(TrainConfig(stage="midtrain", size="14b", dry_run=True))  # no checkpoint: the preset
+    assert (planned.seq_len, planned.rope_theta) == (16384, 250_000.0)
+
+
+# -- long documents ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["recall", "near", "mixed"])
+def test_every_long_range_answer_is_the_value_its_fact_states_far_earlier(toy_tokenizer, layout):
+    rng = random.Random(5)
+    for _ in range(20):
+        doc = data.long_document(rng, toy_tokenizer, 512, layout=layout, n_ledger=10, n_problems=4,
+                                 n_ledger_asked=6, n_problems_asked=2)
+        assert 512 - 12 <= len(doc.ids) <= 512 and doc.ids[0] == toy_tokenizer.bos_id
+        assert toy_tokenizer.encode(doc.text) == doc.ids[1:]  # the pieces tokenize as the whole text does
+        text = doc.text
+        # Oracle: re-derive every answer from the text alone, by finding the one fact it refers to.
+        expected = []
+        for match in re.finditer(r"Problem: How many (\w+) does (\w+) have now\?\nSolution:\n\2 starts with (\d+) \1\.\n", text):
+            item, name, value = match.groups()
+            facts = re.findall(rf"^{name} has (\d+) {item}\.$", text[: match.start()], flags=re.M)
+            assert facts == [value]  # stated once, before the question, with this value
+            expected.append(("ledger", int(value)))
+        for match in re.finditer(r"Problem: Then .*?\nSolution:\n(\w+) starts with (\d+) (\w+)\.\n", text):
+            name, value, item = match.groups()
+            facts = re.findall(rf"^Problem: {name} has (\d+) {item}\.$", text[: match.start()], flags=re.M)
+            assert facts == [value]
+            expected.append(("problem", int(value)))
+        assert sorted(expected) == sorted((a["kind"], a["answer"]) for a in doc.answers) and len(expected) == 8
+        for answer in doc.answers:
+            tokens = doc.ids[answer["position"] : answer["position"] + answer["n_tokens"]]
+            assert toy_tokenizer.decode(tokens) == str(answer["answer"])
+            fact = toy_tokenizer.decode(doc.ids[answer["fact_position"] :]).split("\n")[0]
+            assert str(answer["answer"]) in fact.split(" ")
+            assert answer["fact_position"] < answer["position"]
+
+
+def test_recall_documents_ask_far_from_each_fact_and_near_documents_right_after_it_at_the_end(toy_tokenizer):
+    rng = random.Random(7)
+    for length in (256, 1024):
+        doc = data.long_document(rng, toy_tokenizer, length)  # the evaluation's far layout and counts
+        distances = [a["position"] - a["fact_position"] for a in doc.answers]
+        assert len(doc.answers) == 3 and min(distances) > length // 4
+        doc = data.long_document(rng, toy_tokenizer, length, layout="near")
+        distances = [a["position"] - a["fact_position"] for a in doc.answers]
+        assert len(doc.answers) == 3 and max(distances) < 60 and min(a["fact_position"] for a in doc.answers) > length // 4
+
+
+def test_filler_never_mentions_the_people_whose_numbers_are_asked(toy_tokenizer):
+    rng = random.Random(9)
+    for _ in range(20):
+        doc = data.long_document(rng, toy_tokenizer, 1024, n_problems=4, n_problems_asked=4)
+        people = set(re.findall(r"^(?:Problem: )?(\w+) has \d+ \w+\.$", doc.text, flags=re.M))  # every fact's person
+        # Complete filler problems ("Problem: X has ... Then ...") must be about, and involve, somebody else.
+        filler = re.findall(r"^Problem: \w+ has \d+ \w+\. Then.*$", doc.text, flags=re.M)
+        assert len(people) == 8 + 4 and filler
+        assert not any(people & set(re.findall(r"\w+", question)) for question in filler)
+
+
+def test_the_long_shards_hold_decontaminated_documents_that_fit_a_row(toy_data_dir, toy_tokenizer):
+    meta = data.ensure_long_documents(toy_data_dir, 257)
+    assert meta["doc_tokens"] == 257 and meta["long_train_documents"] > 0
+    shard = data.read_shard(data.shard_paths(toy_data_dir, "long_train")[0])
+    starts = np.flatnonzero(np.asarray(shard) == toy_tokenizer.bos_id)
+    assert starts[0] == 0 and len(starts) == meta["long_train_documents"]
+    assert np.diff([*starts, len(shard)]).max() <= 257
+    banned = set()
+    for problem in data.read_problems(os.path.join(toy_data_dir, "eval.jsonl")):
+        banned |= data.ngrams(problem.question)
+    documents = toy_tokenizer.decode(np.asarray(shard).tolist()).split("<|endoftext|>")
+    assert not any(data.ngrams(text) & banned for text in documents)
+
+
+# -- the 30/70 mixture ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixture_shards(tmp_path):
+    """A replay stream 0, 1, 2, ... and 7 long documents [bos, 1000k, 1000k+1, ...] of lengths 5..11."""
+    bos, pad = 999, 998
+    data.write_shard(str(tmp_path / "train_000.bin"), np.arange(5000) % 900)
+    documents = [[bos] + [1000 * k + i for i in range(4 + k)] for k in range(1, 8)]
+    data.write_shard(str(tmp_path / "long_train_000.bin"), np.concatenate(documents))
+    return str(tmp_path), documents, bos, pad
+
+
+def test_the_mixture_puts_exactly_30_percent_of_rows_on_long_documents_spread_evenly(mixture_shards):
+    folder, documents, bos, pad = mixture_shards
+    loader = data.MixtureLoader(data.shard_paths(folder, "train"), data.shard_paths(folder, "long_train"),
+                                batch_size=10, seq_len=12, long_fraction=0.3, bos_id=bos, pad_id=pad)
+    rows, targets = [], []
+    for _ in range(20):
+        inputs, batch_targets = loader.next_batch()
+        rows += list(inputs)
+        targets += list(batch_targets)
+    is_long = [row[0] == bos for row in rows]  # a replay row never holds a bos here
+    assert sum(is_long) == 60  # 30% of 200 rows
+    assert all(sum(is_long[i : i + 10]) == 3 for i in range(0, 200, 10))  # 3 in every 10: no clumps
+    next_replay, next_document = 0, 0
+    for row, target, long_row in zip(rows, targets, is_long):
+        if long_row:
+            # One whole document at position 0, padding after it, no loss on the padding.
+            document = documents[next_document % len(documents)]
+            next_document += 1
+            n = len(document)
+            assert list(row[:n]) == document and (row[n:] == pad).all()
+            assert list(target[: n - 1]) == document[1:] and (target[n - 1 :] == -100).all()
+        else:
+            # Replay rows are consecutive 13-token windows of the pretraining stream, as in pretraining.
+            expected = (np.arange(next_replay * 13, next_replay * 13 + 13) % 5000) % 900
+            next_replay += 1
+            assert list(row) == list(expected[:-1]) and list(target) == list(expected[1:])
+
+
+def test_the_mixture_splits_the_same_global_rows_over_ranks_and_resumes_exactly(mixture_shards):
+    folder, _, bos, pad = mixture_shards
+    make = lambda rank, world_size, batch: data.MixtureLoader(
+        data.shard_paths(folder, "train"), data.shard_paths(folder, "long_train"), batch, 12, 0.3, bos, pad, rank, world_size)
+    single = make(0, 1, 8)
+    ranks = [make(0, 2, 4), make(1, 2, 4)]
+    for _ in range(5):
+        whole, _ = single.next_batch()
+        halves = [r.next_batch()[0] for r in ranks]
+        assert (np.concatenate(halves) == whole).all()
+    resumed = make(0, 1, 8)
+    resumed.load_state_dict(single.state_dict())
+    assert (resumed.next_batch()[0] == single.next_batch()[0]).all()
+
+
+def test_long_documents_longer_than_a_row_are_refused_with_the_flag_to_change(mixture_shards):
+    folder, _, bos, pad = mixture_shards
+    with pytest.raises(ValueError, match="--seq-len"):
+        data.MixtureLoader(data.shard_paths(folder, "train"), data.shard_paths(folder, "long_train"), 4, 8, 0.3, bos, pad)
+
+
+# -- the evaluation ----------------------------------------------------------------------------------
+
+
+def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shifted_one_0(toy_tokenizer, monkeypatch):
+    model = Phi4(ModelConfig(vocab_size=832, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=256))
+
+    def oracle(shift):
+        # Predicts token t+1 from position t exactly (shift 0), or always one id off (shift 1).
+        def document_losses(model, documents, pad_id, batch_size=8):
+            return [(torch.zeros(len(ids) - 1), torch.tensor(ids[1:]) + shift) for ids in documents]
+        return document_losses
+
+    monkeypatch.setattr(sample, "document_losses", oracle(0))
+    perfect = sample.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
+    monkeypatch.setattr(sample, "document_losses", oracle(1))
+    shifted = sample.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
+    assert [(e["layout"], e["multiple"]) for e in perfect["retrieval"]] == [
+        ("far", 1), ("far", 2), ("far", 4), ("near", 1), ("near", 2), ("near", 4)]
+    assert all(e["all_accuracy"] == e["ledger_accuracy"] == e["problem_accuracy"] == 1.0 for e in perfect["retrieval"])
+    assert all(e["all_accuracy"] == 0.0 and e["n"] == 4 * 3 for e in shifted["retrieval"])
+    assert [e["extrapolated"] for e in perfect["retrieval"]] == [False, True, True] * 2
+    # far questions sit most of the document after their facts, near ones a few dozen tokens.
+    far, near = perfect["retrieval"][2], perfect["retrieval"][5]
+    assert far["mean_distance"] > 600 and near["mean_distance"] < 60
+    assert [b["start"] for b in perfect["loss_by_position"]] == [0, 256, 512, 768]
+    assert model.config.max_seq_len == 256 and model.rope_cos.shape[0] == 256  # left as it was loaded
+
+
+def test_the_report_shows_the_long_context_table_when_a_stage_has_eval_long(tmp_path):
+    stage = tmp_path / "midtrain"
+    stage.mkdir()
+    (stage / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "tok_s": 10.0, "time_s": 1.0}) + "\n")
+    entries = [{"layout": layout, "length": 256 * m, "multiple": m, "extrapolated": False,
+                "ledger_accuracy": ledger, "problem_accuracy": 1.0}
+               for layout in ("far", "near") for m, ledger in ((1, 1.0), (2, 0.5), (4, 0.25))]
+    buckets = [{"start": s, "end": s + 256, "loss": 0.5} for s in (0, 256, 512, 768)]
+    result = {"max_seq_len": 1024, "rope_theta": 250000.0, "n_docs": 64, "chance": sample.LONG_CHANCE,
+              "retrieval": entries, "loss_by_position": buckets}
+    (stage / "eval_long.json").write_text(json.dumps(result))
+    sample.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    report = (tmp_path / "report.md").read_text()
+    assert "## Long context" in report and "| far 4x (1024) |" in report
+    cells = "100% / 100% | 50% / 100% | 25% / 100%"
+    assert f"| midtrain | 1024 | 250000 | {cells} | {cells} | 0.500 | 0.500 | 0.500 | 0.500 |" in report
