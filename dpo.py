@@ -15,6 +15,7 @@ Commands:
     python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl --out out/dpo       # full-length pairs
     python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo     # single-token PTS pairs
     python sample.py --init out/dpo --chat --eval                                  # what it bought
+    torchrun --standalone --nproc_per_node=8 dpo.py --init ... --pairs ...         # FSDP2, as train.py
 
 What this file does, top to bottom:
   1. sequence_logprobs: summed completion log-probs, log-softmax in float32.
@@ -32,6 +33,7 @@ give them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,12 +45,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import Phi4
-from train import learning_rate, load_checkpoint, make_optimizer, model_from_checkpoint, resolve_device, save_checkpoint
+import parallel
+from model import ModelConfig, Phi4
+from train import (
+    learning_rate,
+    load_optimizer,
+    load_weights,
+    make_optimizer,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    set_rng_state,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Sequence log-probabilities
@@ -70,10 +83,9 @@ def sequence_logprobs(model: Phi4, ids: torch.Tensor, completion_mask: torch.Ten
     """
     if bool(completion_mask[:, 0].any()):
         raise ValueError("completion_mask marks the first token, which no position predicts; a completion needs a prompt")
-    hidden = model.hidden_states(ids[:, :-1])  # (B, T-1, C): position t predicts token t+1
-    mask = completion_mask[:, 1:].bool()  # (B, T-1): which predictions are completion tokens
+    mask = completion_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1; which are completion tokens
     rows = mask.nonzero()[:, 0]  # (N,) the row of each completion token
-    logits = model.lm_head(hidden[mask]).float()  # (N, V)
+    logits = model(ids[:, :-1], select=mask).float()  # (N, V)
     targets = ids[:, 1:][mask]  # (N,)
     token_logps = logits.log_softmax(dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
     sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add(0, rows, token_logps)  # (B,)
@@ -247,10 +259,10 @@ class DPOConfig:
     seed: int = 1337
     beta: float = 0.1  # strength of the pull towards the reference: higher = more conservative
     average_logprobs: bool = False  # mean-per-token log-probs instead of sums (see dpo_loss)
-    steps: int = 150
+    steps: int = 100
     stop_at: int | None = None  # stop after this step as if interrupted (tests of --resume)
     batch_size: int = 16  # pairs per step
-    lr: float = 1e-5
+    lr: float = 1e-5  # toy sweep on 1.6K full pairs: 1e-5 helped a little, 3e-5 and 1e-4 lowered held-out accuracy
     min_lr_ratio: float = 0.0
     warmup_steps: int = 10
     weight_decay: float = 0.0  # no decay: DPO is a short nudge, and the reference term already regularises
@@ -262,50 +274,87 @@ class DPOConfig:
 
 
 def train_dpo(cfg: DPOConfig) -> list[dict]:
-    """DPO from cfg.init on cfg.pairs -> the logged records (also in OUT/log.jsonl); checkpoint in OUT."""
+    """DPO from cfg.init on cfg.pairs -> the logged records (rank 0 also writes OUT/log.jsonl).
+
+    Like train.py, every run is one or more ranks of FSDP2 (parallel.py): `python dpo.py` is a world of
+    one, `torchrun --nproc_per_node=N dpo.py ...` splits each batch of pairs over N ranks.
+    """
     if not cfg.resume and not cfg.init:
         raise ValueError("DPO starts from a trained model: pass --init out/sft (or --resume)")
     if not cfg.pairs and not cfg.resume:
         raise ValueError("pass --pairs FILE.jsonl (from `sample.py --rejection-sampling` or pts.py)")
-    device = resolve_device(cfg.device)
+    world = parallel.init_distributed(resolve_device(cfg.device))
+    try:
+        return train_dpo_on(cfg, world)
+    finally:
+        parallel.shutdown(world)
+
+
+def build_policy(record: dict, world: parallel.Distributed) -> Phi4:
+    """The checkpoint's model, built on meta, sharded with FSDP2, then filled: no rank holds it whole."""
+    with torch.device("meta"):
+        model = Phi4(ModelConfig.from_dict(record["model_config"]))
+    parallel.parallelize(model, world.mesh, activation_checkpointing=False, compile=False,
+                         mixed_precision=world.device.type == "cuda")
+    model.to_empty(device=world.device)
+    load_weights(record, model)
+    model.set_rope()  # the RoPE tables are not saved: rebuild them from the config
+    return model
+
+
+def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
+    """The DPO run proper, on one rank of `world`."""
+    device, W = world.device, world.world_size
+    say = print if world.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for everyone
+    if cfg.batch_size % W:
+        raise ValueError(f"--batch-size {cfg.batch_size} pairs must split evenly over {W} ranks; pick a multiple of {W}")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     source = cfg.out if cfg.resume else cfg.init
-    state = load_checkpoint(source, device)
-    model = model_from_checkpoint(state, device)
+    record = read_checkpoint(source)
+    if cfg.resume and "model" in record:
+        raise ValueError(f"{cfg.out} holds a single-file checkpoint of an older dpo.py: use it with --init, not --resume")
     tokenizer_file = os.path.join(source, "tokenizer.json")
     if not os.path.exists(tokenizer_file):
         raise ValueError(f"{tokenizer_file} is missing; --init must be a checkpoint folder from train.py")
     tokenizer = data.Tokenizer.load(tokenizer_file)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = build_policy(record, world)
+    # On GPUs FSDP's mixed precision already computes in bf16; CPU runs stay in fp32.
+    autocast = contextlib.nullcontext()
 
     # Pairs with their reference log-probs are stored in OUT: a resumed run reads them instead of
     # recomputing them with weights that have since moved.
     stored = os.path.join(cfg.out, "pairs.jsonl")
     pairs_file = stored if cfg.resume else cfg.pairs
     pairs, records, skipped = read_pairs(pairs_file, tokenizer, model.config.max_seq_len)
-    print(f"{len(pairs)} pairs from {pairs_file}" + (f" (skipped {skipped})" if any(skipped.values()) else ""))
+    say(f"{len(pairs)} pairs from {pairs_file}" + (f" (skipped {skipped})" if any(skipped.values()) else ""))
     if any(p.ref_chosen is None for p in pairs):
         if cfg.resume:
             raise ValueError(f"{stored} lacks reference log-probs; start again without --resume")
+        # Every rank scores every pair, in the same order: FSDP's all-gathers need all ranks in step,
+        # and this pass runs once.
         reference_logprobs(model, pairs, tokenizer.pad_id, cfg.batch_size, cfg.average_logprobs, autocast)
-        for record, pair in zip(records, pairs):
-            record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected)
-        os.makedirs(cfg.out, exist_ok=True)
-        data.atomic_write_text(stored, "".join(json.dumps(r) + "\n" for r in records))
-    if not cfg.resume:  # keep the tokenizer with the weights: the checkpoint folder is self-contained
+        # FSDP2 keeps the root's weights gathered after a forward (for the backward it expects); without
+        # a backward they stay so. Shard them again before the optimizer takes hold of the parameters.
+        model.reshard()
+        if world.is_main:
+            for pair_record, pair in zip(records, pairs):
+                pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected)
+            os.makedirs(cfg.out, exist_ok=True)
+            data.atomic_write_text(stored, "".join(json.dumps(r) + "\n" for r in records))
+    if not cfg.resume and world.is_main:  # keep the tokenizer with the weights: the folder is self-contained
         shutil.copyfile(tokenizer_file, os.path.join(cfg.out, "tokenizer.json"))
 
     optimizer = make_optimizer(model, cfg, device)
-    loader = PairLoader(len(pairs), cfg.batch_size, cfg.seed)
+    loader = PairLoader(len(pairs), cfg.batch_size, cfg.seed)  # global batches: the same on every rank
     start_step = 0
     if cfg.resume:
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        start_step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-    elif os.path.exists(os.path.join(cfg.out, "log.jsonl")):
+        load_optimizer(record, model, optimizer)  # AdamW moments from the checkpoint's shards
+        loader.load_state_dict(record["loader"])
+        start_step = record["step"]
+        set_rng_state(record["ranks"][0]["rng"])
+    elif world.is_main and os.path.exists(os.path.join(cfg.out, "log.jsonl")):
         os.remove(os.path.join(cfg.out, "log.jsonl"))  # a fresh run: do not append to an old log
 
     log_path = os.path.join(cfg.out, "log.jsonl")
@@ -313,22 +362,26 @@ def train_dpo(cfg: DPOConfig) -> list[dict]:
     model.train()
     run_start = time.perf_counter()
     last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    bar = tqdm(range(start_step, last_step), initial=start_step, total=cfg.steps, desc="dpo", dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(range(start_step, last_step), initial=start_step, total=cfg.steps, desc="dpo", dynamic_ncols=True,
+               mininterval=1.0, disable=not world.is_main)
     for step in bar:
         t0 = time.perf_counter()
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = [pairs[i] for i in loader.next_indices()]
+        # Each rank takes every W-th pair of the global batch. Its loss is the mean over its own pairs;
+        # FSDP averages gradients over ranks, so the update is that of the mean over the whole batch.
+        batch = [pairs[i] for i in loader.next_indices()[world.rank :: W]]
         ids, mask = collate(batch, tokenizer.pad_id, device)
         with autocast:
-            logps = sequence_logprobs(model, ids, mask, cfg.average_logprobs)  # (2B,)
-        B = len(batch)
+            logps = sequence_logprobs(model, ids, mask, cfg.average_logprobs)  # (2b,)
+        b = len(batch)
         ref_chosen = torch.tensor([p.ref_chosen for p in batch], device=device)
         ref_rejected = torch.tensor([p.ref_rejected for p in batch], device=device)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:B], logps[B:], ref_chosen, ref_rejected, cfg.beta)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:b], logps[b:], ref_chosen, ref_rejected, cfg.beta)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = parallel.full_value(grad_norm)  # a DTensor when the gradients are sharded
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         # What healthy DPO looks like: the loss falls from ln 2 = 0.693, preference accuracy rises towards
@@ -337,23 +390,29 @@ def train_dpo(cfg: DPOConfig) -> list[dict]:
         # grows; a chosen reward that plunges steeply means the policy is leaving the reference for
         # degenerate text: lower the LR or raise beta, and watch held-out accuracy.
         margin = chosen_rewards - rejected_rewards
-        record = {
-            "step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-            "chosen_reward": chosen_rewards.mean().item(), "rejected_reward": rejected_rewards.mean().item(),
-            "margin": margin.mean().item(), "accuracy": (margin > 0).float().mean().item(),
-            "tok_s": ids.numel() / (time.perf_counter() - t0), "time_s": time.perf_counter() - run_start,
+        # Metrics over the whole global batch: sums over ranks, divided by the batch size.
+        sums = torch.stack([loss.detach() * b, chosen_rewards.sum(), rejected_rewards.sum(), (margin > 0).float().sum()])
+        dist.all_reduce(sums)
+        loss_mean, chosen_mean, rejected_mean, n_right = (sums / cfg.batch_size).tolist()
+        record_out = {
+            "step": step + 1, "loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
+            "chosen_reward": chosen_mean, "rejected_reward": rejected_mean,
+            "margin": chosen_mean - rejected_mean, "accuracy": n_right,
+            "tok_s": parallel.global_sum(ids.numel(), world) / (time.perf_counter() - t0),
+            "time_s": time.perf_counter() - run_start,
         }
-        bar.set_postfix(loss=f"{record['loss']:.3f}", margin=f"{record['margin']:.2f}", acc=f"{record['accuracy']:.2f}",
-                        chosen=f"{record['chosen_reward']:.2f}", rejected=f"{record['rejected_reward']:.2f}")
-        records_out.append(record)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{loss_mean:.3f}", margin=f"{record_out['margin']:.2f}", acc=f"{n_right:.2f}",
+                        chosen=f"{chosen_mean:.2f}", rejected=f"{rejected_mean:.2f}")
+        records_out.append(record_out)
+        if world.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record_out) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == last_step:
             save_checkpoint(cfg.out, model, optimizer, step + 1, loader, model.config, cfg)
     bar.close()
     if records_out:
         last = records_out[-10:]
-        print(
+        say(
             f"done: step {records_out[-1]['step']} | last {len(last)} steps: loss {np.mean([r['loss'] for r in last]):.3f} "
             f"margin {np.mean([r['margin'] for r in last]):.2f} accuracy {np.mean([r['accuracy'] for r in last]):.2f} "
             f"| checkpoint {cfg.out}"

@@ -27,6 +27,7 @@ import codecs
 import glob
 import json
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -89,6 +90,7 @@ def generate(
     use_cache: bool = True,
     on_token=None,
     num_samples: int = 1,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B * num_samples, T + n).
 
@@ -102,6 +104,10 @@ def generate(
     prompt is prefilled once and its KV cache copied to the n rows (KVCache.expand), instead of
     prefilling n copies of it: the saving that rollouts from one shared prefix live on (pts.py). With a
     seed, the samples equal those of passing each row repeated n times.
+
+    `vocab_size` (pass tokenizer.vocab_size) keeps sampling to real token ids: the model's vocabulary is
+    padded past the tokenizer's last id (to a multiple of 64), and a padding id, rare as it is at
+    temperature 1, has no text to decode.
     """
     model.eval()
     B, T = idx.shape
@@ -118,7 +124,7 @@ def generate(
     def last_logits(tokens: torch.Tensor) -> torch.Tensor:
         # Only the last position's logits are needed: skip the LM head (the largest matmul) elsewhere.
         hidden = model.hidden_states(tokens, cache)  # (B, t, C)
-        return model.lm_head(hidden[:, -1])  # (B, V)
+        return model.lm_head(hidden[:, -1])[:, :vocab_size]  # (B, V), or (B, vocab_size)
 
     logits = last_logits(idx)  # prefill
     if num_samples > 1:
@@ -180,11 +186,13 @@ def sample_completions(
     seed: int = 0,
     batch_rows: int = 256,
     progress: str | None = None,
+    vocab_size: int | None = None,
 ) -> list[list[list[int]]]:
     """n completions of every prompt -> [prompt][sample] token ids, cut just after the first stop token.
 
     Many rows decode together, which is where the KV cache pays: prompts of equal length share a batch
-    (generate needs rectangular input), each repeated n times, at most `batch_rows` rows per batch.
+    (generate needs rectangular input), each prefilled once and continued n times (generate's
+    num_samples), at most `batch_rows` rows per batch. `vocab_size` keeps samples to the tokenizer's ids.
     Temperature 0 gives n copies of the greedy answer. A completion without a stop token hit
     max_new_tokens (or the context) and is returned as it is: callers decide what an unfinished answer
     is worth (the oracle usually rejects it, as it ends before "Answer:").
@@ -202,9 +210,10 @@ def sample_completions(
     results: list[list[list[int]]] = [[] for _ in prompts]
     stop = set(stop_tokens)
     for b, (length, chunk) in enumerate(tqdm(batches, desc=progress, unit="batch", disable=progress is None)):
-        idx = torch.tensor([prompts[i] for i in chunk for _ in range(n)], device=device)  # (len(chunk) * n, length)
+        idx = torch.tensor([prompts[i] for i in chunk], device=device)  # (len(chunk), length)
         # Seed per batch: the samples do not depend on what ran before (resumable, comparable).
-        out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed=seed + b)
+        out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed=seed + b,
+                       num_samples=n, vocab_size=vocab_size)  # (len(chunk) * n, length + new)
         for row, ids in enumerate(out[:, length:].tolist()):
             end = next((j + 1 for j, token in enumerate(ids) if token in stop), len(ids))
             results[chunk[row // n]].append(ids[:end])
@@ -241,7 +250,8 @@ def evaluate_problems(
     """
     stop = (tokenizer.bos_id, tokenizer.im_end_id)
     prompts = [problem_prompt_ids(tokenizer, p, chat) for p in problems]
-    greedy = sample_completions(model, prompts, 1, max_new_tokens, stop, temperature=0, batch_rows=batch_size)
+    greedy = sample_completions(model, prompts, 1, max_new_tokens, stop, temperature=0, batch_rows=batch_size,
+                                vocab_size=tokenizer.vocab_size)
     correct = [data.check(p, tokenizer.decode(strip_stop(s[0], stop))) for p, s in zip(problems, greedy)]
     per_level: dict[int, list[bool]] = {}
     for problem, ok in zip(problems, correct):
@@ -253,7 +263,8 @@ def evaluate_problems(
         "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
     }
     if maj_k > 0:
-        samples = sample_completions(model, prompts, maj_k, max_new_tokens, stop, temperature, seed=seed)
+        samples = sample_completions(model, prompts, maj_k, max_new_tokens, stop, temperature, seed=seed,
+                                     vocab_size=tokenizer.vocab_size)
         votes = [majority_answer([tokenizer.decode(strip_stop(s, stop)) for s in group]) for group in samples]
         maj_correct = sum(vote == p.answer for vote, p in zip(votes, problems))
         result.update(maj_k=maj_k, maj_temperature=temperature, maj_correct=maj_correct,
@@ -305,7 +316,8 @@ def rejection_sampling(
     stop = (tokenizer.im_end_id,)
     prompts = [problem_prompt_ids(tokenizer, p, chat=True) for p in problems]
     samples = sample_completions(
-        model, prompts, n, max_new_tokens, stop, temperature, top_k, top_p, seed, batch_rows, progress="rejection sampling"
+        model, prompts, n, max_new_tokens, stop, temperature, top_k, top_p, seed, batch_rows, progress="rejection sampling",
+        vocab_size=tokenizer.vocab_size,
     )
     sft_records, pairs = [], []
     n_correct = n_all_right = n_all_wrong = 0
@@ -341,6 +353,156 @@ def write_jsonl(path: str, records: list[dict]):
     """One JSON object per line, written atomically."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     data.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Long-context evaluation: what midtraining did (Phi-4 report section 3, context extension)
+#
+# Measured at lengths that are multiples of the pretraining context (1x, 2x, 4x), on documents from
+# data.long_document (8 ledger entries and 4 problem openings; 2 ledger questions and 1 problem
+# continuation are asked, the other facts are distractors):
+#   far retrieval   layout "recall": the facts first, filler, the questions last, so each answer lies
+#                   about the whole length after its fact. Needs attention across the whole context.
+#   near retrieval  layout "near": the same kinds of questions, each right after its fact, at the end
+#                   of the document. Needs the model to work at positions up to 4x, but only to look
+#                   a few dozen tokens back, which pretraining taught.
+#   loss            next-token loss on held-out midtraining-style documents of 4x the pretraining
+#                   length, averaged over windows of the pretraining length.
+# A question counts as answered when the model's most likely token is right at every answer position,
+# given the document up to there: exactly what greedy decoding would write, scored for all questions of
+# a document in one forward pass. A model whose context is shorter than a document is run with its RoPE
+# tables extended at its own base (set_rope, the only way to run it there), which the result marks as
+# "extrapolated": that is how the pretrained model is measured beyond its 1x.
+
+LONG_MULTIPLES = (1, 2, 4)
+LONG_LAYOUTS = {"far": "recall", "near": "near"}  # report name -> data.long_document layout
+# Chance: copying the number of a random one of the document's 12 facts (8 ledger, 4 problem openings).
+LONG_CHANCE = 1 / 12
+
+
+@torch.no_grad()
+def document_losses(model: Phi4, documents: list[list[int]], pad_id: int, batch_size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per document of n tokens: (next-token losses (n-1,), greedy predictions (n-1,)), in one batched forward."""
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(documents), batch_size):
+        chunk = documents[start : start + batch_size]
+        width = max(map(len, chunk))
+        idx = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (B, T), padded at the end
+        for row, ids in enumerate(chunk):
+            idx[row, : len(ids)] = torch.tensor(ids)
+        hidden = model.hidden_states(idx.to(device))  # (B, T, C); causal, so padding changes nothing before it
+        for row, ids in enumerate(chunk):
+            n = len(ids)
+            # One row of logits at a time: (n, V) is the largest tensor alive, whatever the batch size.
+            logits = model.lm_head(hidden[row, : n - 1]).float()  # (n-1, V)
+            targets = idx[row, 1:n].to(device)  # (n-1,)
+            losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")  # (n-1,)
+            results.append((losses.cpu(), logits.argmax(dim=-1).cpu()))
+    return results
+
+
+def retrieval_accuracy(model: Phi4, documents: list[data.LongDocument], pad_id: int) -> dict:
+    """Greedy accuracy on the documents' questions, overall and per kind, with the mean fact distance."""
+    scored = document_losses(model, [doc.ids for doc in documents], pad_id)
+    answers = []  # (kind, correct, distance)
+    for doc, (_, predicted) in zip(documents, scored):
+        for answer in doc.answers:
+            span = range(answer["position"], answer["position"] + answer["n_tokens"])
+            # The token at position p is predicted from position p - 1.
+            correct = all(int(predicted[p - 1]) == doc.ids[p] for p in span)
+            answers.append((answer["kind"], correct, answer["position"] - answer["fact_position"]))
+    entry = {"n": len(answers), "mean_distance": sum(a[2] for a in answers) / len(answers)}
+    for kind in ("all", "ledger", "problem"):
+        chosen = [ok for k, ok, _ in answers if kind in ("all", k)]
+        entry[f"{kind}_accuracy"] = sum(chosen) / len(chosen)
+        entry[f"{kind}_ci95"] = wilson_interval(sum(chosen), len(chosen))
+    return entry
+
+
+@torch.no_grad()
+def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int, n_docs: int = 64,
+                          seed: int = data.LONG_EVAL_SEED, progress: bool = False) -> dict:
+    """Far and near retrieval at 1x, 2x and 4x base_len, and held-out loss by position (see the section comment)."""
+    model.eval()
+    trained_len = model.config.max_seq_len
+    result = {"max_seq_len": trained_len, "rope_theta": model.config.rope_theta, "base_len": base_len,
+              "n_docs": n_docs, "chance": LONG_CHANCE, "retrieval": []}
+    longest = max(LONG_MULTIPLES) * base_len
+    if longest > trained_len:
+        model.set_rope(max_seq_len=longest)  # same base: extrapolation past the trained context
+    try:
+        settings = [(name, multiple) for name in LONG_LAYOUTS for multiple in LONG_MULTIPLES]
+        for k, (name, multiple) in enumerate(tqdm(settings, desc="long-context eval", disable=not progress)):
+            length = multiple * base_len
+            rng = random.Random(seed + k)  # the same documents for every model
+            documents = [data.long_document(rng, tokenizer, length, layout=LONG_LAYOUTS[name]) for _ in range(n_docs)]
+            entry = {"layout": name, "length": length, "multiple": multiple, "extrapolated": length > trained_len}
+            result["retrieval"].append({**entry, **retrieval_accuracy(model, documents, tokenizer.pad_id)})
+
+        # Loss by position, on documents like the midtraining ones but from the evaluation seed.
+        rng = random.Random(seed)
+        documents = [data.long_training_document(rng, tokenizer, longest).ids for _ in range(n_docs)]
+        scored = document_losses(model, documents, tokenizer.pad_id)
+        buckets = []
+        for start in range(0, longest, base_len):
+            # Loss at position t is the loss of predicting token t + 1.
+            values = torch.cat([losses[start : start + base_len] for losses, _ in scored])
+            buckets.append({"start": start, "end": start + base_len, "loss": float(values.mean()), "n_tokens": len(values)})
+        result["loss_by_position"] = buckets
+    finally:
+        if longest > trained_len:
+            model.set_rope(max_seq_len=trained_len)  # leave the model as it was loaded
+    return result
+
+
+def pretraining_length(path: str, model: Phi4) -> int:
+    """The context a checkpoint's model was pretrained at, which the 1x, 2x, 4x of the evaluation refer to.
+
+    A midtraining checkpoint extended it by MIDTRAIN_CONTEXT_FACTOR; any other uses its preset's context
+    (toy 256, 14b 4096), or its own when it was trained shorter. --long-base overrides this.
+    """
+    from model import PRESETS  # the record only (size, stage): no weights are read here
+    from train import MIDTRAIN_CONTEXT_FACTOR, read_checkpoint
+
+    train_config = read_checkpoint(path).get("train_config") or {}
+    if train_config.get("stage") == "midtrain":
+        return model.config.max_seq_len // MIDTRAIN_CONTEXT_FACTOR
+    preset = PRESETS.get(train_config.get("size"))
+    return min(model.config.max_seq_len, preset.max_seq_len) if preset else model.config.max_seq_len
+
+
+def long_context_lines(root: str, stages: list[str]) -> list[str]:
+    """The report's long-context table: one row per stage folder that has an eval_long.json."""
+    rows, first = [], None
+    for stage in stages:
+        path = os.path.join(root, stage, "eval_long.json")
+        if not os.path.exists(path):
+            continue
+        result = read_json(path)
+        first = first or result
+        cells = [
+            f"{100 * e['ledger_accuracy']:.0f}% / {100 * e['problem_accuracy']:.0f}%{'*' if e['extrapolated'] else ''}"
+            for e in result["retrieval"]
+        ]
+        cells += [f"{bucket['loss']:.3f}" for bucket in result["loss_by_position"]]
+        rows.append(f"| {stage} | {result['max_seq_len']} | {result['rope_theta']:g} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    headers = [f"{e['layout']} {e['multiple']}x ({e['length']})" for e in first["retrieval"]]
+    headers += [f"loss {b['start']}-{b['end']}" for b in first["loss_by_position"]]
+    return [
+        "", "## Long context (midtraining: 4x context, RoPE base 250K)", "",
+        "| stage | context | RoPE base | " + " | ".join(headers) + " |",
+        "|---|---|---|" + "---|" * len(headers),
+        *rows,
+        "",
+        f"Retrieval cells: ledger / problem accuracy (greedy), {first['n_docs']} documents per cell, 2 ledger and 1 "
+        f"problem question each; chance (copying one of the document's 12 facts) {100 * first['chance']:.1f}%. "
+        "far: each fact about the whole document before its question; near: right before it, at the end of the "
+        "document. * = beyond the model's trained context (RoPE tables extended at its own base). "
+        "Loss: held-out long documents, mean next-token loss per window of positions.",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -414,7 +576,7 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
         start = time.perf_counter()
         out = generate(
             model, idx, args.max_new_tokens, args.temperature or 0.0, args.top_k, args.top_p,
-            stop_tokens=(tokenizer.im_end_id,), seed=args.seed + turn, on_token=show,
+            stop_tokens=(tokenizer.im_end_id,), seed=args.seed + turn, on_token=show, vocab_size=tokenizer.vocab_size,
         )
         print(utf8.decode(b"", final=True))
         n_new = out.shape[1] - idx.shape[1]
@@ -426,18 +588,42 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
             break
 
 
-STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo")
+STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo", "sft_dpo", "pts_dpo", "pts_dpo_dpo")
+
+# The toy version of the report's Table 9 (SFT -> +PTS DPO): which stage folder holds which row.
+TABLE9 = (("SFT", "sft"), ("SFT + PTS-DPO", "pts_dpo"), ("SFT + full-length DPO", "sft_dpo"),
+          ("SFT + PTS-DPO, then full-length DPO", "pts_dpo_dpo"))
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def accuracy_cells(result: dict | None) -> tuple[str, str]:
+    """'41.2% of 500 (37.0-45.6%)' for greedy pass@1 and for maj@k, or placeholders."""
+    if result is None:
+        return "not evaluated", "-"
+    low, high = result["ci95"]
+    greedy = f"{100 * result['accuracy']:.1f}% of {result['n']} ({100 * low:.1f}-{100 * high:.1f}%)"
+    if "maj_accuracy" not in result:
+        return greedy, "-"
+    low, high = result["maj_ci95"]
+    return greedy, f"{100 * result['maj_accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
 
 
 def write_report(root: str, path: str):
     """out/report.md: for every stage folder under root, what training did and what the eval measured."""
     stages = [d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "log.jsonl"))] if os.path.isdir(root) else []
     stages.sort(key=lambda d: (STAGE_ORDER.index(d) if d in STAGE_ORDER else len(STAGE_ORDER), d))
+    evals = {s: read_json(os.path.join(root, s, "eval.json")) if os.path.exists(os.path.join(root, s, "eval.json")) else None
+             for s in stages}
+    maj_k = next((e["maj_k"] for e in evals.values() if e and "maj_k" in e), None)
     lines = [
         "# Report of the toy Phi-4 recipe",
         "",
-        "| stage | steps | train loss | held-out loss | median tok/s | wall (s) | held-out pass@1 (95% CI) |",
-        "|---|---|---|---|---|---|---|",
+        f"| stage | steps | train loss | held-out loss | median tok/s | wall (s) | held-out pass@1 (95% CI) | maj@{maj_k or 'k'} (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for stage in stages:
         with open(os.path.join(root, stage, "log.jsonl")) as f:
@@ -445,17 +631,39 @@ def write_report(root: str, path: str):
         last = records[-1]
         val = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
         tok_s = sorted(r["tok_s"] for r in records)[len(records) // 2]
-        accuracy = "not evaluated"
-        eval_file = os.path.join(root, stage, "eval.json")
-        if os.path.exists(eval_file):
-            with open(eval_file) as f:
-                result = json.load(f)
-            low, high = result["ci95"]
-            accuracy = f"{100 * result['accuracy']:.1f}% of {result['n']} ({100 * low:.1f}-{100 * high:.1f}%)"
         wall = f"{last['time_s']:.0f}" if "time_s" in last else "?"
         val_text = f"{val:.4f}" if val is not None else "-"
-        lines.append(f"| {stage} | {last['step']} | {last['loss']:.4f} | {val_text} | {tok_s:,.0f} | {wall} | {accuracy} |")
+        greedy, majority = accuracy_cells(evals[stage])
+        lines.append(f"| {stage} | {last['step']} | {last['loss']:.4f} | {val_text} | {tok_s:,.0f} | {wall} | {greedy} | {majority} |")
     lines += ["", "Held-out problems are decontaminated from all training text by the 13-gram rule (data.py)."]
+
+    rs_summary = os.path.join(root, "rs", "summary.json")
+    if os.path.exists(rs_summary):
+        s = read_json(rs_summary)
+        lines += ["", "## Rejection sampling", "",
+                  f"{s['problems']} problems x {s['samples_per_problem']} samples at T={s['temperature']} from {s.get('init', '?')}: "
+                  f"{100 * s['sample_accuracy']:.1f}% of samples correct, pass@{s['samples_per_problem']} {100 * s['pass_at_n']:.1f}%, "
+                  f"{s['sft_records']} accepted answers (rs_sft trains on them), {s['pairs']} correct-vs-incorrect pairs (dpo trains on them)."]
+    dpo_rows = []
+    for stage in stages:
+        with open(os.path.join(root, stage, "log.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        if "margin" in records[-1]:
+            tail = records[-10:]
+            mean = lambda key: sum(r[key] for r in tail) / len(tail)
+            dpo_rows.append(f"| {stage} | {records[-1]['step']} | {mean('loss'):.3f} | {mean('chosen_reward'):.2f} | "
+                            f"{mean('rejected_reward'):.2f} | {mean('margin'):.2f} | {mean('accuracy'):.2f} |")
+    if dpo_rows:
+        lines += ["", "## DPO training (means of the last 10 steps)", "",
+                  "| stage | steps | loss | chosen reward | rejected reward | margin | preference accuracy |",
+                  "|---|---|---|---|---|---|---|", *dpo_rows]
+    if sum(evals.get(folder) is not None for _, folder in TABLE9) >= 2:
+        lines += ["", "## Toy Table 9: Pivotal Token Search (report: SFT -> +PTS DPO, MATH 77.1 -> 80.5)", "",
+                  f"| model | held-out pass@1 (95% CI) | maj@{maj_k or 'k'} (95% CI) |", "|---|---|---|"]
+        for name, folder in TABLE9:
+            greedy, majority = accuracy_cells(evals.get(folder))
+            lines.append(f"| {name} | {greedy} | {majority} |")
+    lines += long_context_lines(root, stages)  # present once a stage has run sample.py --eval-long
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     data.atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -490,6 +698,12 @@ if __name__ == "__main__":
     parser.add_argument("--eval", action="store_true", help="greedy pass@1 on the held-out problems; writes eval.json into --init")
     parser.add_argument("--eval-limit", type=int, default=None, help="with --eval: score only the first N problems")
     parser.add_argument("--maj-k", type=int, default=8, help="with --eval: also sampled maj@k with k votes (0: greedy only)")
+    parser.add_argument("--eval-long", action="store_true",
+                        help="long-range retrieval at 1x, 2x, 4x the pretraining context and held-out loss by position; "
+                        "writes eval_long.json into --init (midtraining's effect)")
+    parser.add_argument("--long-base", type=int, default=None,
+                        help="with --eval-long: the pretraining context the multiples refer to (default: from the checkpoint)")
+    parser.add_argument("--long-docs", type=int, default=64, help="with --eval-long: documents per length")
     parser.add_argument("--rejection-sampling", action="store_true",
                         help="sample --rs-samples answers to --rs-problems problems of DATA/rl.jsonl, grade them with the "
                         "oracle, write best-of-n SFT data (OUT/sft.jsonl) and preference pairs (OUT/pairs.jsonl)")
@@ -532,6 +746,23 @@ if __name__ == "__main__":
             for use_cache in (True, False):
                 speeds = sorted(decode_speed(model, prompt, n, use_cache) for _ in range(3))
                 print(f"decode {'with' if use_cache else 'without'} KV cache: {speeds[1]:,.0f} tokens/s ({n} tokens, batch 1)")
+            sys.exit(0)
+
+        if args.eval_long:
+            base_len = args.long_base or pretraining_length(path, model)
+            start = time.perf_counter()
+            result = evaluate_long_context(model, tokenizer, base_len, args.long_docs, progress=True)
+            result["seconds"] = time.perf_counter() - start
+            print(f"context {result['max_seq_len']}, RoPE base {result['rope_theta']:g}; chance {100 * LONG_CHANCE:.1f}%")
+            for entry in result["retrieval"]:
+                low, high = entry["all_ci95"]
+                print(f"{entry['layout']} retrieval at {entry['multiple']}x ({entry['length']} tokens, mean distance "
+                      f"{entry['mean_distance']:.0f}): {100 * entry['all_accuracy']:.1f}% of {entry['n']} "
+                      f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | ledger {100 * entry['ledger_accuracy']:.1f}%, "
+                      f"problem {100 * entry['problem_accuracy']:.1f}%"
+                      + (" | extrapolated past the trained context" if entry["extrapolated"] else ""))
+            print("held-out loss by position: " + ", ".join(f"{b['start']}-{b['end']}: {b['loss']:.3f}" for b in result["loss_by_position"]))
+            data.atomic_write_text(os.path.join(path, "eval_long.json"), json.dumps(result, indent=2))
             sys.exit(0)
 
         if args.eval:
@@ -597,7 +828,7 @@ if __name__ == "__main__":
             if not os.path.exists(eval_file):
                 raise ValueError(f"{eval_file} not found; pass --prompt or build data with `python data.py`")
             problems = data.read_problems(eval_file)[: args.num_samples]
-            prompts = [tokenizer.encode(data.problem_prompt(p)) for p in problems]
+            prompts = [problem_prompt_ids(tokenizer, p, args.chat) for p in problems]  # --chat: as a user turn
             stop = (tokenizer.bos_id, tokenizer.im_end_id)
 
         n_generated, elapsed = 0, 0.0
@@ -606,7 +837,7 @@ if __name__ == "__main__":
             start = time.perf_counter()
             out = generate(
                 model, idx, args.max_new_tokens, args.temperature or 0.0, args.top_k, args.top_p,
-                stop_tokens=stop, seed=args.seed + i, use_cache=not args.no_cache,
+                stop_tokens=stop, seed=args.seed + i, use_cache=not args.no_cache, vocab_size=tokenizer.vocab_size,
             )
             elapsed += time.perf_counter() - start
             n_generated += out.shape[1] - idx.shape[1]

@@ -3,6 +3,7 @@ guards, the reference pass, and a short training run on pairs with a known prefe
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -201,13 +202,13 @@ def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_w
     tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
     built = []
-    original = dpo.model_from_checkpoint
-    monkeypatch.setattr(dpo, "model_from_checkpoint", lambda *a: built.append(1) or original(*a))
+    original = dpo.build_policy
+    monkeypatch.setattr(dpo, "build_policy", lambda *a: built.append(1) or original(*a))
     dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=3,
                                 batch_size=8, lr=1e-3, warmup_steps=1, device="cpu"))
     assert len(built) == 1  # one model in memory: the policy; the reference is its frozen first pass
     stored = [json.loads(line) for line in open(tmp_path / "dpo" / "pairs.jsonl")]
-    init = original(train.load_checkpoint(str(tmp_path / "init")), "cpu").eval()
+    init = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "init")), "cpu").eval()
     pairs, _, _ = dpo.read_pairs(pairs_file, tokenizer, 64)
     ids, mask = dpo.collate(pairs, tokenizer.pad_id, "cpu")
     with torch.no_grad():
@@ -230,3 +231,22 @@ def test_dpo_without_init_exits_with_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "dpo.py", "--pairs", "x.jsonl", "--out", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--init" in result.stderr
+
+
+def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_data_dir, tmp_path):
+    """The FSDP2 path of train.py, reused: each rank takes half of every batch of pairs."""
+    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=24))
+    flags = dict(init=str(tmp_path / "init"), pairs=pairs_file, steps=4, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu")
+    single = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "one"), **flags))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "dpo.py",
+               "--out", str(tmp_path / "two")]
+    for name, value in flags.items():
+        command += ["--" + name.replace("_", "-"), str(value)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in open(tmp_path / "two" / "log.jsonl")]
+    assert [r["loss"] for r in ranks] == pytest.approx([r["loss"] for r in single], rel=1e-5)
+    assert [r["margin"] for r in ranks] == pytest.approx([r["margin"] for r in single], rel=1e-4, abs=1e-7)
+    assert single[-1]["margin"] > 0  # it did learn something, so the comparison is not of two no-ops

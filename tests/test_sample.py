@@ -97,7 +97,8 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
     problems = data.make_split(99, 40)
     by_prompt = {tuple(tokenizer.encode(data.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
 
-    def fake_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(), seed=None, use_cache=True):
+    def fake_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(), seed=None, **kwargs):
+        assert kwargs.get("num_samples", 1) == 1  # greedy evaluation asks for one answer per prompt
         rows = []
         for prompt in idx.tolist():
             i, problem = by_prompt[tuple(prompt)]
@@ -127,7 +128,7 @@ def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
     (stage / "eval.json").write_text(json.dumps({"accuracy": 0.25, "n": 8, "correct": 2, "ci95": [0.07, 0.59]}))
     sample.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
     row = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pretrain")][0]
-    assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) |"
+    assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) | - |"
 
 
 # ----------------------------------------------------------------------------------------------------
