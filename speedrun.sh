@@ -1,17 +1,42 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md.
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~30 min on 2 cores).
 #
-#   data     the synthetic world -> BPE tokenizer -> uint32 shards, 13-gram-decontaminated eval split
-#   pretrain the toy Phi-4 (GQA, RoPE, SwiGLU) learns worked solutions          -> out/pretrain
-#   eval     greedy pass@1 on held-out problems, graded by the world's oracle     -> out/pretrain/eval.json
-#   report   what every stage measured                                            -> out/report.md
-#
-# Later stages of the recipe (midtraining, SFT, rejection sampling, PTS, DPO) join here as they land.
+#   data      the synthetic world -> BPE tokenizer -> uint32 shards, 13-gram-decontaminated eval split
+#   pretrain  the toy Phi-4 (GQA, RoPE, SwiGLU) learns worked solutions             -> out/pretrain
+#   midtrain  4x context, RoPE base 10K -> 250K, LR/10, 30% long documents         -> out/midtrain
+#   sft       chat format, loss on assistant tokens only                            -> out/sft
+#   rs        8 answers per problem graded by the oracle: best-of-n data + pairs    -> out/rs
+#   rs_sft    a second SFT round on the accepted answers                            -> out/rs_sft
+#   dpo       DPO on full-length correct-vs-incorrect pairs                         -> out/dpo
+#   pts       Pivotal Token Search on the SFT model: single-token pairs             -> out/pts
+#   table 9   SFT + PTS-DPO, SFT + full-length DPO, and both in sequence            -> out/pts_dpo, ...
+#   eval      held-out greedy pass@1 and maj@8 after every stage                    -> out/STAGE/eval.json
+#   report    what every stage measured                                             -> out/report.md
 set -euo pipefail
 cd "$(dirname "$0")"
 
 python data.py
 python train.py --stage pretrain --out out/pretrain
 python sample.py --init out/pretrain --eval
-python sample.py --init out/pretrain --num-samples 2
+MIDTRAIN_LINES
+
+python train.py --stage sft --init out/midtrain --out out/sft
+python sample.py --init out/sft --chat --eval
+
+python sample.py --init out/sft --rejection-sampling --rs-problems 3000 --out out/rs
+python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --out out/rs_sft
+python sample.py --init out/rs_sft --chat --eval
+python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl --out out/dpo
+python sample.py --init out/dpo --chat --eval
+
+# A toy Table 9 (report section 4.3): the same DPO steps on PTS pairs, on full-length pairs, and both.
+python pts.py --init out/sft --out out/pts/pairs.jsonl --questions 1000 --rollouts 32
+python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo --steps 40
+python sample.py --init out/pts_dpo --chat --eval
+python dpo.py --init out/sft --pairs out/rs/pairs.jsonl --out out/sft_dpo --steps 40
+python sample.py --init out/sft_dpo --chat --eval
+python dpo.py --init out/pts_dpo --pairs out/rs/pairs.jsonl --out out/pts_dpo_dpo --steps 40
+python sample.py --init out/pts_dpo_dpo --chat --eval
+
+python sample.py --init out/dpo --chat --num-samples 2
 python sample.py --report out/report.md

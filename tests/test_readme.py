@@ -33,7 +33,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci_lines
 
 
-@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "synth.py"])
+@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "synth.py", "dpo.py", "pts.py"])
 def test_every_script_answers_help(script):
     result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout
@@ -46,7 +46,7 @@ def test_the_main_job_runs_as_written_on_a_fresh_copy(tmp_path):
     for name in files:
         os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
         shutil.copy2(os.path.join(ROOT, name), tmp_path / name)
-    result = subprocess.run(["bash", "speedrun.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(["bash", "speedrun.sh"], cwd=tmp_path, capture_output=True, text=True, timeout=4200)
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| pretrain |" in report and "not evaluated" not in report
