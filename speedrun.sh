@@ -18,7 +18,11 @@ cd "$(dirname "$0")"
 python data.py
 python train.py --stage pretrain --out out/pretrain
 python sample.py --init out/pretrain --eval
-MIDTRAIN_LINES
+python train.py --stage midtrain --init out/pretrain --out out/midtrain
+python train.py --stage midtrain --init out/pretrain --rope-theta 10000 --out out/midtrain_base10k  # ablation: same base
+python sample.py --init out/midtrain --eval
+python sample.py --init out/midtrain_base10k --eval
+for stage in pretrain midtrain midtrain_base10k; do python sample.py --init out/$stage --eval-long; done
 
 python train.py --stage sft --init out/midtrain --out out/sft
 python sample.py --init out/sft --chat --eval
