@@ -699,8 +699,8 @@ if __name__ == "__main__":
     parser.add_argument("--eval-limit", type=int, default=None, help="with --eval: score only the first N problems")
     parser.add_argument("--maj-k", type=int, default=8, help="with --eval: also sampled maj@k with k votes (0: greedy only)")
     parser.add_argument("--eval-long", action="store_true",
-                        help="long-range retrieval at 1x, 2x, 4x the pretraining context and held-out loss by position; "
-                        "writes eval_long.json into --init (midtraining's effect)")
+                        help="retrieval of facts far back (far) and just before (near) in documents of 1x, 2x, 4x the "
+                        "pretraining context, and held-out loss by position; writes eval_long.json into --init")
     parser.add_argument("--long-base", type=int, default=None,
                         help="with --eval-long: the pretraining context the multiples refer to (default: from the checkpoint)")
     parser.add_argument("--long-docs", type=int, default=64, help="with --eval-long: documents per length")

@@ -205,7 +205,8 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
         raise ValueError("--stage midtrain extends a pretrained model: pass --init out/pretrain (or --resume)")
     return {
         "seq_len": cfg.seq_len or MIDTRAIN_CONTEXT_FACTOR * pretrained.max_seq_len,
-        "lr": cfg.lr or (pretrain_lr or STAGE_DEFAULTS["pretrain"]["lr"]) / 10,
+        # Rounded to 6 digits so the log shows 0.0003, not 0.00030000000000000003.
+        "lr": cfg.lr or float(f"{(pretrain_lr or STAGE_DEFAULTS['pretrain']['lr']) / 10:.6g}"),
     }
 
 
