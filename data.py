@@ -341,6 +341,12 @@ def atomic_write_text(path: str, text: str):
     os.replace(tmp, path)  # atomic on POSIX when tmp and path are on the same filesystem
 
 
+def write_jsonl(path: str, records: list[dict]):
+    """One JSON object per line, written atomically (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 # ----------------------------------------------------------------------------------------------------
 # 2. The synthetic world
 #
@@ -1019,17 +1025,13 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     n_train = write_split(tokenizer, train_documents, out_dir, "train")
     n_val_tokens = write_split(tokenizer, val_documents, out_dir, "val")
 
-    with open(os.path.join(out_dir, "eval.jsonl"), "w") as f:
-        for p in eval_problems:
-            f.write(json.dumps(p.to_dict()) + "\n")
+    write_jsonl(os.path.join(out_dir, "eval.jsonl"), [p.to_dict() for p in eval_problems])
     # Post-training sets, disjoint from each other: SFT conversations, and problems whose answers the
     # model will be sampled on (rejection sampling, Pivotal Token Search). Both are training problems,
     # so the 13-gram rule has already cleaned them against the held-out split.
     n_sft = len(problems) // 3
     for name, subset in (("sft.jsonl", problems[:n_sft]), ("rl.jsonl", problems[n_sft : n_sft + 4000])):
-        with open(os.path.join(out_dir, name), "w") as f:
-            for p in subset:
-                f.write(json.dumps(p.to_dict()) + "\n")
+        write_jsonl(os.path.join(out_dir, name), [p.to_dict() for p in subset])
     meta = {
         "problems": len(problems),
         "dropped_by_13gram": n_dropped,

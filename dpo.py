@@ -32,9 +32,7 @@ give them).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -53,6 +51,8 @@ import data
 import parallel
 from model import ModelConfig, Phi4
 from train import (
+    DEVICES,
+    config_parser,
     learning_rate,
     load_optimizer,
     load_weights,
@@ -341,8 +341,7 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
         if world.is_main:
             for pair_record, pair in zip(records, pairs):
                 pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected)
-            os.makedirs(cfg.out, exist_ok=True)
-            data.atomic_write_text(stored, "".join(json.dumps(r) + "\n" for r in records))
+            data.write_jsonl(stored, records)
     if not cfg.resume and world.is_main:  # keep the tokenizer with the weights: the folder is self-contained
         shutil.copyfile(tokenizer_file, os.path.join(cfg.out, "tokenizer.json"))
 
@@ -421,7 +420,6 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
 
 
 def parse_args(argv=None) -> DPOConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = {
         "init": "checkpoint folder of the starting policy, which is also the frozen reference",
         "pairs": "JSONL of pairs: prompt/chosen/rejected text, optionally prompt_ids/chosen_ids/rejected_ids",
@@ -443,16 +441,7 @@ def parse_args(argv=None) -> DPOConfig:
         "save_every": "steps between checkpoints",
         "device": "auto (cuda if available, else cpu), cpu or cuda",
     }
-    for field in dataclasses.fields(DPOConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=helps[field.name])
-            continue
-        kind = {"int": int, "float": float, "int | None": int}.get(field.type, str)
-        kwargs = dict(type=kind, default=field.default, help=helps[field.name])
-        if field.name == "device":
-            kwargs["choices"] = ["auto", "cpu", "cuda"]
-        parser.add_argument(flag, **kwargs)
+    parser = config_parser(DPOConfig, helps, {"device": DEVICES}, __doc__.split("\n")[0])
     return DPOConfig(**vars(parser.parse_args(argv)))
 
 

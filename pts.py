@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,7 +82,7 @@ import torch
 from tqdm import tqdm
 
 import data
-from sample import generate, load_model, problem_prompt_ids
+from sample import generate, load_model, problem_prompt_ids, sample_completions, strip_stop
 from train import resolve_device
 
 # ----------------------------------------------------------------------------------------------------
@@ -237,29 +236,20 @@ def model_estimator(model, tokenizer: data.Tokenizer, problem: data.Problem, n_r
     """A SuccessEstimator that samples from `model` in Phi-4's chat format and grades with the world's oracle."""
     prompt_ids = problem_prompt_ids(tokenizer, problem, chat=True)
     stop = tokenizer.eos_id  # <|im_end|>: the end of the assistant turn
-    device = next(model.parameters()).device
     # An answer may not run past the context either: cap its length so that question + answer fits.
     max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))
     if max_answer_tokens < 1:
         raise ValueError(f"the question takes {len(prompt_ids)} tokens, the whole context; use a longer-context model")
 
     def sample(prefix: list[int], seed: int) -> list[list[int]]:
-        idx = torch.tensor([prompt_ids + prefix], device=device)  # (1, T)
-        budget = max_answer_tokens - len(prefix)
-        # The shared prefix is prefilled once (batch 1), then its KV cache is copied to N rows.
-        out = generate(model, idx, budget, temperature, stop_tokens=(stop,), seed=seed, num_samples=n_rollouts,
-                       vocab_size=tokenizer.vocab_size)
-        continuations = []
-        for row in out[:, idx.shape[1]:].tolist():  # (N, new) -> N lists
-            # generate pads a stopped row with its stop token: keep up to the first one.
-            end = row.index(stop) + 1 if stop in row else len(row)
-            continuations.append(row[:end])
-        return continuations
+        # One prompt, n_rollouts continuations: the shared prefix is prefilled once (batch 1), then its
+        # KV cache is copied to N rows; each continuation ends just after its stop token.
+        return sample_completions(model, [prompt_ids + prefix], n_rollouts, max_answer_tokens - len(prefix), (stop,),
+                                  temperature, seed=seed, vocab_size=tokenizer.vocab_size)[0]
 
     def grade(answer: list[int]) -> bool:
         # The oracle reads text; <|im_end|> is the turn's end, not part of what the model answered.
-        text = tokenizer.decode(answer[:-1] if answer and answer[-1] == stop else answer)
-        return data.check(problem, text)
+        return data.check(problem, tokenizer.decode(strip_stop(answer, (stop,))))
 
     return SuccessEstimator(sample, grade, stop, max_answer_tokens, seed, prompt_ids)
 
@@ -578,8 +568,7 @@ if __name__ == "__main__":
         summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
                        rollouts_per_pair=rollouts_per_pair, config=vars(args))
         # Written only once the search is done, atomically: dpo.py never reads half a file.
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        data.atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in records))
+        data.write_jsonl(args.out, records)
         summary_file = os.path.splitext(args.out)[0] + ".summary.json"
         data.atomic_write_text(summary_file, json.dumps(summary, indent=2))
         print(

@@ -349,12 +349,6 @@ def rejection_sampling(
     return sft_records, pairs, summary
 
 
-def write_jsonl(path: str, records: list[dict]):
-    """One JSON object per line, written atomically."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    data.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
 # ----------------------------------------------------------------------------------------------------
 # Long-context evaluation: what midtraining did (Phi-4 report section 3, context extension)
 #
@@ -807,8 +801,8 @@ if __name__ == "__main__":
                 model, tokenizer, problems, args.rs_samples, args.max_new_tokens, temperature, args.top_k, args.top_p, args.seed,
             )
             summary.update(init=path, seconds=time.perf_counter() - start)
-            write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
-            write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
+            data.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
+            data.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
             data.atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
             print(
                 f"rejection sampling: {summary['problems']} problems x {args.rs_samples} samples in {summary['seconds']:.0f}s | "

@@ -224,27 +224,27 @@ def midtrain_changes(record: dict, config: ModelConfig, cfg: TrainConfig) -> lis
     ]
 
 
-def parse_args(argv=None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for field in dataclasses.fields(TrainConfig):
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+def config_parser(config_class, helps: dict, choices: dict, description: str) -> argparse.ArgumentParser:
+    """A parser with one flag per field of a config dataclass (underscores become dashes), its default
+    and help text; bool fields are switches. train.py and dpo.py build their --help from this."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
-        help_text = TrainConfig.HELP[field.name]
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
+            parser.add_argument(flag, action="store_true", help=helps[field.name])
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
-        kwargs = dict(type=kind, default=field.default, help=help_text)
-        if field.name == "size":
-            kwargs["choices"] = list(PRESETS)
-        if field.name == "stage":
-            kwargs["choices"] = list(STAGES)
-        if field.name == "device":
-            kwargs["choices"] = ["auto", "cpu", "cuda"]
-        if field.name == "attn_impl":
-            kwargs["choices"] = ["naive", "sdpa", "triton"]
-        parser.add_argument(flag, **kwargs)
-    args = parser.parse_args(argv)
-    return TrainConfig(**vars(args))  # stage defaults are filled in by resolve_stage()
+        parser.add_argument(flag, type=kind, default=field.default, help=helps[field.name], choices=choices.get(field.name))
+    return parser
+
+
+def parse_args(argv=None) -> TrainConfig:
+    choices = {"size": list(PRESETS), "stage": list(STAGES), "device": DEVICES, "attn_impl": ["naive", "sdpa", "triton"]}
+    parser = config_parser(TrainConfig, TrainConfig.HELP, choices, __doc__.split("\n")[0])
+    return TrainConfig(**vars(parser.parse_args(argv)))  # stage defaults are filled in by resolve_stage()
 
 
 def resolve_device(name: str) -> torch.device:
