@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import files
 import parallel
 from model import ModelConfig, Phi4
 from train import (
@@ -341,7 +342,7 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
         if world.is_main:
             for pair_record, pair in zip(records, pairs):
                 pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected)
-            data.write_jsonl(stored, records)
+            files.write_jsonl(stored, records)
     if not cfg.resume and world.is_main:  # keep the tokenizer with the weights: the folder is self-contained
         shutil.copyfile(tokenizer_file, os.path.join(cfg.out, "tokenizer.json"))
 

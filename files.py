@@ -63,15 +63,15 @@ def write_json(path: str, obj):
 # Reading
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Every object of a JSON Lines file, in order; blank lines are skipped.
+def iter_jsonl(path: str):
+    """Yield (line number, object) for every non-blank line of a JSON Lines file, 1-based.
 
-    Raises DataError naming the file and the 1-based line when the file is missing, a line is not valid
-    JSON, or a line holds something other than an object.
+    Raises DataError naming the file and the line when the file is missing, a line is not valid JSON,
+    or a line holds something other than an object. Callers that check fields use the line number in
+    their own messages, so every complaint about a record points at it.
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    records = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -82,8 +82,12 @@ def read_jsonl(path: str) -> list[dict]:
                 raise DataError(f"{path}, line {line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}, line {line_no}: expected a JSON object, got {type(record).__name__}")
-            records.append(record)
-    return records
+            yield line_no, record
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Every object of a JSON Lines file, in order (see iter_jsonl for the errors)."""
+    return [record for _, record in iter_jsonl(path)]
 
 
 def read_json(path: str):

@@ -82,6 +82,8 @@ import torch
 from tqdm import tqdm
 
 import data
+import files
+import toyworld
 from sample import generate, load_model, problem_prompt_ids, sample_completions, strip_stop
 from train import resolve_device
 
@@ -231,7 +233,7 @@ class SuccessEstimator:
         return estimate
 
 
-def model_estimator(model, tokenizer: data.Tokenizer, problem: data.Problem, n_rollouts: int,
+def model_estimator(model, tokenizer: data.Tokenizer, problem: toyworld.Problem, n_rollouts: int,
                     temperature: float, max_answer_tokens: int, seed: int) -> SuccessEstimator:
     """A SuccessEstimator that samples from `model` in Phi-4's chat format and grades with the world's oracle."""
     prompt_ids = problem_prompt_ids(tokenizer, problem, chat=True)
@@ -249,7 +251,7 @@ def model_estimator(model, tokenizer: data.Tokenizer, problem: data.Problem, n_r
 
     def grade(answer: list[int]) -> bool:
         # The oracle reads text; <|im_end|> is the turn's end, not part of what the model answered.
-        return data.check(problem, tokenizer.decode(strip_stop(answer, (stop,))))
+        return toyworld.check(problem, tokenizer.decode(strip_stop(answer, (stop,))))
 
     return SuccessEstimator(sample, grade, stop, max_answer_tokens, seed, prompt_ids)
 
@@ -372,7 +374,7 @@ def search_question(
     return result
 
 
-def pair_record(tokenizer: data.Tokenizer, prompt_ids: list[int], problem: data.Problem, pair: TokenPair,
+def pair_record(tokenizer: data.Tokenizer, prompt_ids: list[int], problem: toyworld.Problem, pair: TokenPair,
                 n_rollouts: int) -> dict:
     """One line of the pair file, in the format dpo.py reads: text for people, ids for training."""
     # The prompt is the question and the answer so far; each completion is the one token after it.
@@ -517,7 +519,7 @@ if __name__ == "__main__":
         problems_file = os.path.join(args.data, "rl.jsonl")
         if not os.path.exists(problems_file):
             raise ValueError(f"{problems_file} not found; build the data with `python data.py` or pass --data")
-        problems = data.read_problems(problems_file)[: args.questions]
+        problems = toyworld.read_problems(problems_file)[: args.questions]
         model, tokenizer = load_model(args.init, device)
         print(f"loaded {args.init}: {model.num_params():,} parameters, on {device}")
 
@@ -568,9 +570,9 @@ if __name__ == "__main__":
         summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
                        rollouts_per_pair=rollouts_per_pair, config=vars(args))
         # Written only once the search is done, atomically: dpo.py never reads half a file.
-        data.write_jsonl(args.out, records)
+        files.write_jsonl(args.out, records)
         summary_file = os.path.splitext(args.out)[0] + ".summary.json"
-        data.atomic_write_text(summary_file, json.dumps(summary, indent=2))
+        files.atomic_write_text(summary_file, json.dumps(summary, indent=2))
         print(
             f"questions: {len(problems)} tried, {totals['kept']} kept ({args.p_min} <= p <= {args.p_max}; "
             f"{totals['too_easy']} too easy, {totals['too_hard']} too hard)\n"

@@ -36,6 +36,9 @@ import torch
 from tqdm import tqdm
 
 import data
+import hf
+import files
+import toyworld
 from model import KVCache, Phi4
 from train import load_checkpoint, model_from_checkpoint, resolve_device
 
@@ -166,11 +169,11 @@ def completions(tokenizer: data.Tokenizer, out: torch.Tensor, prompt_len: int, s
 # Evaluation on the world's held-out problems
 
 
-def problem_prompt_ids(tokenizer: data.Tokenizer, problem: data.Problem, chat: bool) -> list[int]:
+def problem_prompt_ids(tokenizer: data.Tokenizer, problem: toyworld.Problem, chat: bool) -> list[int]:
     """How a problem is posed: as a textbook document (pretrained models) or a user turn (chat models)."""
     if chat:
         return tokenizer.render_prompt([{"role": "user", "content": problem.question}])
-    return tokenizer.encode(data.problem_prompt(problem))
+    return tokenizer.encode(toyworld.problem_prompt(problem))
 
 
 @torch.no_grad()
@@ -222,7 +225,7 @@ def sample_completions(
 
 def majority_answer(texts: list[str]) -> int | None:
     """The most frequent final answer among texts (ties: the one seen first); None if none has one."""
-    answers = [a for a in map(data.extract_answer, texts) if a is not None]
+    answers = [a for a in map(toyworld.extract_answer, texts) if a is not None]
     if not answers:
         return None
     counts = Counter(answers)
@@ -234,7 +237,7 @@ def majority_answer(texts: list[str]) -> int | None:
 def evaluate_problems(
     model: Phi4,
     tokenizer: data.Tokenizer,
-    problems: list[data.Problem],
+    problems: list[toyworld.Problem],
     chat: bool = False,
     max_new_tokens: int = 120,
     batch_size: int = 64,
@@ -252,7 +255,7 @@ def evaluate_problems(
     prompts = [problem_prompt_ids(tokenizer, p, chat) for p in problems]
     greedy = sample_completions(model, prompts, 1, max_new_tokens, stop, temperature=0, batch_rows=batch_size,
                                 vocab_size=tokenizer.vocab_size)
-    correct = [data.check(p, tokenizer.decode(strip_stop(s[0], stop))) for p, s in zip(problems, greedy)]
+    correct = [toyworld.check(p, tokenizer.decode(strip_stop(s[0], stop))) for p, s in zip(problems, greedy)]
     per_level: dict[int, list[bool]] = {}
     for problem, ok in zip(problems, correct):
         per_level.setdefault(problem.level, []).append(ok)
@@ -294,7 +297,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 def rejection_sampling(
     model: Phi4,
     tokenizer: data.Tokenizer,
-    problems: list[data.Problem],
+    problems: list[toyworld.Problem],
     n: int,
     max_new_tokens: int = 120,
     temperature: float = 1.0,
@@ -322,7 +325,7 @@ def rejection_sampling(
     sft_records, pairs = [], []
     n_correct = n_all_right = n_all_wrong = 0
     for problem, prompt, group in zip(problems, prompts, samples):
-        verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and data.check(problem, tokenizer.decode(s[:-1])) for s in group]
+        verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
         good = [s for s, ok in zip(group, verdicts) if ok]
         bad = [s for s, ok in zip(group, verdicts) if not ok]
         n_correct += len(good)
@@ -353,7 +356,7 @@ def rejection_sampling(
 # Long-context evaluation: what midtraining did (Phi-4 report section 3, context extension)
 #
 # Measured at lengths that are multiples of the pretraining context (1x, 2x, 4x), on documents from
-# data.long_document (8 ledger entries and 4 problem openings; 2 ledger questions and 1 problem
+# toyworld.long_document (8 ledger entries and 4 problem openings; 2 ledger questions and 1 problem
 # continuation are asked, the other facts are distractors):
 #   far retrieval   layout "recall": the facts first, filler, the questions last, so each answer lies
 #                   about the whole length after its fact. Needs attention across the whole context.
@@ -369,7 +372,7 @@ def rejection_sampling(
 # "extrapolated": that is how the pretrained model is measured beyond its 1x.
 
 LONG_MULTIPLES = (1, 2, 4)
-LONG_LAYOUTS = {"far": "recall", "near": "near"}  # report name -> data.long_document layout
+LONG_LAYOUTS = {"far": "recall", "near": "near"}  # report name -> toyworld.long_document layout
 # Chance: copying the number of a random one of the document's 12 facts (8 ledger, 4 problem openings).
 LONG_CHANCE = 1 / 12
 
@@ -396,7 +399,7 @@ def document_losses(model: Phi4, documents: list[list[int]], pad_id: int, batch_
     return results
 
 
-def retrieval_accuracy(model: Phi4, documents: list[data.LongDocument], pad_id: int) -> dict:
+def retrieval_accuracy(model: Phi4, documents: list[toyworld.LongDocument], pad_id: int) -> dict:
     """Greedy accuracy on the documents' questions, overall and per kind, with the mean fact distance."""
     scored = document_losses(model, [doc.ids for doc in documents], pad_id)
     answers = []  # (kind, correct, distance)
@@ -416,7 +419,7 @@ def retrieval_accuracy(model: Phi4, documents: list[data.LongDocument], pad_id: 
 
 @torch.no_grad()
 def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int, n_docs: int = 64,
-                          seed: int = data.LONG_EVAL_SEED, progress: bool = False) -> dict:
+                          seed: int = toyworld.LONG_EVAL_SEED, progress: bool = False) -> dict:
     """Far and near retrieval at 1x, 2x and 4x base_len, and held-out loss by position (see the section comment)."""
     model.eval()
     trained_len = model.config.max_seq_len
@@ -430,13 +433,13 @@ def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int,
         for k, (name, multiple) in enumerate(tqdm(settings, desc="long-context eval", disable=not progress)):
             length = multiple * base_len
             rng = random.Random(seed + k)  # the same documents for every model
-            documents = [data.long_document(rng, tokenizer, length, layout=LONG_LAYOUTS[name]) for _ in range(n_docs)]
+            documents = [toyworld.long_document(rng, tokenizer, length, layout=LONG_LAYOUTS[name]) for _ in range(n_docs)]
             entry = {"layout": name, "length": length, "multiple": multiple, "extrapolated": length > trained_len}
             result["retrieval"].append({**entry, **retrieval_accuracy(model, documents, tokenizer.pad_id)})
 
         # Loss by position, on documents like the midtraining ones but from the evaluation seed.
         rng = random.Random(seed)
-        documents = [data.long_training_document(rng, tokenizer, longest).ids for _ in range(n_docs)]
+        documents = [toyworld.long_training_document(rng, tokenizer, longest).ids for _ in range(n_docs)]
         scored = document_losses(model, documents, tokenizer.pad_id)
         buckets = []
         for start in range(0, longest, base_len):
@@ -524,7 +527,7 @@ def load_hf(hf_dir: str, device, dtype_name: str | None = None) -> tuple[Phi4, d
     on a CPU unless asked otherwise, since CPU bf16 matmuls are slow on most machines."""
     dtype = getattr(torch, dtype_name) if dtype_name else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = Phi4.from_pretrained(hf_dir, device=device, dtype=dtype)
-    return model, data.Tokenizer.from_hf(hf_dir)
+    return model, hf.load_tokenizer(hf_dir)
 
 
 def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
@@ -659,7 +662,7 @@ def write_report(root: str, path: str):
             lines.append(f"| {name} | {greedy} | {majority} |")
     lines += long_context_lines(root, stages)  # present once a stage has run sample.py --eval-long
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    data.atomic_write_text(path, "\n".join(lines) + "\n")
+    files.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def decode_speed(model, prompt: torch.Tensor, n_tokens: int, use_cache: bool) -> float:
@@ -756,14 +759,14 @@ if __name__ == "__main__":
                       f"problem {100 * entry['problem_accuracy']:.1f}%"
                       + (" | extrapolated past the trained context" if entry["extrapolated"] else ""))
             print("held-out loss by position: " + ", ".join(f"{b['start']}-{b['end']}: {b['loss']:.3f}" for b in result["loss_by_position"]))
-            data.atomic_write_text(os.path.join(path, "eval_long.json"), json.dumps(result, indent=2))
+            files.atomic_write_text(os.path.join(path, "eval_long.json"), json.dumps(result, indent=2))
             sys.exit(0)
 
         if args.eval:
             eval_file = os.path.join(args.data, "eval.jsonl")
             if not os.path.exists(eval_file):
                 raise ValueError(f"{eval_file} not found; build the data with `python data.py` or pass --data")
-            problems = data.read_problems(eval_file)[: args.eval_limit]
+            problems = toyworld.read_problems(eval_file)[: args.eval_limit]
             start = time.perf_counter()
             result = evaluate_problems(
                 model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens, maj_k=args.maj_k,
@@ -781,14 +784,14 @@ if __name__ == "__main__":
                 low, high = result["maj_ci95"]
                 print(f"held-out maj@{args.maj_k} (T={result['maj_temperature']}): {100 * result['maj_accuracy']:.1f}% "
                       f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)")
-            data.atomic_write_text(os.path.join(path, "eval.json"), json.dumps(result, indent=2))
+            files.atomic_write_text(os.path.join(path, "eval.json"), json.dumps(result, indent=2))
             sys.exit(0)
 
         if args.rejection_sampling:
             rl_file = os.path.join(args.data, "rl.jsonl")
             if not os.path.exists(rl_file):
                 raise ValueError(f"{rl_file} not found; build the data with `python data.py` or pass --data")
-            problems = data.read_problems(rl_file)[args.rs_skip : args.rs_skip + args.rs_problems]
+            problems = toyworld.read_problems(rl_file)[args.rs_skip : args.rs_skip + args.rs_problems]
             if not problems:
                 raise ValueError(f"{rl_file} has no problems after --rs-skip {args.rs_skip}")
             if args.rs_samples < 2:
@@ -801,9 +804,9 @@ if __name__ == "__main__":
                 model, tokenizer, problems, args.rs_samples, args.max_new_tokens, temperature, args.top_k, args.top_p, args.seed,
             )
             summary.update(init=path, seconds=time.perf_counter() - start)
-            data.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
-            data.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
-            data.atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
+            files.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
+            files.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
+            files.atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2))
             print(
                 f"rejection sampling: {summary['problems']} problems x {args.rs_samples} samples in {summary['seconds']:.0f}s | "
                 f"sample accuracy {100 * summary['sample_accuracy']:.1f}% | pass@{args.rs_samples} {100 * summary['pass_at_n']:.1f}% | "
@@ -821,7 +824,7 @@ if __name__ == "__main__":
             eval_file = os.path.join(args.data, "eval.jsonl")
             if not os.path.exists(eval_file):
                 raise ValueError(f"{eval_file} not found; pass --prompt or build data with `python data.py`")
-            problems = data.read_problems(eval_file)[: args.num_samples]
+            problems = toyworld.read_problems(eval_file)[: args.num_samples]
             prompts = [problem_prompt_ids(tokenizer, p, args.chat) for p in problems]  # --chat: as a user turn
             stop = (tokenizer.bos_id, tokenizer.im_end_id)
 
@@ -839,7 +842,7 @@ if __name__ == "__main__":
             print("-" * 80)
             print(tokenizer.decode(prompt) + text)
             if problems is not None:
-                verdict = "correct" if data.check(problems[i], text) else "wrong"
+                verdict = "correct" if toyworld.check(problems[i], text) else "wrong"
                 print(f"[oracle: {verdict}; expected {problems[i].answer}]")
         print("-" * 80)
         print(f"{n_generated} tokens in {elapsed:.2f}s: {n_generated / max(elapsed, 1e-9):,.1f} tokens/s")

@@ -83,7 +83,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import data  # the world's answer extractor and the 13-gram decontamination rule; numpy/tiktoken, no torch
+import files
+import toyworld
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Teachers
@@ -321,7 +322,7 @@ SOLVE_SYSTEM = """Solve the problem. Reason step by step, checking each step.
 End with a last line of exactly this form:
 Answer: <the final answer only>"""
 # Why: one neutral solver prompt serves both the independent re-derivation of rewritten exercises and the
-# k samples of plurality filtering; "Answer:" on the last line is the format data.extract_answer reads.
+# k samples of plurality filtering; "Answer:" on the last line is the format toyworld.extract_answer reads.
 
 DIALOGUE_STUDENT_SYSTEM = """You are a curious student studying the passage below with a teacher.
 Ask one question at a time about what you do not yet understand, or try to explain an idea in your own
@@ -421,7 +422,7 @@ def normalize_answer(answer: str | None) -> str | None:
     in lower case with spaces collapsed. Two answers agree when their normal forms are equal."""
     if answer is None:
         return None
-    integer = data.extract_answer(f"Answer: {answer}")  # the same reader that grades the toy world
+    integer = toyworld.extract_answer(f"Answer: {answer}")  # the same reader that grades the toy world
     if integer is not None and re.fullmatch(r"[-+]?[\d,]+", answer.strip()):
         return str(integer)
     return " ".join(answer.lower().split()) or None
@@ -796,14 +797,14 @@ class Decontaminator:
 
     def __init__(self, held_out_texts: list[str], n: int = 13):
         self.n = n
-        self.banned = set().union(*(data.ngrams(text, n) for text in held_out_texts))
+        self.banned = set().union(*(toyworld.ngrams(text, n) for text in held_out_texts))
 
     def check(self, record: dict) -> dict:
         text_fields = ("text", "question", "solution", "prompt", "response", "instruction", "code")
         # Field by field, so that no n-gram straddles the end of one field and the start of the next.
         texts = [record[f] for f in text_fields if isinstance(record.get(f), str)]
         texts += [m["content"] for m in record.get("messages", [])]
-        if "dropped_by" not in record and any(data.ngrams(text, self.n) & self.banned for text in texts):
+        if "dropped_by" not in record and any(toyworld.ngrams(text, self.n) & self.banned for text in texts):
             record["dropped_by"] = f"decontamination ({self.n}-gram overlap with --held-out)"
         return record
 
@@ -962,7 +963,7 @@ def main(argv=None, teacher=None) -> int:
         counts.update(r.get("dropped_by", "kept") for r in records)
         for path, chosen in ((out_path, [r for r in records if "dropped_by" not in r]),
                              (rejects_path(out_path), [r for r in records if "dropped_by" in r])):
-            data.atomic_write_text(str(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
+            files.atomic_write_text(str(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
     print(summary_line(args.command, counts), file=sys.stderr)
     return 0
 

@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import regex
 import pytest
 
 import data
+import toyworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNICODE_SAMPLES = [
@@ -30,7 +32,7 @@ def phi4(cl100k_path):
 @pytest.fixture(scope="module")
 def toy_tokenizer():
     rng = random.Random(0)
-    text = "\n".join(data.problem_document(data.make_problem(rng, 3)) for _ in range(300))
+    text = "\n".join(toyworld.problem_document(toyworld.make_problem(rng, 3)) for _ in range(300))
     return data.Tokenizer.train(text, 512)
 
 
@@ -79,7 +81,7 @@ def test_user_text_never_turns_into_special_tokens(phi4):
 def naive_bpe_encode(tokenizer: data.Tokenizer, text: str) -> list[int]:
     """The oracle: split with the pattern, then merge the lowest-ranked adjacent pair until none is left."""
     ids = []
-    for word in data.regex.findall(tokenizer.pattern, text):
+    for word in regex.findall(tokenizer.pattern, text):
         parts = [bytes([b]) for b in word.encode("utf-8")]
         while True:
             candidates = [(tokenizer.mergeable_ranks.get(a + b), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
@@ -94,7 +96,7 @@ def naive_bpe_encode(tokenizer: data.Tokenizer, text: str) -> list[int]:
 
 def test_trained_bpe_encodes_like_a_naive_merge_loop(toy_tokenizer):
     rng = random.Random(5)
-    text = data.problem_document(data.make_problem(rng, 4)) + "\nsomething unseen: zebra 12345!"
+    text = toyworld.problem_document(toyworld.make_problem(rng, 4)) + "\nsomething unseen: zebra 12345!"
     assert toy_tokenizer.encode(text) == naive_bpe_encode(toy_tokenizer, text)
 
 
@@ -105,7 +107,7 @@ def test_trained_bpe_has_the_requested_vocab_with_specials_after_the_ranks(toy_t
 
 
 def test_trained_bpe_compresses_its_training_text(toy_tokenizer):
-    text = data.problem_document(data.make_problem(random.Random(1), 2))
+    text = toyworld.problem_document(toyworld.make_problem(random.Random(1), 2))
     assert len(toy_tokenizer.encode(text)) < len(text.encode("utf-8")) / 2
 
 
@@ -185,14 +187,14 @@ def test_render_prompt_ends_with_an_open_assistant_header(phi4):
 
 
 def test_the_world_is_deterministic_in_its_seed():
-    a, b = data.make_split(42, 20), data.make_split(42, 20)
+    a, b = toyworld.make_split(42, 20), toyworld.make_split(42, 20)
     assert [p.to_dict() for p in a] == [p.to_dict() for p in b]
-    assert [p.question for p in data.make_split(43, 20)] != [p.question for p in a]
+    assert [p.question for p in toyworld.make_split(43, 20)] != [p.question for p in a]
 
 
 def test_every_worked_solution_passes_the_oracle_and_recomputes_its_answer():
-    for problem in data.make_split(7, 400):
-        assert data.check(problem, problem.solution)
+    for problem in toyworld.make_split(7, 400):
+        assert toyworld.check(problem, problem.solution)
         # Replay the equations: each line's result feeds the next, ending at the answer.
         value = None
         for line in problem.solution.splitlines():
@@ -217,12 +219,12 @@ def test_every_worked_solution_passes_the_oracle_and_recomputes_its_answer():
     ],
 )
 def test_extract_answer_reads_the_last_answer_line(text, answer):
-    assert data.extract_answer(text) == answer
+    assert toyworld.extract_answer(text) == answer
 
 
 def test_oracle_rejects_a_wrong_final_answer():
-    problem = data.make_split(3, 1)[0]
-    assert not data.check(problem, problem.solution.rsplit("Answer:", 1)[0] + f"Answer: {problem.answer + 1}")
+    problem = toyworld.make_split(3, 1)[0]
+    assert not toyworld.check(problem, problem.solution.rsplit("Answer:", 1)[0] + f"Answer: {problem.answer + 1}")
 
 
 def test_a_shared_13_gram_flags_a_training_text_and_12_shared_words_do_not():
@@ -230,7 +232,7 @@ def test_a_shared_13_gram_flags_a_training_text_and_12_shared_words_do_not():
     eval_text = " ".join(words)
     train_13 = "zz " + " ".join(words[3:16]) + " yy"
     train_12 = "zz " + " ".join(words[3:15]) + " yy"
-    kept, dropped = data.decontaminate([train_13, train_12], [eval_text])
+    kept, dropped = toyworld.decontaminate([train_13, train_12], [eval_text])
     assert kept == [train_12] and dropped == 1
 
 
@@ -244,12 +246,12 @@ def built(tmp_path_factory):
 def test_held_out_questions_share_no_13_gram_with_any_training_text(built):
     out, meta = built
     tokenizer = data.Tokenizer.load(str(out / "tokenizer.json"))
-    eval_problems = data.read_problems(str(out / "eval.jsonl"))
-    banned = set().union(*(data.ngrams(p.question) for p in eval_problems))
+    eval_problems = toyworld.read_problems(str(out / "eval.jsonl"))
+    banned = set().union(*(toyworld.ngrams(p.question) for p in eval_problems))
     for path in data.shard_paths(str(out), "train") + data.shard_paths(str(out), "val"):
         text = tokenizer.decode(data.read_shard(path).tolist())
         for document in text.split("<|endoftext|>"):
-            assert not data.ngrams(document) & banned
+            assert not toyworld.ngrams(document) & banned
     assert meta["eval_problems"] == 100
 
 

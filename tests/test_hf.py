@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 import data
+import hf
+import tokenization
 from model import ModelConfig, Phi4
 from sample import generate
 
@@ -424,7 +426,7 @@ def write_hf_tokenizer(folder, ranks: dict[bytes, int], layout="tokenizer.json")
         splits = [(ranks[token[:i]], ranks[token[i:]], i) for i in cuts]
         merges += [(text(token[:i]), text(token[i:])) for _, _, i in sorted(splits)]
     vocab = {text(token): rank for token, rank in ranks.items()}
-    specials = {name: len(ranks) + i for i, name in enumerate(data.PHI4_SPECIAL_NAMES)}
+    specials = {name: len(ranks) + i for i, name in enumerate(tokenization.PHI4_SPECIAL_NAMES)}
     os.makedirs(folder, exist_ok=True)
     if layout == "tokenizer.json":
         spec = {
@@ -436,7 +438,7 @@ def write_hf_tokenizer(folder, ranks: dict[bytes, int], layout="tokenizer.json")
             ],
             "normalizer": None,
             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": data.CL100K_PATTERN}, "behavior": "Isolated", "invert": False},
+                {"type": "Split", "pattern": {"Regex": tokenization.CL100K_PATTERN}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             ]},
             "post_processor": None,
@@ -476,7 +478,7 @@ def cl100k_ranks(cl100k_path):
 @pytest.mark.parametrize("layout", ["tokenizer.json", "vocab.json + merges.txt"])
 def test_from_hf_gives_the_same_ids_as_phi4(tmp_path, cl100k_path, cl100k_ranks, layout):
     phi4 = data.Tokenizer.phi4(cl100k_path)
-    ours = data.Tokenizer.from_hf(write_hf_tokenizer(tmp_path, cl100k_ranks, layout))
+    ours = hf.load_tokenizer(write_hf_tokenizer(tmp_path, cl100k_ranks, layout))
     assert ours.vocab_size == phi4.vocab_size == 100352 and ours.name == "phi4"
     for text in TEXTS:
         assert ours.encode(text) == phi4.encode(text), text
@@ -489,7 +491,7 @@ def test_the_tokenizers_library_reads_the_same_file_to_the_same_ids(tmp_path, cl
     tokenizers = pytest.importorskip("tokenizers")
     folder = write_hf_tokenizer(tmp_path, cl100k_ranks)
     theirs = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    ours = data.Tokenizer.from_hf(folder)
+    ours = hf.load_tokenizer(folder)
     for text in TEXTS[:4]:
         assert theirs.encode(text, add_special_tokens=False).ids == ours.encode(text), text
 
@@ -500,7 +502,7 @@ def small_bpe() -> data.Tokenizer:
 
 def test_from_hf_reads_back_a_bpe_trained_here(tmp_path):
     trained = small_bpe()
-    ours = data.Tokenizer.from_hf(write_hf_tokenizer(tmp_path, trained.mergeable_ranks))
+    ours = hf.load_tokenizer(write_hf_tokenizer(tmp_path, trained.mergeable_ranks))
     text = "Mia has 7 apples; Leo buys 12 more. Ünïcödé too."
     assert ours.encode(text) == trained.encode(text) and ours.vocab_size == trained.vocab_size
     assert ours.name == "hf-bpe"  # not the full Phi-4 vocabulary: train.py sizes the embedding to it
@@ -515,7 +517,7 @@ def test_special_tokens_also_listed_in_the_vocabulary_are_not_taken_for_bpe_rank
     spec["model"]["vocab"].update({token["content"]: token["id"] for token in spec["added_tokens"]})
     with open(path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
-    ours = data.Tokenizer.from_hf(folder)
+    ours = hf.load_tokenizer(folder)
     assert ours.special_tokens == trained.special_tokens and ours.vocab_size == trained.vocab_size
 
 
@@ -529,12 +531,12 @@ def test_from_hf_refuses_special_tokens_where_phi4_does_not_put_them(tmp_path):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
     with pytest.raises(ValueError, match=re.escape("<|im_sep|> at 265")):
-        data.Tokenizer.from_hf(folder)
+        hf.load_tokenizer(folder)
 
 
 def test_from_hf_without_tokenizer_files_says_which_files_it_needs(tmp_path):
     with pytest.raises(ValueError, match="no tokenizer.json"):
-        data.Tokenizer.from_hf(str(tmp_path))
+        hf.load_tokenizer(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import data
+import toyworld
 import sample
 import train
 from model import KVCache, ModelConfig, Phi4
@@ -147,7 +148,7 @@ def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a
 def test_every_long_range_answer_is_the_value_its_fact_states_far_earlier(toy_tokenizer, layout):
     rng = random.Random(5)
     for _ in range(20):
-        doc = data.long_document(rng, toy_tokenizer, 512, layout=layout, n_ledger=10, n_problems=4,
+        doc = toyworld.long_document(rng, toy_tokenizer, 512, layout=layout, n_ledger=10, n_problems=4,
                                  n_ledger_asked=6, n_problems_asked=2)
         assert 512 - 12 <= len(doc.ids) <= 512 and doc.ids[0] == toy_tokenizer.bos_id
         assert toy_tokenizer.encode(doc.text) == doc.ids[1:]  # the pieces tokenize as the whole text does
@@ -176,10 +177,10 @@ def test_every_long_range_answer_is_the_value_its_fact_states_far_earlier(toy_to
 def test_recall_documents_ask_far_from_each_fact_and_near_documents_right_after_it_at_the_end(toy_tokenizer):
     rng = random.Random(7)
     for length in (256, 1024):
-        doc = data.long_document(rng, toy_tokenizer, length)  # the evaluation's far layout and counts
+        doc = toyworld.long_document(rng, toy_tokenizer, length)  # the evaluation's far layout and counts
         distances = [a["position"] - a["fact_position"] for a in doc.answers]
         assert len(doc.answers) == 3 and min(distances) > length // 4
-        doc = data.long_document(rng, toy_tokenizer, length, layout="near")
+        doc = toyworld.long_document(rng, toy_tokenizer, length, layout="near")
         distances = [a["position"] - a["fact_position"] for a in doc.answers]
         assert len(doc.answers) == 3 and max(distances) < 60 and min(a["fact_position"] for a in doc.answers) > length // 4
 
@@ -187,7 +188,7 @@ def test_recall_documents_ask_far_from_each_fact_and_near_documents_right_after_
 def test_filler_never_mentions_the_people_whose_numbers_are_asked(toy_tokenizer):
     rng = random.Random(9)
     for _ in range(20):
-        doc = data.long_document(rng, toy_tokenizer, 1024, n_problems=4, n_problems_asked=4)
+        doc = toyworld.long_document(rng, toy_tokenizer, 1024, n_problems=4, n_problems_asked=4)
         people = set(re.findall(r"^(?:Problem: )?(\w+) has \d+ \w+\.$", doc.text, flags=re.M))  # every fact's person
         # Complete filler problems ("Problem: X has ... Then ...") must be about, and involve, somebody else.
         filler = re.findall(r"^Problem: \w+ has \d+ \w+\. Then.*$", doc.text, flags=re.M)
@@ -203,10 +204,10 @@ def test_the_long_shards_hold_decontaminated_documents_that_fit_a_row(toy_data_d
     assert starts[0] == 0 and len(starts) == meta["long_train_documents"]
     assert np.diff([*starts, len(shard)]).max() <= 257
     banned = set()
-    for problem in data.read_problems(os.path.join(toy_data_dir, "eval.jsonl")):
-        banned |= data.ngrams(problem.question)
+    for problem in toyworld.read_problems(os.path.join(toy_data_dir, "eval.jsonl")):
+        banned |= toyworld.ngrams(problem.question)
     documents = toy_tokenizer.decode(np.asarray(shard).tolist()).split("<|endoftext|>")
-    assert not any(data.ngrams(text) & banned for text in documents)
+    assert not any(toyworld.ngrams(text) & banned for text in documents)
 
 
 # -- the 30/70 mixture ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import data
+import toyworld
 from model import KVCache, ModelConfig, Phi4
 from pts import (
     Estimate,
@@ -199,7 +200,7 @@ def test_answer_logprobs_equal_a_step_by_step_float32_reference():
 def test_the_model_estimator_counts_rollouts_and_grades_a_finished_answer_without_any():
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Then she buys 2 more. Answer: 5\n" * 20, 400)
     model = tiny_model(vocab_size=tokenizer.vocab_size)
-    problem = data.Problem("Mia has 3 apples. Then she buys 2 more. How many?", "Answer: 5", 5, 1)
+    problem = toyworld.Problem("Mia has 3 apples. Then she buys 2 more. How many?", "Answer: 5", 5, 1)
     estimator = model_estimator(model, tokenizer, problem, n_rollouts=6, temperature=1.0, max_answer_tokens=20, seed=0)
     assert estimator.prompt_ids == tokenizer.render_prompt([{"role": "user", "content": problem.question}])
     root = estimator.estimate(())
@@ -290,7 +291,7 @@ def test_pair_records_hold_one_token_completions_and_the_fields_dpo_reads():
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Answer: 5\n" * 20, 400)
     estimator = mock_estimator([7, 8, 9])
     result = search_question(estimator, uniform_logprobs)
-    problem = data.Problem("Mia has 3 apples.", "Answer: 3", 3, 1)
+    problem = toyworld.Problem("Mia has 3 apples.", "Answer: 3", 3, 1)
     record = json.loads(json.dumps(pair_record(tokenizer, estimator.prompt_ids, problem, result.pairs[0], 8)))
     assert record["prompt_ids"] == [90, 91, 1, 2]  # the question, then the answer up to the pivot
     assert record["chosen_ids"] == [7] and record["rejected_ids"] == [8]

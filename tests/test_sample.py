@@ -88,14 +88,15 @@ def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping():
 import json  # noqa: E402
 
 import data  # noqa: E402
+import toyworld
 import sample  # noqa: E402
 
 
 def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch):
     """A fake generator that answers correctly exactly for odd-indexed problems must score 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
-    problems = data.make_split(99, 40)
-    by_prompt = {tuple(tokenizer.encode(data.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+    problems = toyworld.make_split(99, 40)
+    by_prompt = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
 
     def fake_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(), seed=None, **kwargs):
         assert kwargs.get("num_samples", 1) == 1  # greedy evaluation asks for one answer per prompt
@@ -161,7 +162,7 @@ def test_majority_answer_picks_the_most_frequent_answer_and_ignores_missing_ones
 
 def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_correct_with_an_incorrect_one(toy_data_dir, monkeypatch):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
-    problems = data.make_split(7, 3)
+    problems = toyworld.make_split(7, 3)
     end = tokenizer.im_end_id
 
     def answer(problem, delta, finished=True):
@@ -177,7 +178,7 @@ def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_corre
     sft, pairs, summary = sample.rejection_sampling(None, tokenizer, problems, n=3)
 
     assert [r["messages"][0]["content"] for r in sft] == [problems[0].question, problems[2].question]
-    assert all(data.check(p, r["messages"][1]["content"]) for p, r in zip((problems[0], problems[2]), sft))
+    assert all(toyworld.check(p, r["messages"][1]["content"]) for p, r in zip((problems[0], problems[2]), sft))
     assert len(pairs) == 1
     pair = pairs[0]
     assert pair["prompt_ids"] == tokenizer.render_prompt([{"role": "user", "content": problems[0].question}])
