@@ -7,14 +7,14 @@ trained) and a frozen reference pi_ref (the model DPO starts from),
 
     loss = -log sigmoid( beta * [ (log pi(y_c|x) - log pi_ref(y_c|x)) - (log pi(y_r|x) - log pi_ref(y_r|x)) ] )
 
-where every log pi(y|x) is the SUMMED log-probability of the completion's tokens (PHI4.md section 5).
+where every log pi(y|x) is the SUMMED log-probability of the completion's tokens (Rafailov et al. eq. 7).
 beta * (log pi - log pi_ref) is the completion's implicit "reward": DPO raises the chosen one's above the
 rejected one's, while the reference term keeps the policy from drifting far from where it started.
 
 Commands:
     python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl --out out/dpo       # full-length pairs
     python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo     # single-token PTS pairs
-    python sample.py --init out/dpo --chat --eval                                  # what it bought
+    python eval.py --init out/dpo --chat                                          # what it bought
     torchrun --standalone --nproc_per_node=8 dpo.py --init ... --pairs ...         # FSDP2, as train.py
 
 What this file does, top to bottom:
@@ -22,8 +22,9 @@ What this file does, top to bottom:
   2. dpo_loss: the loss and both rewards.
   3. Pairs: reading the JSONL (ids preferred over text), guards, batching chosen and rejected together.
   4. The reference pass: reference log-probs computed ONCE before training and stored with the pairs, so
-     only the policy is ever in memory (the reference is the same weights, before the first step).
-  5. The training loop: the optimizer, schedule, atomic checkpoints and exact resume of train.py.
+     only the policy is ever in memory (the reference is the same weights, before the first step). The
+     stored values carry a fingerprint of the model that computed them; pairs from another model are rescored.
+  5. The training step; trainer.py runs it (schedule, clipping, checkpoints, exact resume), as for train.py.
 
 Simplified against the report: one round at a time (run the script twice for two rounds), no judge
 model (our pairs are graded by the world's oracle), and beta/LR are our choices (the report does not
@@ -32,13 +33,12 @@ give them).
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
+import math
 import os
 import random
-import shutil
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,22 +47,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import checkpoint
 import data
 import files
 import parallel
+import trainer
 from model import ModelConfig, Phi4
-from train import (
-    DEVICES,
-    config_parser,
-    learning_rate,
-    load_optimizer,
-    load_weights,
-    make_optimizer,
-    read_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    set_rng_state,
-)
+
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Sequence log-probabilities
@@ -140,44 +131,65 @@ class Pair:
     ref_rejected: float | None = None
 
 
-def read_pairs(path: str, tokenizer: data.Tokenizer, max_len: int) -> tuple[list[Pair], list[dict], dict]:
+def read_pairs(path: str, tokenizer: data.Tokenizer, max_len: int, fingerprint: str | None = None,
+               ) -> tuple[list[Pair], list[dict], dict]:
     """Pairs from JSONL -> (usable pairs, their records, counts of what was skipped and why).
 
     A record holds `prompt`, `chosen`, `rejected` as text (the format other DPO tools read), and may hold
     `prompt_ids`, `chosen_ids`, `rejected_ids`: when present, the ids are used as they are, because
     encoding the texts separately can merge tokens differently than the model sampled them (and a
     single-token PTS completion must stay exactly one token).
+    Reference log-probs stored in a record are used only when its `ref_fingerprint` equals `fingerprint`
+    (the model and tokenizer this run starts from): a file scored by another model would otherwise
+    train against the wrong reference, silently.
     Guards: a pair with an empty completion has nothing to compare and is skipped; a pair whose prompt
     plus completion exceeds the model's context is skipped (truncating it would score a different answer).
     """
     if not os.path.exists(path):
-        raise ValueError(f"pairs file {path} not found; make pairs with `python sample.py --rejection-sampling` or pts.py (--pairs)")
+        raise ValueError(f"pairs file {path} not found; make pairs with `python rejection_sampling.py` or pts.py (--pairs)")
     pairs, records = [], []
     skipped = {"empty_completion": 0, "too_long": 0}
-    with open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            try:
-                ids = [
-                    record[f"{k}_ids"] if f"{k}_ids" in record else tokenizer.encode(record[k], allow_special=True)
-                    for k in ("prompt", "chosen", "rejected")
-                ]
-            except KeyError as missing:
-                raise ValueError(f"{path}:{line_number}: a pair needs prompt, chosen and rejected (missing {missing})") from None
-            prompt, chosen, rejected = ids
-            if not chosen or not rejected or not prompt:
-                skipped["empty_completion"] += 1
-                continue
-            if len(prompt) + max(len(chosen), len(rejected)) > max_len:
-                skipped["too_long"] += 1
-                continue
-            pairs.append(Pair(prompt, chosen, rejected, record.get("ref_chosen_logp"), record.get("ref_rejected_logp")))
-            records.append(record)
+    for line_no, record in files.iter_jsonl(path):
+        prompt, chosen, rejected = (pair_ids(record, key, tokenizer, f"{path}, line {line_no}")
+                                    for key in ("prompt", "chosen", "rejected"))
+        if not chosen or not rejected or not prompt:
+            skipped["empty_completion"] += 1
+            continue
+        if len(prompt) + max(len(chosen), len(rejected)) > max_len:
+            skipped["too_long"] += 1
+            continue
+        refs = (record.get("ref_chosen_logp"), record.get("ref_rejected_logp"))
+        trusted = fingerprint is not None and record.get("ref_fingerprint") == fingerprint
+        if not trusted or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in refs):
+            refs = (None, None)  # recomputed by the reference pass
+        pairs.append(Pair(prompt, chosen, rejected, *refs))
+        records.append(record)
     if not pairs:
         raise ValueError(f"no usable pairs in {path} (skipped: {skipped}); check the file or the model's context")
     return pairs, records, skipped
+
+
+def pair_ids(record: dict, key: str, tokenizer: data.Tokenizer, where: str) -> list[int]:
+    """The ids of one side of a pair: `KEY_ids` when present (checked), else the encoded `KEY` text."""
+    ids = record.get(f"{key}_ids")
+    if ids is None:
+        if not isinstance(record.get(key), str):
+            raise files.DataError(f"{where}: a pair needs prompt, chosen and rejected as text (or *_ids); {key!r} is missing")
+        return tokenizer.encode(record[key], allow_special=True)
+    # bool is an int subclass and 3.0 is not an id: only true integers inside the vocabulary pass.
+    if not isinstance(ids, list) or not all(type(i) is int and 0 <= i < tokenizer.vocab_size for i in ids):
+        raise files.DataError(f"{where}: {key}_ids must be a list of integer ids in 0..{tokenizer.vocab_size - 1}")
+    return ids
+
+
+def reference_fingerprint(folder: str) -> str:
+    """Names the model and tokenizer of a checkpoint folder: its shard folder (a fresh random name per
+    save), step and config, and the tokenizer file's bytes. Stored with reference log-probs."""
+    record = checkpoint.read_checkpoint(folder)
+    digest = hashlib.sha256(json.dumps([record["shards"], record["step"], record["model_config"]], sort_keys=True).encode())
+    with open(os.path.join(folder, checkpoint.TOKENIZER), "rb") as f:
+        digest.update(f.read())
+    return digest.hexdigest()[:16]
 
 
 def collate(pairs: list[Pair], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +240,7 @@ class PairLoader:
 
 
 @torch.no_grad()
-def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: int, average: bool, autocast) -> None:
+def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: int, average: bool) -> None:
     """Fill pair.ref_chosen / pair.ref_rejected with the model's log-probs, before any training step.
 
     The reference model of DPO is the starting policy, frozen. Its log-probs of the pairs never change,
@@ -240,11 +252,47 @@ def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: 
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch"):
         chunk = pairs[start : start + batch_size]
         ids, mask = collate(chunk, pad_id, device)
-        with autocast:
-            logps = sequence_logprobs(model, ids, mask, average)  # (2b,)
+        logps = sequence_logprobs(model, ids, mask, average)  # (2b,): chosen rows, then rejected rows
         for pair, chosen, rejected in zip(chunk, logps[: len(chunk)].tolist(), logps[len(chunk) :].tolist()):
+            if not (math.isfinite(chosen) and math.isfinite(rejected)):
+                raise ValueError("the starting model gives a non-finite log-prob to a pair; check --init")
             pair.ref_chosen, pair.ref_rejected = chosen, rejected
     model.train()
+
+
+def prepare_pairs(cfg: DPOConfig, model: Phi4, tokenizer: data.Tokenizer, world) -> list[Pair]:
+    """The pairs with their reference log-probs, computed now or read back from OUT/pairs.jsonl.
+
+    The stored copy is what a resumed run reads: recomputing with weights that have since moved would
+    give a different reference. Its fingerprint ties it to the --init model.
+    """
+    stored = os.path.join(cfg.out, "pairs.jsonl")
+    pairs_file = stored if cfg.resume else cfg.pairs
+    if cfg.resume:  # our own file, written when this run started: its fingerprint is the --init model's
+        fingerprint = next((r.get("ref_fingerprint") for r in files.read_jsonl(stored)), None) if os.path.exists(stored) else None
+    else:
+        fingerprint = reference_fingerprint(cfg.init)
+    pairs, records, skipped = read_pairs(pairs_file, tokenizer, model.config.max_seq_len, fingerprint)
+    if world.is_main:
+        print(f"{len(pairs)} pairs from {pairs_file}" + (f" (skipped {skipped})" if any(skipped.values()) else ""))
+    missing = sum(p.ref_chosen is None for p in pairs)
+    if missing:
+        if cfg.resume:
+            raise ValueError(f"{stored} lacks reference log-probs of this model; start again without --resume")
+        if world.is_main and (missing < len(pairs) or any("ref_chosen_logp" in r for r in records)):
+            print(f"note: {missing} pairs carry no reference log-probs of --init {cfg.init}; computing them")
+        # Every rank scores every pair, in the same order: FSDP's all-gathers need all ranks in step,
+        # and this pass runs once.
+        reference_logprobs(model, pairs, tokenizer.pad_id, cfg.batch_size, cfg.average_logprobs)
+        # FSDP2 keeps the root's weights gathered after a forward (for the backward it expects); without
+        # a backward they stay so. Shard them again before the optimizer takes hold of the parameters.
+        model.reshard()
+        if world.is_main:
+            for pair_record, pair in zip(records, pairs):
+                pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected,
+                                   ref_fingerprint=fingerprint)
+            files.write_jsonl(stored, records)
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -252,26 +300,60 @@ def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: 
 
 
 @dataclass
-class DPOConfig:
-    init: str | None = None  # checkpoint folder of the starting policy (= the reference)
-    pairs: str | None = None  # JSONL of preference pairs
+class DPOConfig(trainer.RunConfig):
+    """The flags of dpo.py: trainer.RunConfig's shared ones with DPO's defaults, plus beta."""
+
     out: str = "out/dpo"
-    resume: bool = False
-    seed: int = 1337
+    pairs: str | None = None  # JSONL of preference pairs
     beta: float = 0.1  # strength of the pull towards the reference: higher = more conservative
     average_logprobs: bool = False  # mean-per-token log-probs instead of sums (see dpo_loss)
     steps: int = 100
-    stop_at: int | None = None  # stop after this step as if interrupted (tests of --resume)
-    batch_size: int = 16  # pairs per step
-    lr: float = 1e-5  # toy sweep on 1.6K full pairs: 1e-5 helped a little, 3e-5 and 1e-4 lowered held-out accuracy
-    min_lr_ratio: float = 0.0
+    # Toy sweep on 1.6K full-length pairs: 1e-5 helped a little, 3e-5 and 1e-4 lowered held-out accuracy.
+    lr: float = 1e-5
     warmup_steps: int = 10
     weight_decay: float = 0.0  # no decay: DPO is a short nudge, and the reference term already regularises
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
     save_every: int = 100
-    device: str = "auto"
+
+    HELP = {
+        "init": "checkpoint folder of the starting policy, which is also the frozen reference",
+        "out": "output folder: checkpoint, log.jsonl, pairs.jsonl with reference log-probs",
+        "seed": "seed for the pair order",
+        "batch_size": "pairs per step (split evenly over the ranks)",
+        "pairs": "JSONL of pairs: prompt/chosen/rejected text, optionally prompt_ids/chosen_ids/rejected_ids",
+        "beta": "DPO beta: how strongly the policy is held near the reference (higher = closer)",
+        "average_logprobs": "use mean-per-token log-probs instead of sums (length-normalised; see dpo_loss)",
+    }
+
+
+def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig, pad_id: int, world):
+    """One optimizer step's forward and backward on a batch of pairs, as a function for trainer.run_loop."""
+
+    def step() -> dict:
+        # Each rank takes every W-th pair of the global batch. Its loss is the mean over its own pairs;
+        # FSDP averages gradients over ranks, so the update is that of the mean over the whole batch.
+        batch = [pairs[i] for i in loader.next_indices()[world.rank :: world.world_size]]
+        ids, mask = collate(batch, pad_id, world.device)
+        logps = sequence_logprobs(model, ids, mask, cfg.average_logprobs)  # (2b,)
+        b = len(batch)
+        ref_chosen = torch.tensor([p.ref_chosen for p in batch], device=world.device)  # (b,)
+        ref_rejected = torch.tensor([p.ref_rejected for p in batch], device=world.device)  # (b,)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:b], logps[b:], ref_chosen, ref_rejected, cfg.beta)
+        loss.backward()
+        # What healthy DPO looks like: the loss falls from ln 2 = 0.693, preference accuracy rises towards
+        # 1, and the margin (chosen minus rejected reward) grows. Both rewards often drift *down* (the
+        # policy lowers the likelihood of everything it did not prefer), which is fine while the margin
+        # grows; a chosen reward that plunges steeply means the policy is leaving the reference for
+        # degenerate text: lower the LR or raise beta, and watch held-out accuracy.
+        margin = chosen_rewards - rejected_rewards  # (b,)
+        # Metrics over the whole global batch: sums over ranks, divided by the batch size.
+        sums = torch.stack([loss.detach() * b, chosen_rewards.sum(), rejected_rewards.sum(), (margin > 0).float().sum()])
+        dist.all_reduce(sums)
+        loss_mean, chosen_mean, rejected_mean, n_right = (sums / cfg.batch_size).tolist()
+        return {"loss": loss_mean, "chosen_reward": chosen_mean, "rejected_reward": rejected_mean,
+                "margin": chosen_mean - rejected_mean, "accuracy": n_right,
+                "n_tokens": parallel.global_sum(ids.numel(), world)}
+
+    return step
 
 
 def train_dpo(cfg: DPOConfig) -> list[dict]:
@@ -283,166 +365,59 @@ def train_dpo(cfg: DPOConfig) -> list[dict]:
     if not cfg.resume and not cfg.init:
         raise ValueError("DPO starts from a trained model: pass --init out/sft (or --resume)")
     if not cfg.pairs and not cfg.resume:
-        raise ValueError("pass --pairs FILE.jsonl (from `sample.py --rejection-sampling` or pts.py)")
-    world = parallel.init_distributed(resolve_device(cfg.device))
+        raise ValueError("pass --pairs FILE.jsonl (from `python rejection_sampling.py` or pts.py)")
+    world = parallel.init_distributed(parallel.resolve_device(cfg.device))
     try:
         return train_dpo_on(cfg, world)
     finally:
         parallel.shutdown(world)
 
 
-def build_policy(record: dict, world: parallel.Distributed) -> Phi4:
-    """The checkpoint's model, built on meta, sharded with FSDP2, then filled: no rank holds it whole."""
-    with torch.device("meta"):
-        model = Phi4(ModelConfig.from_dict(record["model_config"]))
-    parallel.parallelize(model, world.mesh, activation_checkpointing=False, compile=False,
-                         mixed_precision=world.device.type == "cuda")
-    model.to_empty(device=world.device)
-    load_weights(record, model)
-    model.set_rope()  # the RoPE tables are not saved: rebuild them from the config
-    return model
-
-
 def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
     """The DPO run proper, on one rank of `world`."""
-    device, W = world.device, world.world_size
-    say = print if world.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for everyone
-    if cfg.batch_size % W:
-        raise ValueError(f"--batch-size {cfg.batch_size} pairs must split evenly over {W} ranks; pick a multiple of {W}")
+    if cfg.batch_size % world.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} pairs must split evenly over {world.world_size} ranks; "
+                         f"pick a multiple of {world.world_size}")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     source = cfg.out if cfg.resume else cfg.init
-    record = read_checkpoint(source)
-    if cfg.resume and "model" in record:
-        raise ValueError(f"{cfg.out} holds a single-file checkpoint of an older dpo.py: use it with --init, not --resume")
-    tokenizer_file = os.path.join(source, "tokenizer.json")
-    if not os.path.exists(tokenizer_file):
-        raise ValueError(f"{tokenizer_file} is missing; --init must be a checkpoint folder from train.py")
-    tokenizer = data.Tokenizer.load(tokenizer_file)
-    model = build_policy(record, world)
-    # On GPUs FSDP's mixed precision already computes in bf16; CPU runs stay in fp32.
-    autocast = contextlib.nullcontext()
+    record = checkpoint.read_checkpoint(source)
+    tokenizer = checkpoint.load_tokenizer(source)
 
-    # Pairs with their reference log-probs are stored in OUT: a resumed run reads them instead of
-    # recomputing them with weights that have since moved.
-    stored = os.path.join(cfg.out, "pairs.jsonl")
-    pairs_file = stored if cfg.resume else cfg.pairs
-    pairs, records, skipped = read_pairs(pairs_file, tokenizer, model.config.max_seq_len)
-    say(f"{len(pairs)} pairs from {pairs_file}" + (f" (skipped {skipped})" if any(skipped.values()) else ""))
-    if any(p.ref_chosen is None for p in pairs):
-        if cfg.resume:
-            raise ValueError(f"{stored} lacks reference log-probs; start again without --resume")
-        # Every rank scores every pair, in the same order: FSDP's all-gathers need all ranks in step,
-        # and this pass runs once.
-        reference_logprobs(model, pairs, tokenizer.pad_id, cfg.batch_size, cfg.average_logprobs, autocast)
-        # FSDP2 keeps the root's weights gathered after a forward (for the backward it expects); without
-        # a backward they stay so. Shard them again before the optimizer takes hold of the parameters.
-        model.reshard()
-        if world.is_main:
-            for pair_record, pair in zip(records, pairs):
-                pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected)
-            files.write_jsonl(stored, records)
-    if not cfg.resume and world.is_main:  # keep the tokenizer with the weights: the folder is self-contained
-        shutil.copyfile(tokenizer_file, os.path.join(cfg.out, "tokenizer.json"))
+    def shard(model):  # FSDP2, as train.py: no rank ever holds the whole policy
+        parallel.parallelize(model, world.mesh, activation_checkpointing=False, compile=False,
+                             mixed_precision=world.device.type == "cuda")
 
-    optimizer = make_optimizer(model, cfg, device)
+    model = checkpoint.build_model(ModelConfig.from_dict(record["model_config"]), world.device, record, shard)
+    os.makedirs(cfg.out, exist_ok=True)
+    pairs = prepare_pairs(cfg, model, tokenizer, world)
+    if world.is_main:
+        checkpoint.save_tokenizer(os.path.join(source, checkpoint.TOKENIZER), cfg.out)
+
+    optimizer = trainer.make_optimizer(model, cfg, world.device)
     loader = PairLoader(len(pairs), cfg.batch_size, cfg.seed)  # global batches: the same on every rank
     start_step = 0
     if cfg.resume:
-        load_optimizer(record, model, optimizer)  # AdamW moments from the checkpoint's shards
-        loader.load_state_dict(record["loader"])
+        checkpoint.load_optimizer(record, model, optimizer)  # AdamW moments from the checkpoint's shards
+        loader.load_state_dict(record["ranks"][0]["loader"])
+        checkpoint.set_rng_state(record["ranks"][0]["rng"])
         start_step = record["step"]
-        set_rng_state(record["ranks"][0]["rng"])
-    elif world.is_main and os.path.exists(os.path.join(cfg.out, "log.jsonl")):
-        os.remove(os.path.join(cfg.out, "log.jsonl"))  # a fresh run: do not append to an old log
-
-    log_path = os.path.join(cfg.out, "log.jsonl")
-    records_out = []
-    model.train()
-    run_start = time.perf_counter()
-    last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    bar = tqdm(range(start_step, last_step), initial=start_step, total=cfg.steps, desc="dpo", dynamic_ncols=True,
-               mininterval=1.0, disable=not world.is_main)
-    for step in bar:
-        t0 = time.perf_counter()
-        lr = learning_rate(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # Each rank takes every W-th pair of the global batch. Its loss is the mean over its own pairs;
-        # FSDP averages gradients over ranks, so the update is that of the mean over the whole batch.
-        batch = [pairs[i] for i in loader.next_indices()[world.rank :: W]]
-        ids, mask = collate(batch, tokenizer.pad_id, device)
-        with autocast:
-            logps = sequence_logprobs(model, ids, mask, cfg.average_logprobs)  # (2b,)
-        b = len(batch)
-        ref_chosen = torch.tensor([p.ref_chosen for p in batch], device=device)
-        ref_rejected = torch.tensor([p.ref_rejected for p in batch], device=device)
-        loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:b], logps[b:], ref_chosen, ref_rejected, cfg.beta)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        grad_norm = parallel.full_value(grad_norm)  # a DTensor when the gradients are sharded
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        # What healthy DPO looks like: the loss falls from ln 2 = 0.693, preference accuracy rises towards
-        # 1, and the margin (chosen minus rejected reward) grows. Both rewards often drift *down* (the
-        # policy lowers the likelihood of everything it did not prefer), which is fine while the margin
-        # grows; a chosen reward that plunges steeply means the policy is leaving the reference for
-        # degenerate text: lower the LR or raise beta, and watch held-out accuracy.
-        margin = chosen_rewards - rejected_rewards
-        # Metrics over the whole global batch: sums over ranks, divided by the batch size.
-        sums = torch.stack([loss.detach() * b, chosen_rewards.sum(), rejected_rewards.sum(), (margin > 0).float().sum()])
-        dist.all_reduce(sums)
-        loss_mean, chosen_mean, rejected_mean, n_right = (sums / cfg.batch_size).tolist()
-        record_out = {
-            "step": step + 1, "loss": loss_mean, "lr": lr, "grad_norm": float(grad_norm),
-            "chosen_reward": chosen_mean, "rejected_reward": rejected_mean,
-            "margin": chosen_mean - rejected_mean, "accuracy": n_right,
-            "tok_s": parallel.global_sum(ids.numel(), world) / (time.perf_counter() - t0),
-            "time_s": time.perf_counter() - run_start,
-        }
-        bar.set_postfix(loss=f"{loss_mean:.3f}", margin=f"{record_out['margin']:.2f}", acc=f"{n_right:.2f}",
-                        chosen=f"{chosen_mean:.2f}", rejected=f"{rejected_mean:.2f}")
-        records_out.append(record_out)
-        if world.is_main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record_out) + "\n")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == last_step:
-            save_checkpoint(cfg.out, model, optimizer, step + 1, loader, model.config, cfg)
-    bar.close()
-    if records_out:
-        last = records_out[-10:]
-        say(
-            f"done: step {records_out[-1]['step']} | last {len(last)} steps: loss {np.mean([r['loss'] for r in last]):.3f} "
-            f"margin {np.mean([r['margin'] for r in last]):.2f} accuracy {np.mean([r['accuracy'] for r in last]):.2f} "
-            f"| checkpoint {cfg.out}"
-        )
-    return records_out
+    records = trainer.run_loop(
+        cfg, world, model, optimizer, loader, start_step, "dpo", dpo_step(model, pairs, loader, cfg, tokenizer.pad_id, world),
+        show={"loss": "{:.3f}", "margin": "{:.2f}", "accuracy": "{:.2f}", "chosen_reward": "{:.2f}",
+              "rejected_reward": "{:.2f}"},
+    )
+    if records and world.is_main:
+        last = records[-10:]
+        mean = lambda key: np.mean([r[key] for r in last])  # noqa: E731
+        print(f"done: step {records[-1]['step']} | last {len(last)} steps: loss {mean('loss'):.3f} "
+              f"margin {mean('margin'):.2f} accuracy {mean('accuracy'):.2f} | checkpoint {cfg.out}")
+    return records
 
 
 def parse_args(argv=None) -> DPOConfig:
-    helps = {
-        "init": "checkpoint folder of the starting policy, which is also the frozen reference",
-        "pairs": "JSONL of pairs: prompt/chosen/rejected text, optionally prompt_ids/chosen_ids/rejected_ids",
-        "out": "output folder: checkpoint, log.jsonl, pairs.jsonl with reference log-probs",
-        "resume": "continue the run in --out exactly where its last checkpoint left it",
-        "seed": "seed for the pair order",
-        "beta": "DPO beta: how strongly the policy is held near the reference (higher = closer)",
-        "average_logprobs": "use mean-per-token log-probs instead of sums (length-normalised; see dpo_loss)",
-        "steps": "optimizer steps (the LR schedule spans them)",
-        "stop_at": "stop after this step as if interrupted (continue with --resume)",
-        "batch_size": "pairs per step",
-        "lr": "peak learning rate after warm-up",
-        "min_lr_ratio": "final learning rate as a fraction of --lr (linear decay)",
-        "warmup_steps": "linear warm-up steps",
-        "weight_decay": "AdamW weight decay on matrices",
-        "beta1": "AdamW beta1",
-        "beta2": "AdamW beta2",
-        "grad_clip": "clip the global gradient norm to this (0 disables)",
-        "save_every": "steps between checkpoints",
-        "device": "auto (cuda if available, else cpu), cpu or cuda",
-    }
-    parser = config_parser(DPOConfig, helps, {"device": DEVICES}, __doc__.split("\n")[0])
+    parser = trainer.config_parser(DPOConfig, __doc__.split("\n")[0])
     return DPOConfig(**vars(parser.parse_args(argv)))
 
 

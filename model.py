@@ -125,6 +125,10 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Midtraining multiplies the pretraining context by this (report section 3: 4K -> 16K).
+CONTEXT_EXTENSION = 4
+
+
 def get_config(size: str, **overrides) -> ModelConfig:
     """Look up a preset by name (the `--size` flag) and apply field overrides."""
     if size not in PRESETS:

@@ -72,6 +72,18 @@ class Distributed:
         return self.rank == 0
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: auto picks the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun set up, or make a one-process group when run as `python train.py`.
 

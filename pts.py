@@ -1,5 +1,5 @@
 """Pivotal Token Search (PTS): find the few tokens of an answer that decide whether it ends up right,
-and turn each into a one-token DPO pair. Phi-4 report section 4.3 and Figure 4 (PHI4.md section 5).
+and turn each into a one-token DPO pair. Phi-4 report section 4.3 and Figure 4.
 
 Why. A wrong answer is usually wrong because of one or two tokens: the step where the solution takes a
 wrong turn ("15 - 6 = 8"), or a formatting slip that the oracle rejects. Full-answer DPO pairs
@@ -84,8 +84,9 @@ from tqdm import tqdm
 import data
 import files
 import toyworld
-from sample import generate, load_model, problem_prompt_ids, sample_completions, strip_stop
-from train import resolve_device
+import checkpoint
+import parallel
+from sample import generate, sample_completions, strip_stop
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Pivotal tokens by recursive subdivision (model-free: works with any p_success callable)
@@ -236,7 +237,7 @@ class SuccessEstimator:
 def model_estimator(model, tokenizer: data.Tokenizer, problem: toyworld.Problem, n_rollouts: int,
                     temperature: float, max_answer_tokens: int, seed: int) -> SuccessEstimator:
     """A SuccessEstimator that samples from `model` in Phi-4's chat format and grades with the world's oracle."""
-    prompt_ids = problem_prompt_ids(tokenizer, problem, chat=True)
+    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)
     stop = tokenizer.eos_id  # <|im_end|>: the end of the assistant turn
     # An answer may not run past the context either: cap its length so that question + answer fits.
     max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))
@@ -437,7 +438,7 @@ def bench(model, tokenizer, problem, n_rollouts, temperature, max_answer_tokens,
     """
     device = next(model.parameters()).device
     stop = tokenizer.eos_id
-    prompt_ids = problem_prompt_ids(tokenizer, problem, chat=True)
+    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)
     max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))
     # One answer of the model's own, so the prefixes are the kind the search really asks about.
     answer = generate(model, torch.tensor([prompt_ids], device=device), max_answer_tokens, temperature,
@@ -515,12 +516,12 @@ if __name__ == "__main__":
             raise ValueError(f"need 0 <= --p-min <= --p-max <= 1, got {args.p_min} and {args.p_max}")
         if args.questions < 1 or args.answers_per_question < 1:
             raise ValueError("--questions and --answers-per-question must be at least 1")
-        device = resolve_device(args.device)
+        device = parallel.resolve_device(args.device)
         problems_file = os.path.join(args.data, "rl.jsonl")
         if not os.path.exists(problems_file):
             raise ValueError(f"{problems_file} not found; build the data with `python data.py` or pass --data")
         problems = toyworld.read_problems(problems_file)[: args.questions]
-        model, tokenizer = load_model(args.init, device)
+        model, tokenizer = checkpoint.load_model(args.init, device)
         print(f"loaded {args.init}: {model.num_params():,} parameters, on {device}")
 
         if args.bench:

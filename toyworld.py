@@ -120,6 +120,13 @@ def problem_chat(problem: Problem) -> list[dict]:
     return [{"role": "user", "content": problem.question}, {"role": "assistant", "content": problem.solution}]
 
 
+def prompt_ids(tokenizer: Tokenizer, problem: Problem, chat: bool) -> list[int]:
+    """How a problem is posed: as a textbook document (pretrained models) or a user turn (chat models)."""
+    if chat:
+        return tokenizer.render_prompt([{"role": "user", "content": problem.question}])
+    return tokenizer.encode(problem_prompt(problem))
+
+
 def drill_document(rng: random.Random, n_lines: int = 12) -> str:
     """Arithmetic drill lines ("7 + 5 = 12"): the facts every solution step relies on."""
     lines = []

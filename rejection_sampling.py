@@ -1,0 +1,137 @@
+"""Chapter: rejection sampling. Best-of-n answers graded by an oracle become SFT data and DPO pairs.
+
+Phi-4 report section 4: the SFT responses were "chosen by best-of-n" (rejection sampling with
+evaluation), and full-length preference pairs for the second DPO round came from sampled answers
+judged against each other. At toy scale the judge is the world's oracle: for each problem the model
+answers n times at temperature 1; correct answers are accepted, and a correct and an incorrect answer to
+the same problem make a pair.
+
+Commands:
+    python rejection_sampling.py --init out/sft --out out/rs          # 1,500 problems x 8 answers
+    python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --out out/rs_sft   # second SFT round
+    python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl        # DPO on the pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import checkpoint
+import data
+import files
+import parallel
+import toyworld
+from model import Phi4
+from sample import sample_completions
+
+
+def rejection_sampling(
+    model: Phi4,
+    tokenizer: data.Tokenizer,
+    problems: list[toyworld.Problem],
+    n: int,
+    max_new_tokens: int = 120,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    batch_rows: int = 256,
+) -> tuple[list[dict], list[dict], dict]:
+    """Sample n answers per problem, let the oracle grade them -> (sft_records, pairs, summary).
+
+    sft_records: one conversation per problem that had a correct answer ({"messages": [...]}, the format
+      train.py --stage sft reads): the model's own accepted answer becomes its next training target.
+    pairs: one full-length preference pair per problem that had both a correct and an incorrect answer,
+      {"prompt", "chosen", "rejected"} as text (what other DPO tools read) plus the exact token ids
+      (`*_ids`, what dpo.py trains on: re-encoding the text could merge tokens differently).
+    Only finished answers (ending in <|im_end|>) can be accepted; a rambling answer that ran out of
+    tokens is a good *rejected* example, since stopping is part of what the model must learn.
+    """
+    stop = (tokenizer.im_end_id,)
+    prompts = [toyworld.prompt_ids(tokenizer, p, chat=True) for p in problems]
+    samples = sample_completions(
+        model, prompts, n, max_new_tokens, stop, temperature, top_k, top_p, seed, batch_rows, progress="rejection sampling",
+        vocab_size=tokenizer.vocab_size,
+    )
+    sft_records, pairs = [], []
+    n_correct = n_all_right = n_all_wrong = 0
+    for problem, prompt, group in zip(problems, prompts, samples):
+        verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
+        good = [s for s, ok in zip(group, verdicts) if ok]
+        bad = [s for s, ok in zip(group, verdicts) if not ok]
+        n_correct += len(good)
+        n_all_right += not bad
+        n_all_wrong += not good
+        if good:
+            # Samples are i.i.d., so the first accepted one is a uniform pick among the accepted.
+            answer = tokenizer.decode(good[0][:-1])
+            sft_records.append({"messages": [{"role": "user", "content": problem.question},
+                                             {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
+        if good and bad:
+            pairs.append({
+                "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(good[0]), "rejected": tokenizer.decode(bad[0]),
+                "prompt_ids": prompt, "chosen_ids": good[0], "rejected_ids": bad[0],
+                "source": "rejection_sampling", "question": problem.question, "answer": problem.answer,
+            })
+    summary = {
+        "problems": len(problems), "samples_per_problem": n, "temperature": temperature,
+        "sample_accuracy": n_correct / max(1, n * len(problems)),
+        "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),
+        "all_correct": n_all_right, "all_wrong": n_all_wrong,
+        "sft_records": len(sft_records), "pairs": len(pairs),
+    }
+    return sft_records, pairs, summary
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Best-of-n sampling graded by the oracle -> SFT data and DPO pairs.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--init", required=True, help="checkpoint folder of the model to sample from (an SFT model)")
+    parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with rl.jsonl (problems for this stage)")
+    parser.add_argument("--out", default="out/rs", help="output folder: sft.jsonl, pairs.jsonl, summary.json")
+    parser.add_argument("--problems", type=int, default=1500, help="problems to sample on")
+    parser.add_argument("--skip", type=int, default=0, help="start at this problem of rl.jsonl")
+    parser.add_argument("--samples", type=int, default=8, help="answers per problem (the n of best-of-n)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0: answers must differ)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, in (0, 1]")
+    parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens per answer")
+    parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
+    parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
+    args = parser.parse_args(argv)
+    if args.samples < 2:
+        parser.error(f"--samples must be at least 2 to choose among answers and form pairs, got {args.samples}")
+    if args.temperature <= 0:
+        parser.error(f"--temperature must be > 0 (rejection sampling needs diverse answers), got {args.temperature}")
+    for flag in ("problems", "max_new_tokens", "top_k"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.skip < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
+        parser.error("--skip must be >= 0 and --top-p in (0, 1]")
+    return args
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        model, tokenizer = checkpoint.load_model(args.init, parallel.resolve_device(args.device))
+        rl_file = os.path.join(args.data, "rl.jsonl")
+        problems = toyworld.read_problems(rl_file)[args.skip : args.skip + args.problems]
+        if not problems:
+            raise ValueError(f"{rl_file} has no problems after --skip {args.skip}")
+        start = time.perf_counter()
+        sft_records, pairs, summary = rejection_sampling(model, tokenizer, problems, args.samples, args.max_new_tokens,
+                                                         args.temperature, args.top_k, args.top_p, args.seed)
+        summary.update(init=args.init, seconds=time.perf_counter() - start)
+        files.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
+        files.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
+        files.write_json(os.path.join(args.out, "summary.json"), summary)
+        print(f"rejection sampling: {summary['problems']} problems x {args.samples} samples in {summary['seconds']:.0f}s | "
+              f"sample accuracy {100 * summary['sample_accuracy']:.1f}% | pass@{args.samples} {100 * summary['pass_at_n']:.1f}% | "
+              f"{summary['sft_records']} accepted answers -> {args.out}/sft.jsonl | {summary['pairs']} pairs -> {args.out}/pairs.jsonl")
+    except ValueError as error:
+        sys.exit(f"error: {error}")

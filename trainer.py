@@ -1,0 +1,194 @@
+"""The optimisation loop every training stage shares: flags, AdamW, the schedule, the step loop. A room.
+
+train.py (pretraining, midtraining, SFT) and dpo.py differ only in what one step computes: next-token
+loss on a batch of rows, or the DPO loss on a batch of preference pairs. Everything around that is the
+same and lives here, once:
+
+    RunConfig + config_parser   the flags both scripts share, each help text written once
+    learning_rate               linear warm-up, then linear decay (the shape Phi-4 reports, section 3)
+    make_optimizer              AdamW, weight decay on matrices only
+    run_loop                    for each step: set the LR, call the stage's step (forward + backward),
+                                clip, stop at a non-finite loss or gradient, step AdamW, log one record,
+                                evaluate and checkpoint when due
+
+The loop is the same on one CPU and on many GPUs under torchrun (parallel.py): a stage's step function
+does its own cross-rank sums, so the records are global.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+import checkpoint
+import files
+import parallel
+from model import peak_flops
+
+# ----------------------------------------------------------------------------------------------------
+# Flags
+
+
+@dataclass
+class RunConfig:
+    """The flags of every training run. Stage scripts subclass it to add their own and change defaults."""
+
+    out: str | None = None  # checkpoint, log and tokenizer go here
+    init: str | None = None  # start from the weights of this checkpoint folder (fresh optimizer)
+    resume: bool = False  # continue the run saved in --out, exactly (optimizer, data position, RNG)
+    seed: int = 1337
+    steps: int | None = None  # optimizer steps in the whole run (the schedule is laid out over these)
+    stop_at: int | None = None  # stop after this step (as if interrupted); --resume continues it
+    batch_size: int = 16
+    lr: float | None = None  # peak learning rate
+    min_lr_ratio: float = 0.0  # the linear decay ends at lr * min_lr_ratio
+    warmup_steps: int | None = None
+    weight_decay: float = 0.1  # Phi-4's value; applied to matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    save_every: int = 500  # steps between checkpoints (and one at the end); 0: none
+    device: str = "auto"  # auto | cpu | cuda
+
+    HELP = {
+        "out": "output folder for the checkpoint, log.jsonl and tokenizer.json",
+        "init": "checkpoint folder whose weights start this run (optimizer and step start fresh)",
+        "resume": "continue the run in --out exactly where its last checkpoint left it",
+        "seed": "seed for weights, data order and sampling",
+        "steps": "optimizer steps in the whole run; the LR schedule spans them",
+        "stop_at": "stop after this step as if interrupted (resume later with --resume)",
+        "batch_size": "sequences (or pairs) per micro-batch per device",
+        "lr": "peak learning rate after warm-up",
+        "min_lr_ratio": "final learning rate as a fraction of --lr (linear decay)",
+        "warmup_steps": "linear warm-up steps",
+        "weight_decay": "AdamW weight decay on matrices (not on norm gains)",
+        "beta1": "AdamW beta1",
+        "beta2": "AdamW beta2",
+        "grad_clip": "clip the global gradient norm to this (0 disables)",
+        "save_every": "steps between checkpoints, plus one at the end (0: no checkpoints, for benchmarks)",
+        "device": "auto (cuda if available, else cpu), cpu or cuda",
+    }
+
+
+def config_parser(config_class, description: str, choices: dict | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A parser with one flag per field of a config dataclass (underscores become dashes), its default
+    and help text (RunConfig.HELP merged with the subclass's HELP); bool fields are switches."""
+    helps = {**RunConfig.HELP, **getattr(config_class, "HELP", {})}
+    choices = {"device": list(parallel.DEVICES), **(choices or {})}
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action="store_true", help=helps[field.name])
+            continue
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
+        parser.add_argument(flag, type=kind, default=field.default, help=helps[field.name],
+                            choices=choices.get(field.name))
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning rate and optimizer
+
+
+def learning_rate(step: int, cfg: RunConfig) -> float:
+    """LR for optimizer step `step` (0-based): linear warm-up to cfg.lr, then linear decay."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    return cfg.lr * (1.0 - progress * (1.0 - cfg.min_lr_ratio))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D tensors (matrices, embeddings) only.
+
+    Decaying the RMSNorm gains would pull them towards zero and shrink every block's input for no
+    regularising benefit, so 1-D parameters are left alone (the usual practice since GPT-3).
+    """
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused CUDA implementation updates all tensors in a few kernels instead of one per tensor.
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+def start_log(path: str, start_step: int):
+    """log.jsonl holds one record per step: a fresh run starts it empty, a resumed run keeps the records
+    up to its checkpoint's step (the steps after the last save are about to be run again)."""
+    resumed = start_step > 0 and os.path.exists(path)
+    files.write_jsonl(path, [r for r in files.read_jsonl(path) if r.get("step", 0) <= start_step] if resumed else [])
+
+
+def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, loader, start_step: int, desc: str,
+             step_fn: Callable[[], dict], show: dict[str, str], evaluate: Callable[[], float] | None = None,
+             eval_every: int = 0, flops_per_token: float | None = None) -> list[dict]:
+    """Run optimizer steps start_step..last and return their records (rank 0 also appends them to log.jsonl).
+
+    step_fn does one step's forward and backward and returns its metrics, already summed over ranks:
+    at least "loss" and "n_tokens" (tokens processed on all ranks). show maps record keys to formats
+    for the progress bar. evaluate, when given, runs every eval_every steps and at the end.
+    """
+    device, W = world.device, world.world_size
+    log_path = os.path.join(cfg.out, "log.jsonl")
+    if world.is_main:
+        start_log(log_path, start_step)
+    peak = peak_flops(device) if flops_per_token else None
+    last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    records = []
+    model.train()
+    run_start = time.perf_counter()
+    bar = tqdm(range(start_step, last_step), initial=start_step, total=last_step, desc=desc, dynamic_ncols=True,
+               mininterval=1.0, disable=not world.is_main)
+    for step in bar:
+        t0 = time.perf_counter()
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        metrics = step_fn()
+        # Clipping returns the norm before clipping: the number that says whether the step was sane.
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(parallel.full_value(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(grad_norm)):
+            # Stop before the optimizer writes NaN into the weights: the last checkpoint stays good.
+            raise ValueError(f"step {step + 1}: loss {metrics['loss']} / gradient norm {grad_norm} is not finite; "
+                             f"nothing after the last checkpoint was saved (lower --lr, or check the data)")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tokens_per_s = metrics.pop("n_tokens") / (time.perf_counter() - t0)
+        record = {"step": step + 1, **metrics, "lr": lr, "grad_norm": grad_norm, "tok_s": tokens_per_s}
+        if flops_per_token:
+            # MFU per GPU: the whole run's FLOP/s over the peak of all W devices; None where unknown.
+            record["mfu"] = tokens_per_s * flops_per_token / (peak * W) if peak else None
+        record["time_s"] = time.perf_counter() - run_start
+        if device.type == "cuda":
+            record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        is_last = step + 1 == last_step
+        if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or is_last):
+            record["val_loss"] = evaluate()
+        bar.set_postfix({key: fmt.format(record[key]) for key, fmt in show.items() if record.get(key) is not None})
+        records.append(record)
+        if world.is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if cfg.save_every > 0 and ((step + 1) % cfg.save_every == 0 or is_last):
+            checkpoint.save_checkpoint(cfg.out, model, optimizer, step + 1, loader, cfg)
+    bar.close()
+    return records
