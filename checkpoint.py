@@ -54,7 +54,7 @@ from tokenization import Tokenizer
 CHECKPOINT = "ckpt.pt"
 TOKENIZER = "tokenizer.json"
 # DCP warns whenever it runs without a process group; for one-process stages that is the normal case.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")  # any of its wordings
 # DCP's failures derive from BaseException, not Exception: name them, so a corrupt shard becomes our
 # one-line error instead of a traceback (and Ctrl-C still stops the program).
 READ_ERRORS = (Exception, CheckpointException)

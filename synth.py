@@ -1,11 +1,13 @@
 """Synthetic data the Phi-4 way: a teacher model, written-out prompts, and checks that let only good data through.
 
-Phi-4's central claim (report section 2, PHI4.md section 4) is that synthetic data generated with care,
-40% of its pretraining tokens, teaches reasoning better than web text. data.py embeds a toy world that needs
-no teacher; this room runs the report's techniques against a teacher you have: any OpenAI-compatible
-chat-completions server (vLLM, llama.cpp's server, a hosted API) or this project's own model in-process.
+A chapter. Phi-4 report, section 2 ("Synthetic data"): synthetic data generated with care, about 40% of
+Phi-4's pretraining tokens, teaches reasoning better than web text. Section 2.2 describes the techniques
+run below (plurality filtering of question-answer data is in 2.3), and the report's 13-gram
+decontamination keeps evaluation items out of the training data. toyworld.py embeds a toy world that
+needs no teacher; this chapter runs the report's techniques against a teacher you have (teacher.py: an
+OpenAI-compatible server or this project's own model) and runs generated code only in sandbox.py.
 
-How each pipeline maps to the report (section 2, "Synthetic data"):
+How each pipeline maps to the report (section 2.2, and 2.3 for plurality):
 
     curate        seed curation: passages from web, books and code are scored by the teacher for
                   educational and reasoning value; the best are kept as seeds
@@ -14,27 +16,22 @@ How each pipeline maps to the report (section 2, "Synthetic data"):
     dialogue      multi-agent prompting: a student agent and a teacher agent take alternating turns
     revise        self-revision: draft -> critique against a rubric (reasoning, factual accuracy) -> revise
     reverse-code  instruction reversal: code -> instruction -> regenerated code; the pair is kept only when the
-                  regenerated code passes the original's tests (or, without tests, is textually close)
+                  regenerated code passes the original's tests (run in sandbox.py), or, without tests, is close
     plurality     plurality filtering: k sampled answers per question; unanimous (too easy) and
                   majority-less (ambiguous) questions are dropped; the majority answer becomes ground truth
 
-Every generated record is checked against held-out text by data.py's 13-gram rule when `--held-out` is
-given (report section 2, decontamination), and carries its provenance: seed id, pipeline, teacher and
-prompt version. Generated Python is only ever executed in a separate, limited process (section 5 below).
+Every generated record is checked against held-out text by toyworld.py's 13-gram rule when `--held-out` is
+given (decontamination), and carries its provenance: seed id, pipeline, teacher and prompt version.
 
 Sections, top to bottom:
-    1. Teachers      one interface, `complete(messages) -> str`; HTTPTeacher (retries, on-disk cache) and
-                     LocalTeacher (sample.generate on a checkpoint)
-    2. Prompts       every template in full, with why each instruction is there
-    3. Parsing       scores, exercises, answers, verdicts and code blocks out of free-form replies
-    4. Pipelines     one short function per technique: (teacher, input record) -> output records
-    5. Sandbox       run_python: subprocess, wall timeout, rlimits, empty env, temp cwd, no network
-    6. Running       resumable JSONL output, decontamination, the summary, and the CLI
+    1. Prompts       every template in full, with why each instruction is there
+    2. Parsing       scores, exercises, answers, verdicts and code blocks out of free-form replies
+    3. Pipelines     one short function per technique: (teacher, input record) -> output records
+    4. Running       inputs, resumable JSONL output, decontamination, the summary, and the CLI
 
 Simplified, on purpose: prompts are one-shot templates where the report describes richer multi-stage
-agent set-ups; the code sandbox is a set of process limits, not a container (its limits are stated in
-section 5); curation scores each passage with one teacher call instead of training a classifier on the
-scores, which is what one would do at web scale.
+agent set-ups; curation scores each passage with one teacher call instead of training a classifier on the
+scores, which is what one would do at web scale; requests go one at a time.
 
 Commands (the teacher needs a model name: --model, or OPENAI_MODEL in the environment):
     export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_MODEL=my-model   # e.g. a local vLLM server
@@ -45,237 +42,37 @@ Commands (the teacher needs a model name: --model, or OPENAI_MODEL in the enviro
     python synth.py revise       --in prompts.jsonl     --out out/synth/revised.jsonl --rounds 2
     python synth.py reverse-code --in snippets/         --out out/synth/code_pairs.jsonl
     python synth.py rewrite --local out/sft --in seeds.jsonl --out ex.jsonl   # own model, offline
-    python -m pytest tests/test_synth.py                                       # ~10 s, 127.0.0.1 only
+    python -m pytest tests/test_synth.py tests/test_sandbox.py               # 127.0.0.1 only
 
 Files: for --out NAME.jsonl, kept records are appended to NAME.jsonl and dropped ones, each with its
 `dropped_by` reason, to NAME.rejected.jsonl (curate also keeps every score in NAME.scores.jsonl); rerun
-the same command to resume.
+the same command to resume. A malformed input line stops the run with `error: FILE, line N: ...`.
 Replies are cached under --cache (default out/synth/cache). The API key is read from $OPENAI_API_KEY, or
-from the variable --api-key-env names. The code sandbox needs Linux (rlimits; `unshare` for the network).
+from the variable --api-key-env names. The code sandbox needs Linux (see sandbox.py for its modes).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import email.utils
 import functools
-import hashlib
-import http.client
 import json
 import math
 import os
-import random
 import re
-import resource
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-import files
-import toyworld
+import toyworld  # the world's answer extractor and the 13-gram decontamination rule; no torch
+import files  # atomic writes and the JSONL reader that names file and line
+from sandbox import SandboxLimits, run_python
+from teacher import DEFAULT_BASE_URL, MODEL_ENV, HTTPTeacher, LocalTeacher, TeacherError
 
 # ----------------------------------------------------------------------------------------------------
-# 1. Teachers
-#
-# A teacher is anything with `complete(messages, sample_index=0) -> str`, where messages are chat dicts
-# {"role": "system" | "user" | "assistant", "content": str}. `sample_index` asks for the i-th independent
-# sample of the same request: plurality filtering needs several different answers to one question, and a
-# cache must be able to tell them apart. Each teacher also has a `name`, written into every record.
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"  # what OpenAI's own clients use when OPENAI_BASE_URL is unset
-MODEL_ENV = "OPENAI_MODEL"  # our choice of variable name for the model; the other two are the usual ones
-
-
-class TeacherError(RuntimeError):
-    """The teacher gave no usable reply; the message names the URL and the last error seen."""
-
-
-class _Retryable(Exception):
-    """One failed attempt worth repeating, with the server's Retry-After (seconds) when it sent one."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After is either a number of seconds or an HTTP date (RFC 9110); None if absent or unreadable."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-class HTTPTeacher:
-    """A model behind an OpenAI-compatible POST {base_url}/chat/completions endpoint, via urllib only.
-
-    Every reply is cached on disk, one JSON file per request, keyed by the sha256 of the canonical request
-    (URL path, model, messages, temperature, max_tokens, seed). Interrupt a run and start it again: the
-    requests already answered are read back from the cache instead of being paid for twice.
-    """
-
-    def __init__(self, model=None, base_url=None, api_key=None, cache_dir=None, timeout=60.0, retries=4,
-                 temperature=0.7, max_tokens=1024, seed=0, backoff=1.0, max_backoff=60.0, sleep=time.sleep):
-        self.model = model or os.environ.get(MODEL_ENV)
-        if not self.model:
-            raise ValueError(f"HTTPTeacher needs a model name: pass --model or set {MODEL_ENV}")
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.url = self.base_url + "/chat/completions"
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.timeout, self.retries = timeout, retries
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self.backoff, self.max_backoff = backoff, max_backoff
-        self.sleep = sleep  # injectable so tests can see the waits without spending them
-        # The name goes into every record's provenance: model and host, never credentials from the URL.
-        where = urllib.parse.urlsplit(self.base_url)
-        self.name = f"{self.model}@{where.hostname}" + (f":{where.port}" if where.port else "")
-
-    def request_body(self, messages: list[dict], sample_index: int = 0) -> dict:
-        # Servers that honour `seed` (vLLM, OpenAI) then give a different but reproducible sample per index.
-        # With temperature 0 all samples coincide, so plurality filtering needs temperature > 0.
-        return {"model": self.model, "messages": messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "seed": self.seed + sample_index}
-
-    def cache_key(self, body: dict) -> str:
-        # The URL's path, not its host: the same model moved to another machine keeps its cache.
-        # The API key is never part of the key (nor written anywhere).
-        canonical = json.dumps({"path": urllib.parse.urlsplit(self.url).path, **body},
-                               sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-    def complete(self, messages: list[dict], sample_index: int = 0) -> str:
-        body = self.request_body(messages, sample_index)
-        path = None
-        if self.cache_dir is not None:
-            key = self.cache_key(body)
-            path = self.cache_dir / key[:2] / f"{key}.json"  # 256 subfolders keep directories small
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))["reply"]
-            except (OSError, ValueError, KeyError):
-                pass  # not cached yet (a damaged file, impossible with atomic writes, is simply refetched)
-        reply = self._post_with_retries(body)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write to a temporary file in the same folder, then rename: os.replace is atomic, so a run
-            # killed mid-write leaves either no entry or a whole one, never half a JSON file.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"request": body, "reply": reply}, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        return reply
-
-    def _post_with_retries(self, body: dict) -> str:
-        last_error = None
-        for attempt in range(self.retries + 1):
-            try:
-                return self._post_once(body)
-            except _Retryable as error:
-                last_error = error
-            if attempt == self.retries:
-                break
-            if last_error.retry_after is not None:
-                # The server told us when to come back; capped so a confused server cannot stall a run for hours.
-                delay = min(last_error.retry_after, self.max_backoff)
-            else:
-                # Exponential backoff with jitter: clients that failed together should not retry in lockstep.
-                delay = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
-            self.sleep(delay)
-        raise TeacherError(f"{self.url}: no usable reply after {self.retries + 1} attempts; last error: {last_error}")
-
-    def _post_once(self, body: dict) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
-                                         method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as error:
-            # Rate limits and server errors are worth another try; anything else (400 bad request, 401 bad
-            # key, 404 wrong model) fails the same way every time, so we stop at once with the server's words.
-            detail = error.read(300).decode("utf-8", "replace")
-            if error.code == 429 or error.code >= 500:
-                raise _Retryable(f"HTTP {error.code}: {detail}", parse_retry_after(error.headers.get("Retry-After")))
-            raise TeacherError(f"{self.url}: HTTP {error.code} {error.reason}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
-            # Refused or dropped connections and timeouts (the timeout bounds the connect and each read).
-            raise _Retryable(f"{type(error).__name__}: {getattr(error, 'reason', error)}") from None
-        try:
-            reply = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as error:
-            # Truncated bodies and proxy error pages are usually transient too.
-            raise _Retryable(f"malformed reply ({type(error).__name__}): {raw[:120]!r}") from None
-        if not isinstance(reply, str):
-            raise _Retryable(f"malformed reply: content is {type(reply).__name__}, not text")
-        return reply
-
-
-class LocalTeacher:
-    """This project's own model, in-process: render the chat, generate until <|im_end|>, decode.
-
-    Works with a toy checkpoint or a loaded Phi-4. No cache: generation is deterministic given the seed, and
-    the resumable output (section 6) already skips finished inputs.
-    """
-
-    def __init__(self, model, tokenizer, max_new_tokens=256, temperature=0.8, top_k=None, top_p=None, seed=0,
-                 name="local"):
-        self.model, self.tokenizer = model, tokenizer
-        # Our choice: a reply gets at most half the context, so the prompt keeps at least the other half
-        # (a 1024-token reply asked of a 256-token toy model would otherwise leave no room for the question).
-        self.max_new_tokens = max(1, min(max_new_tokens, model.config.max_seq_len // 2))
-        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
-        self.name = name
-
-    @classmethod
-    def from_checkpoint(cls, path: str, device: str = "cpu", **kwargs) -> "LocalTeacher":
-        import sample as sampling  # torch is imported only when a local teacher is actually used
-
-        model, tokenizer = sampling.load_model(path, device=device)
-        return cls(model, tokenizer, name=f"local:{path}", **kwargs)
-
-    def complete(self, messages: list[dict], sample_index: int = 0) -> str:
-        import torch
-
-        import sample as sampling
-
-        prompt = self.tokenizer.render_prompt(messages)
-        # Keep the end of a prompt too long for the context: it holds the latest turn and the open
-        # assistant header. A toy model with a 128-token window sees only the tail of our templates.
-        prompt = prompt[-(self.model.config.max_seq_len - self.max_new_tokens):]
-        device = next(self.model.parameters()).device
-        idx = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, T)
-        with torch.no_grad():
-            out = sampling.generate(self.model, idx, self.max_new_tokens, temperature=self.temperature,
-                                    top_k=self.top_k, top_p=self.top_p, stop_tokens=(self.tokenizer.im_end_id,),
-                                    seed=self.seed + sample_index)  # (1, T + n)
-        new_ids = out[0, len(prompt):].tolist()
-        if self.tokenizer.im_end_id in new_ids:
-            new_ids = new_ids[: new_ids.index(self.tokenizer.im_end_id)]  # the stop token and its padding
-        return self.tokenizer.decode(new_ids)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 2. Prompts
+# 1. Prompts
 #
 # Templates are filled with str.format, so they contain no literal braces; inserted text may contain any.
 # Untrusted text (passages, code, drafts) always sits between <<< and >>> so the model can tell the
@@ -322,7 +119,7 @@ SOLVE_SYSTEM = """Solve the problem. Reason step by step, checking each step.
 End with a last line of exactly this form:
 Answer: <the final answer only>"""
 # Why: one neutral solver prompt serves both the independent re-derivation of rewritten exercises and the
-# k samples of plurality filtering; "Answer:" on the last line is the format toyworld.extract_answer reads.
+# k samples of plurality filtering; "Answer:" on the last line is the format data.extract_answer reads.
 
 DIALOGUE_STUDENT_SYSTEM = """You are a curious student studying the passage below with a teacher.
 Ask one question at a time about what you do not yet understand, or try to explain an idea in your own
@@ -393,7 +190,7 @@ def solve_messages(question: str) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Parsing free-form replies
+# 2. Parsing free-form replies
 #
 # Teachers drift from the requested format, so parsers accept the common variants (markdown bold, "8/10",
 # lower case) and take the last match, since a model may echo the instruction before answering.
@@ -464,7 +261,7 @@ def code_similarity(a: str, b: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. Pipelines
+# 3. Pipelines
 #
 # Each takes a teacher and one input record (it has an "id" plus the pipeline's field) and returns output
 # records. A record with a "dropped_by" reason failed a check: it goes to the rejects file, not the data.
@@ -614,132 +411,7 @@ def plurality_filter(teacher, item: dict, k: int = 5) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 5. Sandbox: running generated Python
-#
-# Generated code is never run in this process. run_python starts a fresh interpreter with layered limits:
-#   - wall clock: the process group is killed after `timeout` seconds (infinite loops, sleeps, deadlocks);
-#   - rlimits set between fork and exec (preexec_fn): RLIMIT_AS caps address space (allocations beyond it
-#     raise MemoryError), RLIMIT_CPU caps CPU seconds (catches several busy threads within the wall time),
-#     RLIMIT_FSIZE caps written files and so the captured output, RLIMIT_CORE 0 leaves no core dumps;
-#   - network: when `unshare --net` works (root, or with user namespaces, --map-root-user) the program runs
-#     in a fresh network namespace whose only interface is a downed loopback: the kernel refuses every
-#     connection. In any case an audit hook installed before the program runs refuses socket creation,
-#     connects and name lookups, and process creation (a child such as curl would escape the hook). Audit
-#     hooks cannot be removed, but they are a Python-level speed bump, not a wall: ctypes stays allowed
-#     because numpy needs it, and through it a program can call libc's socket() directly; only the
-#     namespace stops a determined program;
-#   - an empty environment (no API keys, no proxies) and `python -I` (ignores PYTHON* variables and the
-#     user's site-packages), in a temporary working directory that is deleted afterwards.
-# What this is NOT: a filesystem jail. The program can read whatever this user can read. For untrusted
-# code at scale use a container or VM sandbox (gVisor, nsjail, Firecracker) around this same interface.
-# Known caveat: preexec_fn runs Python between fork and exec, which CPython documents as unsafe when other
-# threads hold locks; it only calls setrlimit here, which needs none.
-
-SANDBOX_RUNNER = '''import sys
-
-def _guard(event, args):
-    if event.startswith(("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn")) or \\
-            event in ("os.system", "os.fork", "os.forkpty", "pty.spawn"):
-        raise PermissionError("sandbox blocked " + event)
-
-sys.addaudithook(_guard)
-del _guard
-sys.argv = ["solution.py"]
-with open("solution.py", encoding="utf-8") as _file:
-    _source = _file.read()
-exec(compile(_source, "solution.py", "exec"), {"__name__": "__main__"})
-'''
-
-
-@dataclass
-class SandboxLimits:
-    timeout: float = 10.0  # wall-clock seconds
-    memory_mb: int = 1024  # address space; Python itself needs ~30 MB, numpy ~200 MB more
-    output_kb: int = 1024  # largest file the program may write, stdout and stderr included
-
-
-@dataclass
-class RunResult:
-    ok: bool  # exited with status 0 within the limits
-    reason: str  # "ok", "timeout", "memory limit", "network blocked", "blocked call", "cpu limit", "exit N"
-    returncode: int | None
-    stdout: str
-    stderr: str
-
-
-@functools.cache
-def network_isolation() -> list[str]:
-    """The command prefix that gives a child an empty network namespace here, or [] when none works."""
-    if shutil.which("unshare") is None:
-        return []
-    for prefix in (["unshare", "--net"], ["unshare", "--net", "--map-root-user"]):
-        try:
-            if subprocess.run(prefix + ["true"], capture_output=True, timeout=10).returncode == 0:
-                return prefix
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return []
-
-
-def run_python(code: str, limits: SandboxLimits | None = None) -> RunResult:
-    """Run `code` as a script in a limited child process and report whether and why it failed."""
-    limits = limits or SandboxLimits()
-    memory = limits.memory_mb * 2**20
-    cpu_seconds = math.ceil(limits.timeout) + 1  # above the wall limit: it only fires for multi-core burners
-
-    def set_limits():  # runs in the child, after fork, before exec
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))  # soft == hard: the child cannot raise it
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_kb * 1024,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    with tempfile.TemporaryDirectory(prefix="synth-sandbox-") as workdir:
-        # The program is a file, not `-c`: tracebacks then name solution.py and its real line numbers.
-        Path(workdir, "solution.py").write_text(code, encoding="utf-8")
-        Path(workdir, "runner.py").write_text(SANDBOX_RUNNER, encoding="utf-8")
-        command = network_isolation() + [sys.executable, "-I", "-X", "utf8", "runner.py"]
-        env = {"PATH": os.defpath, "HOME": workdir, "LANG": "C.UTF-8"}
-        # Output goes to files, not pipes: RLIMIT_FSIZE then bounds it, so a print loop cannot flood our memory.
-        with open(Path(workdir, "stdout"), "wb") as out, open(Path(workdir, "stderr"), "wb") as err:
-            process = subprocess.Popen(command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=err, preexec_fn=set_limits, start_new_session=True)
-            try:
-                process.wait(timeout=limits.timeout)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            # Kill the whole session (it is its own process group), including any children it managed to start.
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-        stdout = Path(workdir, "stdout").read_bytes()[:65536].decode("utf-8", "replace")
-        stderr = Path(workdir, "stderr").read_bytes()[-65536:].decode("utf-8", "replace")
-    # Name the failure, so the summary says which check dropped what (the order matters: a timed-out
-    # process also has a negative return code, and a blocked socket is also a non-zero exit).
-    code_ = process.returncode
-    if timed_out:
-        reason = "timeout"
-    elif code_ == 0:
-        reason = "ok"
-    elif "MemoryError" in stderr:
-        reason = "memory limit"
-    elif "sandbox blocked socket" in stderr:
-        reason = "network blocked"
-    elif "sandbox blocked" in stderr:
-        reason = "blocked call"
-    elif code_ == -signal.SIGXCPU:
-        reason = "cpu limit"
-    elif code_ == -signal.SIGXFSZ or "File too large" in stderr:  # Python ignores SIGXFSZ: writes fail instead
-        reason = "output limit"
-    else:
-        reason = f"exit {code_}"
-    return RunResult(ok=reason == "ok", reason=reason, returncode=code_, stdout=stdout, stderr=stderr)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 6. Running: inputs, resumable outputs, decontamination, summary, CLI
+# 4. Running: inputs, resumable outputs, decontamination, summary, CLI
 #
 # Output is JSONL appended and flushed one record at a time, so a crash loses at most the record being
 # written (flush hands it to the OS: it survives the process, not a power cut). On a rerun every input whose
@@ -751,29 +423,31 @@ INPUT_FIELD = {"curate": "text", "rewrite": "text", "dialogue": "text", "revise"
 
 
 def load_items(path: str, field: str) -> list[dict]:
-    """Input records from a .jsonl file, a plain text file, or a folder of them; ValueError names the culprit."""
+    """Input records from a .jsonl file, a plain text file, or a folder of them.
+
+    Raises files.DataError naming the file (and line) for a malformed line, a record without `field`,
+    or duplicate ids; main prints it as one `error: ...` line.
+    """
     root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     items = []
-    for file in files:
+    for file in paths:
         if file.suffix == ".jsonl":
-            for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    raise ValueError(f"{file}:{line_number} is not JSON") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise ValueError(f"{file}:{line_number} has no text field {field!r}")
-                record.setdefault("id", f"{file.stem}:{line_number}")
+            records = files.read_jsonl(str(file))
+            # read_jsonl skips blank lines, so record i sits on the i-th non-blank line: that number names it.
+            with open(file, encoding="utf-8") as f:
+                line_numbers = [n for n, line in enumerate(f, start=1) if line.strip()]
+            for line_number, record in zip(line_numbers, records):
+                if not isinstance(record.get(field), str):
+                    raise files.DataError(f"{file}, line {line_number}: no text field {field!r}")
+                record.setdefault("id", f"{file.stem}:{line_number}")  # stable across reruns, so resume works
                 items.append(record)
         elif file.suffix in (".txt", ".md", ".py"):
             items.append({"id": str(file.relative_to(root)) if root.is_dir() else file.stem,
                           field: file.read_text(encoding="utf-8")})
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: duplicate ids {sorted(i for i, n in Counter(ids).items() if n > 1)[:3]}")
+        raise files.DataError(f"{path}: duplicate ids {sorted(i for i, n in Counter(ids).items() if n > 1)[:3]}")
     return items
 
 
@@ -781,19 +455,22 @@ def rejects_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name.removesuffix(".jsonl") + ".rejected.jsonl")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file; a torn last line (a run killed mid-write) is cut off the file first."""
+def read_output(path: Path) -> list[dict]:
+    """Records already written to one of our outputs; [] before the first run.
+
+    A torn last line (a run killed mid-write) is cut off the file first: it is the one record that was
+    not finished, and the rerun writes it again.
+    """
     if not path.exists():
         return []
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        files.atomic_write_text(str(path), text[: text.rfind("\n") + 1])
+    return files.read_jsonl(str(path))
 
 
 class Decontaminator:
-    """data.py's 13-gram rule: a record sharing any word 13-gram with the held-out texts is dropped."""
+    """toyworld.py's 13-gram rule: a record sharing any word 13-gram with the held-out texts is dropped."""
 
     def __init__(self, held_out_texts: list[str], n: int = 13):
         self.n = n
@@ -814,8 +491,10 @@ def process(items: list[dict], step, out_path: Path, desc: str, decontaminator=N
     out_path.parent.mkdir(parents=True, exist_ok=True)
     reject_path = rejects_path(out_path)
     # Rejects count as done too: rerunning a dropped input would only reproduce the same verdict.
-    done = {r["seed_id"] for r in read_jsonl(out_path) + read_jsonl(reject_path)}
+    done = {r["seed_id"] for r in read_output(out_path) + read_output(reject_path)}
     counts = Counter(skipped=sum(item["id"] in done for item in items))
+    # Appended record by record, not rewritten atomically: rewriting the whole file per record would cost
+    # time quadratic in its length, and a torn last line is repaired by read_output on the next run.
     with open(out_path, "a", encoding="utf-8") as kept_file, open(reject_path, "a", encoding="utf-8") as reject_file:
         for item in tqdm([item for item in items if item["id"] not in done], desc=desc, unit="input"):
             for record in step(item):
@@ -857,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--local", metavar="CKPT_DIR", help="use this project's checkpoint in-process instead")
     teacher.add_argument("--device", default="cpu", help="device for --local (cpu or cuda)")
     teacher.add_argument("--cache", default="out/synth/cache", help="folder of cached replies (HTTP teacher)")
-    teacher.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    teacher.add_argument("--timeout", type=float, default=120.0, help="seconds for a whole HTTP request, however slowly the reply arrives")
     teacher.add_argument("--retries", type=int, default=4, help="retries after a failed HTTP request")
     teacher.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (> 0 for plurality)")
     teacher.add_argument("--max-tokens", type=int, default=1024, help="longest reply, in tokens")
@@ -928,12 +607,11 @@ def main(argv=None, teacher=None) -> int:
     check_args(parser, args, need_teacher=teacher is None)
     try:
         items = load_items(args.input, INPUT_FIELD[args.command])[: args.limit]
-    except (OSError, ValueError) as error:
-        parser.error(f"--in: {error}")
-    try:
         held_out = load_items(args.held_out, args.held_out_field) if args.held_out else None
-    except (OSError, ValueError) as error:
-        parser.error(f"--held-out: {error}")
+    except (OSError, files.DataError) as error:
+        # A bad input file is the user's to fix: one line naming the file and line, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     teacher = teacher or make_teacher(args)  # only now: a bad flag should fail before a model is loaded
     decontaminator = Decontaminator([r[args.held_out_field] for r in held_out]) if held_out else None
     limits = SandboxLimits(timeout=getattr(args, "exec_timeout", 10.0), memory_mb=getattr(args, "memory_mb", 1024))
@@ -957,13 +635,13 @@ def main(argv=None, teacher=None) -> int:
         print(f"error: {error}\n(records written so far are kept in {stream_path}; rerun to resume)", file=sys.stderr)
         return 1
     if args.command == "curate":
-        records = select_seeds(read_jsonl(stream_path) + read_jsonl(rejects_path(stream_path)),
+        records = select_seeds(read_output(stream_path) + read_output(rejects_path(stream_path)),
                                args.min_score, args.keep_fraction)
         counts = Counter(generated=len(records), skipped=counts["skipped"])
         counts.update(r.get("dropped_by", "kept") for r in records)
         for path, chosen in ((out_path, [r for r in records if "dropped_by" not in r]),
                              (rejects_path(out_path), [r for r in records if "dropped_by" in r])):
-            files.atomic_write_text(str(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
+            files.write_jsonl(str(path), chosen)  # rewritten whole, atomically: the selection is final
     print(summary_line(args.command, counts), file=sys.stderr)
     return 0
 

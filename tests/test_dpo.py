@@ -12,7 +12,7 @@ import torch
 
 import data
 import dpo
-import train
+import checkpoint
 from model import ModelConfig, Phi4
 
 
@@ -171,7 +171,7 @@ def make_checkpoint(folder, toy_data_dir, seed=0):
     """A tiny model saved as train.py saves one, with the toy tokenizer beside it."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     model = tiny_model(seed, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64), max_seq_len=64)
-    train.save_checkpoint(str(folder), model, None, 0, None, model.config, None)
+    checkpoint.save_checkpoint(str(folder), model, None, 0, None, None)
     (folder / "tokenizer.json").write_text(open(f"{toy_data_dir}/tokenizer.json").read())
     return tokenizer
 
@@ -202,13 +202,13 @@ def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_w
     tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
     built = []
-    original = dpo.build_policy
-    monkeypatch.setattr(dpo, "build_policy", lambda *a: built.append(1) or original(*a))
+    original = checkpoint.build_model
+    monkeypatch.setattr(checkpoint, "build_model", lambda *a, **k: built.append(1) or original(*a, **k))
     dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=3,
                                 batch_size=8, lr=1e-3, warmup_steps=1, device="cpu"))
     assert len(built) == 1  # one model in memory: the policy; the reference is its frozen first pass
     stored = [json.loads(line) for line in open(tmp_path / "dpo" / "pairs.jsonl")]
-    init = train.model_from_checkpoint(train.load_checkpoint(str(tmp_path / "init")), "cpu").eval()
+    init, _ = checkpoint.load_model(str(tmp_path / "init"), "cpu")
     pairs, _, _ = dpo.read_pairs(pairs_file, tokenizer, 64)
     ids, mask = dpo.collate(pairs, tokenizer.pad_id, "cpu")
     with torch.no_grad():

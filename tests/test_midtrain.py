@@ -17,7 +17,8 @@ import torch
 
 import data
 import toyworld
-import sample
+import checkpoint
+import eval as evaluation
 import train
 from model import KVCache, ModelConfig, Phi4
 from train import TrainConfig
@@ -70,14 +71,14 @@ def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_ba
         flags["rope_theta"] = theta  # --rope-theta 10000
     train.train(tiny_run(toy_data_dir, tmp_path, **flags))
     printed = capsys.readouterr().out
-    state = train.load_checkpoint(str(tmp_path))
+    state = checkpoint.read_checkpoint(str(tmp_path))
     assert state["model_config"]["max_seq_len"] == 4 * 64 and state["model_config"]["rope_theta"] == theta
     assert state["train_config"]["lr"] == pytest.approx(train.STAGE_DEFAULTS["pretrain"]["lr"] / 10)
     # Each change is logged old -> new.
     assert "max_seq_len 64 -> 256" in printed and f"rope_theta 10000 -> {theta:g}" in printed
     assert "peak lr 0.003 (pretraining) -> 0.0003" in printed
     # Reloaded, the model has tables for 256 positions at the new base (float32 against float64).
-    model = train.model_from_checkpoint(state, "cpu")
+    model, _ = checkpoint.load_model(str(tmp_path), "cpu")
     cos, sin = reference_tables(256, model.config.head_dim, theta)
     assert model.rope_cos.shape == (256, model.config.head_dim)
     torch.testing.assert_close(model.rope_cos.double(), cos, atol=2e-5, rtol=0)
@@ -91,7 +92,7 @@ def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir,
     # --resume alone: the context, base and LR come back from the run's own checkpoint.
     resumed = train.train(tiny_run(toy_data_dir, tmp_path / "b", resume=True, **flags))
     assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
-    assert train.load_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
+    assert checkpoint.read_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
 
 
 def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_channel_pair_but_the_first():
@@ -133,7 +134,7 @@ def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a
     # A checkpoint record of a pretrained 14b (no weights are read to plan the extension).
     (tmp_path / "shards-0000001-abcdef").mkdir()
     record = {"step": 1, "shards": "shards-0000001-abcdef", "model_config": train.get_config("14b").to_dict(),
-              "train_config": {"lr": 3e-4, "size": "14b"}}
+              "train_config": {"lr": 3e-4, "size": "14b"}, "ranks": []}
     torch.save(record, tmp_path / "ckpt.pt")
     cfg = train.resolve_stage(TrainConfig(stage="midtrain", size="14b", init=str(tmp_path)))
     assert (cfg.seq_len, cfg.rope_theta, cfg.lr) == (16384, 250_000.0, pytest.approx(3e-5))
@@ -284,10 +285,10 @@ def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shif
             return [(torch.zeros(len(ids) - 1), torch.tensor(ids[1:]) + shift) for ids in documents]
         return document_losses
 
-    monkeypatch.setattr(sample, "document_losses", oracle(0))
-    perfect = sample.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
-    monkeypatch.setattr(sample, "document_losses", oracle(1))
-    shifted = sample.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
+    monkeypatch.setattr(evaluation, "document_losses", oracle(0))
+    perfect = evaluation.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
+    monkeypatch.setattr(evaluation, "document_losses", oracle(1))
+    shifted = evaluation.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
     assert [(e["layout"], e["multiple"]) for e in perfect["retrieval"]] == [
         ("far", 1), ("far", 2), ("far", 4), ("near", 1), ("near", 2), ("near", 4)]
     assert all(e["all_accuracy"] == e["ledger_accuracy"] == e["problem_accuracy"] == 1.0 for e in perfect["retrieval"])
@@ -308,10 +309,10 @@ def test_the_report_shows_the_long_context_table_when_a_stage_has_eval_long(tmp_
                 "ledger_accuracy": ledger, "problem_accuracy": 1.0}
                for layout in ("far", "near") for m, ledger in ((1, 1.0), (2, 0.5), (4, 0.25))]
     buckets = [{"start": s, "end": s + 256, "loss": 0.5} for s in (0, 256, 512, 768)]
-    result = {"max_seq_len": 1024, "rope_theta": 250000.0, "n_docs": 64, "chance": sample.LONG_CHANCE,
+    result = {"max_seq_len": 1024, "rope_theta": 250000.0, "n_docs": 64, "chance": evaluation.LONG_CHANCE,
               "retrieval": entries, "loss_by_position": buckets}
     (stage / "eval_long.json").write_text(json.dumps(result))
-    sample.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    evaluation.write_report(str(tmp_path), str(tmp_path / "report.md"))
     report = (tmp_path / "report.md").read_text()
     assert "## Long context" in report and "| far 4x (1024) |" in report
     cells = "100% / 100% | 50% / 100% | 25% / 100%"

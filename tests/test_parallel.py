@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+import checkpoint
 import parallel
 import train
 from model import PRESETS, ModelConfig, Phi4
@@ -85,7 +86,7 @@ def test_a_sharded_checkpoint_resumes_to_the_same_losses_as_an_uninterrupted_run
 def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_dir, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(two_rank_runs["stopped_at_2"], out)
-    record = train.read_checkpoint(str(out))
+    record = checkpoint.read_checkpoint(str(out))
     assert record["world_size"] == 2 and len(record["ranks"]) == 2 and record["step"] == 2
     resumed = one_process(toy_data_dir, out, resume=True)
     assert [r["step"] for r in resumed] == [3, 4]
@@ -97,10 +98,10 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_di
 def test_initial_weights_are_the_same_at_any_world_size(toy_data_dir, tmp_path):
     # One step at learning rate 0 leaves the initial weights in the checkpoint, sharded over 2 ranks.
     torchrun(toy_data_dir, tmp_path / "two", steps=1, lr=0.0, eval_batches=0)
-    sharded = train.load_checkpoint(str(tmp_path / "two"))["model"]
-    tokenizer = train.prepare_data(TrainConfig(data=toy_data_dir))
-    model, _ = train.build_model(TrainConfig(data=toy_data_dir, seq_len=64, seed=7), tokenizer, "cpu")
-    reference = model.state_dict()  # one process, no sharding at all
+    sharded = checkpoint.load_model(str(tmp_path / "two"), "cpu")[0].state_dict()
+    cfg = TrainConfig(data=toy_data_dir, seq_len=64, seed=7)
+    config = train.model_config(cfg, train.prepare_data(cfg), None)
+    reference = checkpoint.build_model(config, "cpu", seed=7).state_dict()  # one process, no sharding at all
     assert set(sharded) == set(reference)
     assert all(torch.equal(sharded[name], reference[name]) for name in reference)
 
@@ -120,7 +121,7 @@ def test_a_global_batch_that_the_ranks_cannot_share_evenly_is_refused_naming_the
 
 
 def test_the_14b_plan_on_8_ranks_is_16_bytes_per_parameter():
-    n_params = 14_659_507_200  # the released Phi-4 (PHI4.md): 2 x 513,802,240 + 40 x 340,797,440
+    n_params = 14_659_507_200  # the released Phi-4: 2 x 513,802,240 + 40 x 340,797,440
     plan = parallel.memory_plan(PRESETS["14b"], world_size=8, batch_size=1, seq_len=4096)
     assert plan["n_params"] == n_params
     assert 8 * plan["states"] == 16 * n_params  # fp32 weights + fp32 grads + two fp32 AdamW moments
@@ -181,21 +182,6 @@ def test_a_checkpointed_block_keeps_only_its_input():
     block = Phi4(config).blocks[0].to(torch.bfloat16)
     parallel.checkpoint_block(block)
     assert saved_bytes_per_token(block, torch.bfloat16, 64, 32) == 2 * 64  # one bf16 row of d_model
-
-
-def test_a_single_file_checkpoint_of_the_older_format_still_loads_and_starts_a_sharded_run(toy_data_dir, tmp_path):
-    """Checkpoints written before sharding (ckpt.pt holding the full weights) stay usable by sample.py
-    and as --init; only --resume needs the sharded format."""
-    tokenizer = train.prepare_data(TrainConfig(data=toy_data_dir))
-    model, _ = train.build_model(TrainConfig(data=toy_data_dir, seq_len=64, seed=3), tokenizer, "cpu")
-    (tmp_path / "old").mkdir()
-    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(), "step": 5, "train_config": None},
-               tmp_path / "old" / "ckpt.pt")
-    loaded = train.load_checkpoint(str(tmp_path / "old"))
-    assert loaded["step"] == 5 and all(torch.equal(loaded["model"][k], v) for k, v in model.state_dict().items())
-    records = one_process(toy_data_dir, tmp_path / "new", init=str(tmp_path / "old"), steps=1, eval_batches=0)
-    reference = one_process(toy_data_dir, tmp_path / "fresh", seed=3, steps=1, eval_batches=0)
-    assert records[0]["loss"] == reference[0]["loss"]  # the same weights, now sharded by FSDP
 
 
 @pytest.mark.gpu

@@ -89,6 +89,8 @@ import json  # noqa: E402
 
 import data  # noqa: E402
 import toyworld
+import eval as evaluation  # noqa: E402
+import rejection_sampling  # noqa: E402
 import sample  # noqa: E402
 
 
@@ -110,14 +112,14 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
 
     monkeypatch.setattr(sample, "generate", fake_generate)
     model = trained_looking_model()
-    result = sample.evaluate_problems(model, tokenizer, problems, batch_size=3)
+    result = evaluation.evaluate_problems(model, tokenizer, problems, batch_size=3)
     assert result["n"] == 40 and result["correct"] == 20 and result["accuracy"] == 0.5
 
 
 def test_wilson_interval_matches_known_values():
-    low, high = sample.wilson_interval(50, 100)
+    low, high = evaluation.wilson_interval(50, 100)
     assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
-    assert sample.wilson_interval(0, 10)[0] == 0.0 and sample.wilson_interval(10, 10)[1] == 1.0
+    assert evaluation.wilson_interval(0, 10)[0] == 0.0 and evaluation.wilson_interval(10, 10)[1] == 1.0
 
 
 def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
@@ -127,7 +129,7 @@ def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
     records[-1]["val_loss"] = 0.5
     (stage / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     (stage / "eval.json").write_text(json.dumps({"accuracy": 0.25, "n": 8, "correct": 2, "ci95": [0.07, 0.59]}))
-    sample.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
+    evaluation.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
     row = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pretrain")][0]
     assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) | - |"
 
@@ -155,9 +157,9 @@ def test_sampled_completions_are_reproducible_and_differ_across_samples():
 
 
 def test_majority_answer_picks_the_most_frequent_answer_and_ignores_missing_ones():
-    assert sample.majority_answer(["Answer: 3", "Answer: 5", "no answer", "Answer: 5"]) == 5
-    assert sample.majority_answer(["Answer: 4", "Answer: 2"]) == 4  # a tie goes to the first seen
-    assert sample.majority_answer(["nothing", ""]) is None
+    assert evaluation.majority_answer(["Answer: 3", "Answer: 5", "no answer", "Answer: 5"]) == 5
+    assert evaluation.majority_answer(["Answer: 4", "Answer: 2"]) == 4  # a tie goes to the first seen
+    assert evaluation.majority_answer(["nothing", ""]) is None
 
 
 def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_correct_with_an_incorrect_one(toy_data_dir, monkeypatch):
@@ -174,8 +176,8 @@ def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_corre
         [answer(problems[1], 2), answer(problems[1], 3), answer(problems[1], 4)],
         [answer(problems[2], 0), answer(problems[2], 0), answer(problems[2], 0)],
     ]
-    monkeypatch.setattr(sample, "sample_completions", lambda model, prompts, n, *a, **k: canned)
-    sft, pairs, summary = sample.rejection_sampling(None, tokenizer, problems, n=3)
+    monkeypatch.setattr(rejection_sampling, "sample_completions", lambda model, prompts, n, *a, **k: canned)
+    sft, pairs, summary = rejection_sampling.rejection_sampling(None, tokenizer, problems, n=3)
 
     assert [r["messages"][0]["content"] for r in sft] == [problems[0].question, problems[2].question]
     assert all(toyworld.check(p, r["messages"][1]["content"]) for p, r in zip((problems[0], problems[2]), sft))

@@ -1,4 +1,4 @@
-"""Tests for synth.py: teachers, the six pipelines, failure handling, and the code sandbox.
+"""Tests for synth.py and teacher.py: teachers, the six pipelines, failure handling, and bad input.
 
 The HTTP teacher talks to a real chat-completions server on 127.0.0.1 (http.server in a thread, port 0)
 that this file starts. Its replies are scripted: the server looks at the request's system prompt and
@@ -6,21 +6,26 @@ messages (and at `seed`, which carries the sample index) and answers as a teache
 expected records below follow from the script, not from synth.py's own output. Faults (500s, timeouts,
 malformed JSON, 429 with Retry-After, persistent failure) are injected per request and counted server-side.
 
-The sandbox tests run real programs that loop forever, eat memory or open sockets, and check that each is
-stopped and reported; the last two run a pipeline offline with a tiny random Phi4 as the teacher.
-Nothing but 127.0.0.1 is contacted. Timeouts are short (0.2 s HTTP, 1 s sandbox) to keep the file fast.
+The sandbox tests here run programs that loop forever, eat memory or open sockets through reverse_code and
+run_python; the escape attempts are in test_sandbox.py. The last two run a pipeline offline with a tiny
+random Phi4 as the teacher. Nothing but 127.0.0.1 is contacted. Timeouts are short (0.2 s HTTP, 1 s
+sandbox) to keep the file fast.
 """
 
 import http.server
 import json
 import re
 import socket
+import sys
 import threading
 import time
+import types
 
 import pytest
 
+import sandbox
 import synth
+import teacher as teachers
 
 # ----------------------------------------------------------------------------------------------------
 # The scripted teacher model
@@ -174,11 +179,11 @@ def teacher_flags(server, tmp_path) -> list[str]:
     return ["--base-url", server.url, "--model", "scripted", "--cache", str(tmp_path / "cache"), "--timeout", "2"]
 
 
-def quick_teacher(server, tmp_path, retries=2, timeout=2.0, **kwargs) -> synth.HTTPTeacher:
+def quick_teacher(server, tmp_path, retries=2, timeout=2.0, **kwargs) -> teachers.HTTPTeacher:
     """An HTTP teacher that records its backoff waits instead of sleeping them. Timeout tests pass 0.2 s; the
     others keep 2 s so that a busy machine cannot turn a slow reply into an extra, miscounted request."""
     waits = []
-    teacher = synth.HTTPTeacher(model="scripted", base_url=server.url, cache_dir=tmp_path / "cache", timeout=timeout,
+    teacher = teachers.HTTPTeacher(model="scripted", base_url=server.url, cache_dir=tmp_path / "cache", timeout=timeout,
                                 retries=retries, sleep=waits.append, **kwargs)
     teacher.waits = waits
     return teacher
@@ -343,21 +348,57 @@ def test_a_rate_limit_waits_as_long_as_retry_after_says(server, tmp_path):
 def test_a_persistent_fault_ends_in_one_error_naming_the_url_and_the_last_error(server, tmp_path):
     server.persistent_fault = "500"
     teacher = quick_teacher(server, tmp_path, retries=2)
-    with pytest.raises(synth.TeacherError, match=r"127\.0\.0\.1:\d+/v1/chat/completions: .*3 attempts.*HTTP 500"):
+    with pytest.raises(teachers.TeacherError, match=r"127\.0\.0\.1:\d+/v1/chat/completions: .*3 attempts.*HTTP 500"):
         teacher.complete(SOLVE_EASY)
     assert len(server.requests) == 3
 
 
 def test_a_persistent_timeout_ends_in_one_error(server, tmp_path):
     server.persistent_fault = "timeout"
-    with pytest.raises(synth.TeacherError, match="timed out"):
+    with pytest.raises(teachers.TeacherError, match="timed out"):
         quick_teacher(server, tmp_path, retries=1, timeout=0.2).complete(SOLVE_EASY)
     assert len(server.requests) == 2
 
 
+def test_the_timeout_bounds_the_whole_request_when_a_server_drips_its_reply():
+    # One byte every 0.2 s: each socket read succeeds well within the 1 s timeout, but the whole 60-byte
+    # body would take 12 s. The request must fail at about 1 s, as a timeout.
+    class Dripping(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "60")
+            self.end_headers()
+            try:
+                for _ in range(60):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass  # the client hung up, as it should
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    teacher = teachers.HTTPTeacher(model="m", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                                   timeout=1.0, retries=0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(teachers.TeacherError, match="timed out"):
+            teacher.complete(SOLVE_EASY)
+        # Generous slack for a busy machine; what matters is that it did not wait for the whole drip.
+        assert time.monotonic() - started < 6.0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_a_bad_api_key_is_not_retried(server, tmp_path):
     server.persistent_fault = "401"
-    with pytest.raises(synth.TeacherError, match="HTTP 401.*invalid api key"):
+    with pytest.raises(teachers.TeacherError, match="HTTP 401.*invalid api key"):
         quick_teacher(server, tmp_path).complete(SOLVE_EASY)
     assert len(server.requests) == 1
 
@@ -412,32 +453,40 @@ def test_too_few_plurality_samples_fail_with_a_message_naming_k(tmp_path, capsys
 
 def test_an_input_record_without_the_pipeline_field_is_named_by_line(tmp_path, capsys):
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": EASY}, {"id": "b", "text": "x"}])
-    with pytest.raises(SystemExit):
-        synth.main(["plurality", "--in", questions, "--out", str(tmp_path / "o.jsonl"), "--model", "m"])
-    assert "q.jsonl:2 has no text field 'question'" in capsys.readouterr().err
+    assert synth.main(["plurality", "--in", questions, "--out", str(tmp_path / "o.jsonl"), "--model", "m"]) == 1
+    assert capsys.readouterr().err == f"error: {questions}, line 2: no text field 'question'\n"
+
+
+def test_a_malformed_jsonl_line_gives_one_error_line_and_exit_code_1(tmp_path, capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"id": "a", "question": EASY}) + "\n\n" + '{"id": "b", "question": \n')
+    assert synth.main(["plurality", "--in", str(questions), "--out", str(tmp_path / "o.jsonl"), "--model", "m"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {questions}, line 3: not valid JSON") and err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------------------------------
-# The sandbox: generated code runs in a limited subprocess
+# The sandbox as the reverse-code pipeline uses it (escape attempts: test_sandbox.py)
 
 # A short wall limit where the test waits for it (the infinite loop); a generous one elsewhere, so that a busy
 # machine cannot turn a memory or network failure into a timeout.
-LOOP_LIMITS = synth.SandboxLimits(timeout=1.0, memory_mb=256)
-LIMITS = synth.SandboxLimits(timeout=20.0, memory_mb=256)
+LOOP_LIMITS = sandbox.SandboxLimits(timeout=1.0, memory_mb=256)
+LIMITS = sandbox.SandboxLimits(timeout=20.0, memory_mb=256)
 
 
 def test_correct_code_passes_the_sandbox():
-    result = synth.run_python("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\nprint('passed')\n", LIMITS)
+    result = sandbox.run_python("def add(a, b):\n    return a + b\nassert add(2, 3) == 5\nprint('passed')\n", LIMITS)
     assert (result.ok, result.reason, result.stdout) == (True, "ok", "passed\n")
 
 
 def test_an_infinite_loop_is_killed_at_the_wall_timeout():
-    result = synth.run_python("while True:\n    pass\n", LOOP_LIMITS)
+    result = sandbox.run_python("while True:\n    pass\n", LOOP_LIMITS)
     assert (result.ok, result.reason) == (False, "timeout")
 
 
 def test_a_memory_hog_is_stopped_by_the_address_space_limit():
-    result = synth.run_python("hoard = []\nwhile True:\n    hoard.append(bytearray(10**8))\n", LIMITS)
+    result = sandbox.run_python("hoard = []\nwhile True:\n    hoard.append(bytearray(10**8))\n", LIMITS)
     assert (result.ok, result.reason) == (False, "memory limit")
 
 
@@ -448,34 +497,10 @@ def test_a_program_cannot_reach_a_server_listening_on_this_machine():
         listener.settimeout(0.2)
         port = listener.getsockname()[1]
         code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1).sendall(b'leak')\n"
-        result = synth.run_python(code, LIMITS)
+        result = sandbox.run_python(code, LIMITS)
         with pytest.raises(socket.timeout):
             listener.accept()  # nobody connected
     assert (result.ok, result.reason) == (False, "network blocked")
-
-
-def test_a_program_calling_libc_directly_still_cannot_connect_inside_the_network_namespace():
-    # The audit hook does not see ctypes calls into libc; only the kernel's network namespace stops them.
-    if not synth.network_isolation():
-        pytest.skip("`unshare --net` is not permitted here, so only the audit-hook layer is active")
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(0.2)
-        address = "struct.pack('H', 2) + struct.pack('!H4s8x', %d, bytes([127, 0, 0, 1]))" % listener.getsockname()[1]
-        code = ("import ctypes, struct\nlibc = ctypes.CDLL(None)\nfd = libc.socket(2, 1, 0)\n"
-                f"address = {address}\nassert libc.connect(fd, address, len(address)) == 0\n")
-        result = synth.run_python(code, LIMITS)
-        with pytest.raises(socket.timeout):
-            listener.accept()
-    assert not result.ok
-
-
-def test_the_program_sees_an_empty_environment_and_a_temporary_directory(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
-    result = synth.run_python("import os\nprint(sorted(os.environ))\nprint(os.getcwd())\n", LIMITS)
-    names, cwd = result.stdout.splitlines()
-    assert "OPENAI_API_KEY" not in names and "synth-sandbox-" in cwd
 
 
 @pytest.mark.parametrize("regenerated, reason, limits", ids=["loops forever", "eats memory", "opens a socket"], argvalues=[
@@ -514,14 +539,13 @@ def tiny_model():
 
 
 def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_model, tmp_path, monkeypatch):
-    import sample
-
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     loaded = []
-    # --local goes through sample.load_model; it is replaced here so the test does not depend on train.py's
-    # checkpoint layout, and records which folder it was asked for.
-    monkeypatch.setattr(sample, "load_model", lambda path, device="cpu": loaded.append(path) or tiny_model)
+    # --local goes through checkpoint.load_model; a stand-in module replaces it here so the test does not
+    # depend on the checkpoint layout, and records which folder it was asked for.
+    fake = types.SimpleNamespace(load_model=lambda path, device="cpu": loaded.append(path) or tiny_model)
+    monkeypatch.setitem(sys.modules, "checkpoint", fake)
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "mid", "question": MID}])
     out = tmp_path / "questions.jsonl"
     assert synth.main(["plurality", "--in", questions, "--out", str(out), "--k", "3", "--local", str(checkpoint),
@@ -533,7 +557,7 @@ def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_model, 
 
 
 def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_model):
-    teacher = synth.LocalTeacher(*tiny_model, max_new_tokens=16, temperature=1.0)
+    teacher = teachers.LocalTeacher(*tiny_model, max_new_tokens=16, temperature=1.0)
     replies = [teacher.complete(synth.solve_messages(MID), sample_index=i) for i in range(3)]
     again = teacher.complete(synth.solve_messages(MID), sample_index=0)
     assert len(set(replies)) > 1 and again == replies[0]  # distinct seeds, each reproducible
