@@ -176,7 +176,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # 3. Attention
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v, written out so it can be read. q (B, H, T, D); k, v (B, K, S, D).
 
     Grouped-query attention without copying: the H query heads are viewed as K groups of G heads,
@@ -191,7 +192,8 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     k = k.unsqueeze(2)  # (B, K, 1, S, D): broadcast over the G heads of the group
     v = v.unsqueeze(2)  # (B, K, 1, S, D)
     # Scores in float32: softmax of bf16 scores loses the small probabilities.
-    attn_scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(D)  # (B, K, G, T, S)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    attn_scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, K, G, T, S)
     if causal:
         # Key s is visible to query t iff s <= t + (S - T).
         visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)

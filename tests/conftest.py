@@ -4,7 +4,9 @@ Triton kernels run under Triton's interpreter when no GPU is present. The interp
 kernel is *decorated*, so the variable must be set before anything imports `kernels`: this file is
 imported by pytest before any test module.
 """
+import hashlib
 import os
+import tempfile
 
 import pytest
 import torch
@@ -14,8 +16,18 @@ if not torch.cuda.is_available():
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# The offline copy of the cl100k_base ranks that Phi-4's tokenizer builds on (never committed here).
-CL100K_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cl100k_base.tiktoken")
+# Where tiktoken itself caches the cl100k_base rank file after its first download: the sha1 of the URL,
+# under $TIKTOKEN_CACHE_DIR (or $DATA_GYM_CACHE_DIR, or <tmp>/data-gym-cache). Never downloaded here.
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+def find_cl100k() -> str | None:
+    """$CL100K_PATH if set, else tiktoken's own cached copy, else None."""
+    if os.environ.get("CL100K_PATH"):
+        return os.environ["CL100K_PATH"]
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    cached = os.path.join(cache, hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    return cached if os.path.exists(cached) else None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,10 +42,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def cl100k_path():
-    """Path to the cl100k_base rank file, or skip the test when it is absent."""
-    path = os.path.abspath(CL100K_PATH)
-    if not os.path.exists(path):
-        pytest.skip("cl100k_base.tiktoken not present (expected at ../shared/data/)")
+    """Path to the cl100k_base rank file Phi-4's tokenizer builds on, or skip saying how to provide it."""
+    path = find_cl100k()
+    if path is None or not os.path.exists(path):
+        pytest.skip("Phi-4 tokenizer tests need cl100k_base.tiktoken: set CL100K_PATH=/path/to/cl100k_base.tiktoken "
+                    "(or let tiktoken cache it once with internet: python -c \"import tiktoken; tiktoken.get_encoding('cl100k_base')\")")
     return path
 
 

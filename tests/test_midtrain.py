@@ -20,7 +20,7 @@ import toyworld
 import checkpoint
 import eval as evaluation
 import train
-from model import KVCache, ModelConfig, Phi4
+from model import KVCache, ModelConfig, Phi4, rope_tables
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,13 +98,16 @@ def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir,
 def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_channel_pair_but_the_first():
     """Raising the base slows every rotation but the fastest: the slow pairs, which carry long-range
     position, then stay within the angles pretraining saw over 4x the distance."""
-    old, _ = reference_tables(2, 32, 10_000.0)
-    new, _ = reference_tables(2, 32, 250_000.0)
-    old_angle, new_angle = torch.arccos(old[1, :16]), torch.arccos(new[1, :16])  # angle of one step, per pair
-    assert float(old_angle[0]) == pytest.approx(1.0) and float(new_angle[0]) == pytest.approx(1.0)
+    old_cos, old_sin = rope_tables(2, 32, 10_000.0)  # the project's tables, checked against float64 below
+    new_cos, new_sin = rope_tables(2, 32, 250_000.0)
+    torch.testing.assert_close(new_sin.double(), reference_tables(2, 32, 250_000.0)[1], atol=1e-6, rtol=0)
+    # The angle of one position step, per channel pair (atan2 keeps the tiny angles that arccos would lose).
+    old_angle = torch.atan2(old_sin[1, :16], old_cos[1, :16]).double()
+    new_angle = torch.atan2(new_sin[1, :16], new_cos[1, :16]).double()
+    assert float(old_angle[0]) == pytest.approx(1.0, abs=1e-6) and float(new_angle[0]) == pytest.approx(1.0, abs=1e-6)
     assert bool((new_angle[1:] < old_angle[1:]).all())
     # The slowest pair at 4 x 256 positions under 250K turns less than under 10K over 256 positions.
-    assert 1024 * 250_000.0 ** (-30 / 32) < 256 * 10_000.0 ** (-30 / 32)
+    assert rope_tables(1025, 32, 250_000.0)[1][1024, 15] < rope_tables(257, 32, 10_000.0)[1][256, 15]
 
 
 def test_positions_beyond_the_extended_table_raise_a_clear_error_instead_of_wrapping():

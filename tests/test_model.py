@@ -3,6 +3,7 @@ GQA against MHA with repeated heads, causality, the KV cache against full recomp
 direct rotation, chunked cross-entropy against the plain one, and reproducible meta-device init."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ def test_14b_preset_on_the_meta_device_has_exactly_phi4s_parameter_count():
     with torch.device("meta"):
         model = Phi4(PRESETS["14b"])
     assert model.num_params() == 14_659_507_200
-    # The per-part breakdown of PHI4.md section 1: two 513,802,240 embeddings and 40 equal blocks.
+    # The per-part breakdown of the release: two 513,802,240 embeddings and 40 equal blocks.
     assert model.embed.weight.numel() == 513_802_240 == model.lm_head.weight.numel()
     assert sum(p.numel() for p in model.blocks[0].parameters()) == 340_797_440
 
@@ -37,8 +38,12 @@ def test_14b_preset_has_the_released_shape():
     assert (c.n_layer, c.d_model, c.n_head, c.n_kv_head, c.head_dim, c.ffn_dim, c.vocab_size) == (
         40, 5120, 40, 10, 128, 17920, 100352,
     )
-    # KV cache bytes per token in bf16: 2 (k and v) * layers * kv heads * head dim * 2 bytes.
-    assert 2 * c.n_layer * c.n_kv_head * c.head_dim * 2 == 204_800
+
+
+def test_the_14b_kv_cache_allocates_204800_bytes_per_token_in_bf16():
+    # Counted from the tensors KVCache allocates (on the meta device: shapes only, no memory).
+    cache = KVCache(PRESETS["14b"], batch_size=1, max_len=1, device="meta", dtype=torch.bfloat16)
+    assert (cache.k.numel() + cache.v.numel()) * cache.k.element_size() == 204_800
 
 
 @pytest.mark.parametrize(
@@ -61,13 +66,26 @@ def test_unknown_size_name_is_rejected_with_the_choices():
         get_config("15b")
 
 
-def test_naive_and_sdpa_attention_give_the_same_logits():
-    model = tiny_model()
-    idx = torch.randint(0, 97, (3, 29))
+def kernel_can_run() -> bool:
+    """The Triton kernel runs on a GPU, or on the CPU under Triton's interpreter (tests/conftest.py sets it)."""
+    try:
+        import kernels
+    except ImportError:
+        return False
+    return kernels.HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.parametrize("other", ["sdpa", "triton"])
+def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other):
+    if other == "triton" and not kernel_can_run():
+        pytest.skip("needs triton (pip install triton; on CPU the tests run it under TRITON_INTERPRET=1)")
+    # head_dim 16: the smallest the kernel takes. GQA (4 query heads on 2 KV heads), odd length 29.
+    model = tiny_model(d_model=64, n_head=4, n_kv_head=2, attn_impl="naive")
+    idx = torch.randint(0, 97, (2, 29), generator=torch.Generator().manual_seed(1))
     naive = model(idx)
-    model.config.attn_impl = "sdpa"
-    sdpa = model(idx)
-    torch.testing.assert_close(naive, sdpa, atol=1e-5, rtol=1e-5)
+    model.config.attn_impl = other  # the blocks share this config object: the same weights, another attention
+    assert model.blocks[0].attn.config.attn_impl == other
+    torch.testing.assert_close(model(idx), naive, atol=1e-5, rtol=1e-5)
 
 
 def test_gqa_equals_mha_with_each_kv_head_repeated():
@@ -181,8 +199,15 @@ def test_init_gives_std_0_02_weights_and_unit_norm_gains():
     assert torch.all(model.blocks[1].attn_norm.weight == 1)
 
 
-def test_flops_per_token_follows_the_palm_formula():
-    model = tiny_model()
-    c = model.config
-    n = model.num_params() - c.vocab_size * c.d_model  # the embedding lookup is not a matmul
-    assert model.flops_per_token(64) == 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * 64
+def test_flops_per_token_matches_the_matmuls_counted_in_a_forward_pass():
+    """The oracle is torch's FLOP counter on a real forward (naive attention: the full T x T products,
+    as the PaLM convention counts them), times 3 for forward + backward. It sees only matmuls, so the
+    RMSNorm gains (in N, but not matmuls) are the whole difference."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = tiny_model(attn_impl="naive")
+    T = 64
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, T, dtype=torch.long))
+    norm_params = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
+    assert 3 * counter.get_total_flops() / T == model.flops_per_token(T) - 6 * norm_params

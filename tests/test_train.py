@@ -159,9 +159,10 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
 
 
-def test_a_sequence_longer_than_the_context_is_refused_before_training(tmp_path, toy_data_dir):
+def test_a_sequence_longer_than_the_data_is_refused_before_training_naming_the_flag(tmp_path, toy_data_dir):
     result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
     assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--seq-len" in result.stderr
 
 
 def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path):
