@@ -77,11 +77,16 @@ def sequence_logprobs(model: Phi4, ids: torch.Tensor, completion_mask: torch.Ten
         raise ValueError("completion_mask marks the first token, which no position predicts; a completion needs a prompt")
     mask = completion_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1; which are completion tokens
     rows = mask.nonzero()[:, 0]  # (N,) the row of each completion token
+    # select=mask: the model applies the LM head to the N completion positions only (see above).
     logits = model(ids[:, :-1], select=mask).float()  # (N, V)
     targets = ids[:, 1:][mask]  # (N,)
     token_logps = logits.log_softmax(dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+    # Scatter-add each token's log-prob into its row: rows have different completion lengths, so a
+    # flat (N,) list and a row index avoid padding the log-probs back to (B, T-1).
     sums = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add(0, rows, token_logps)  # (B,)
     if average:
+        # clamp: a row with no completion token (never produced by collate, possible from a caller)
+        # would divide 0 by 0; it keeps its sum of 0 instead of becoming NaN.
         return sums / mask.sum(dim=1).clamp(min=1)
     return sums
 
@@ -111,6 +116,8 @@ def dpo_loss(
     """
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}; pass --beta > 0")
+    # The reference enters only through these differences: a pair the reference already prefers gets
+    # no extra push, which is what keeps DPO from rewarding what the policy knew before training.
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
     # logsigmoid is the stable form of log(sigmoid(x)): no overflow for large |x|.
@@ -124,6 +131,8 @@ def dpo_loss(
 
 @dataclass
 class Pair:
+    """One preference pair as token ids, with the reference's summed log-probs of both completions."""
+
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
@@ -152,12 +161,15 @@ def read_pairs(path: str, tokenizer: data.Tokenizer, max_len: int, fingerprint: 
     for line_no, record in files.iter_jsonl(path):
         prompt, chosen, rejected = (pair_ids(record, key, tokenizer, f"{path}, line {line_no}")
                                     for key in ("prompt", "chosen", "rejected"))
+        # An empty prompt is refused too: the first token has no position that predicts it.
         if not chosen or not rejected or not prompt:
             skipped["empty_completion"] += 1
             continue
         if len(prompt) + max(len(chosen), len(rejected)) > max_len:
             skipped["too_long"] += 1
             continue
+        # Stored reference log-probs are reused only when they are trustworthy: the same model made them
+        # (fingerprint) and they are finite numbers (Python's json reads NaN and Infinity; an edited file may hold null).
         refs = (record.get("ref_chosen_logp"), record.get("ref_rejected_logp"))
         trusted = fingerprint is not None and record.get("ref_fingerprint") == fingerprint
         if not trusted or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in refs):
@@ -186,6 +198,7 @@ def reference_fingerprint(folder: str) -> str:
     """Names the model and tokenizer of a checkpoint folder: its shard folder (a fresh random name per
     save), step and config, and the tokenizer file's bytes. Stored with reference log-probs."""
     record = checkpoint.read_checkpoint(folder)
+    # sort_keys: the same config must hash the same whatever order its dict was built in.
     digest = hashlib.sha256(json.dumps([record["shards"], record["step"], record["model_config"]], sort_keys=True).encode())
     with open(os.path.join(folder, checkpoint.TOKENIZER), "rb") as f:
         digest.update(f.read())
@@ -199,6 +212,8 @@ def collate(pairs: list[Pair], pad_id: int, device) -> tuple[torch.Tensor, torch
     attention no real token ever attends to a pad after it, so no attention mask is needed, and the
     pads are outside the completion mask.
     """
+    # Chosen first, then rejected, in the same pair order: row i and row B + i are one pair, which is
+    # how callers split the (2B,) log-probs back into chosen [:B] and rejected [B:].
     rows = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
     width = max(len(prompt) + len(completion) for prompt, completion in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (2B, T)
@@ -220,8 +235,12 @@ class PairLoader:
         self.epoch, self.position = 0, 0
 
     def next_indices(self) -> list[int]:
+        """The pair indices of the next global batch; an epoch's last partial batch is dropped, so
+        every batch has exactly B pairs and splits evenly over the ranks."""
         if self.position + self.B > self.n:
             self.epoch, self.position = self.epoch + 1, 0
+        # The shuffle is rebuilt from (seed, epoch) each time instead of kept: the loader's whole state
+        # is two integers, which is what a checkpoint needs to resume at the exact same pair.
         order = list(range(self.n))
         random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         batch = order[self.position : self.position + self.B]
@@ -229,9 +248,11 @@ class PairLoader:
         return batch
 
     def state_dict(self) -> dict:
+        """What a checkpoint stores to resume at the same pair (the order itself is recomputed)."""
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict):
+        """Resume at the epoch and position that state_dict recorded."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
@@ -247,6 +268,8 @@ def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: 
     so computing them once here, with the same weights, replaces a second model in memory for the whole
     run (at 14B in bf16: 29 GB saved per GPU) and a second forward per step.
     """
+    # eval(): the reference must be deterministic. Our model has no dropout, but a policy that did would
+    # otherwise score the pairs with noise, and that noise would be frozen into every step's loss.
     model.eval()
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch"):
@@ -254,6 +277,7 @@ def reference_logprobs(model: Phi4, pairs: list[Pair], pad_id: int, batch_size: 
         ids, mask = collate(chunk, pad_id, device)
         logps = sequence_logprobs(model, ids, mask, average)  # (2b,): chosen rows, then rejected rows
         for pair, chosen, rejected in zip(chunk, logps[: len(chunk)].tolist(), logps[len(chunk) :].tolist()):
+            # A -inf reference makes every later loss inf or NaN; fail here, before any step is wasted.
             if not (math.isfinite(chosen) and math.isfinite(rejected)):
                 raise ValueError("the starting model gives a non-finite log-prob to a pair; check --init")
             pair.ref_chosen, pair.ref_rejected = chosen, rejected
@@ -335,6 +359,7 @@ def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig,
         ids, mask = collate(batch, pad_id, world.device)
         logps = sequence_logprobs(model, ids, mask, cfg.average_logprobs)  # (2b,)
         b = len(batch)
+        # Reference log-probs are plain numbers from the reference pass: no gradient flows into them.
         ref_chosen = torch.tensor([p.ref_chosen for p in batch], device=world.device)  # (b,)
         ref_rejected = torch.tensor([p.ref_rejected for p in batch], device=world.device)  # (b,)
         loss, chosen_rewards, rejected_rewards = dpo_loss(logps[:b], logps[b:], ref_chosen, ref_rejected, cfg.beta)
@@ -378,6 +403,8 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
     if cfg.batch_size % world.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} pairs must split evenly over {world.world_size} ranks; "
                          f"pick a multiple of {world.world_size}")
+    # Seeded like train.py so that a rerun with the same flags repeats; the pair order itself comes from
+    # PairLoader's own generator, so it does not depend on what else consumed random numbers.
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -392,6 +419,7 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
     model = checkpoint.build_model(ModelConfig.from_dict(record["model_config"]), world.device, record, shard)
     os.makedirs(cfg.out, exist_ok=True)
     pairs = prepare_pairs(cfg, model, tokenizer, world)
+    # The output folder must be loadable on its own (eval.py --init out/dpo), so it gets a tokenizer.
     if world.is_main:
         checkpoint.save_tokenizer(os.path.join(source, checkpoint.TOKENIZER), cfg.out)
 
@@ -417,6 +445,7 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
 
 
 def parse_args(argv=None) -> DPOConfig:
+    """The command line as a DPOConfig: one flag per field, with the help texts of DPOConfig.HELP."""
     parser = trainer.config_parser(DPOConfig, __doc__.split("\n")[0])
     return DPOConfig(**vars(parser.parse_args(argv)))
 
@@ -425,4 +454,5 @@ if __name__ == "__main__":
     try:
         train_dpo(parse_args())
     except ValueError as error:
+        # Every message names the flag to change; a traceback would bury it.
         sys.exit(f"error: {error}")

@@ -321,7 +321,7 @@ def write_report(root: str, path: str):
         for name, folder in TABLE9:
             greedy, majority = accuracy_cells(evals.get(folder))
             lines.append(f"| {name} | {greedy} | {majority} |")
-    lines += long_context_lines(root, stages)  # present once a stage has run sample.py --eval-long
+    lines += long_context_lines(root, stages)  # present once a stage has run eval.py --long
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     files.atomic_write_text(path, "\n".join(lines) + "\n")
 

@@ -442,6 +442,81 @@ def save_phi4(model: Phi4, hf_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES):
     files.write_json(os.path.join(hf_dir, "config.json"), config)
 
 
+def gpt2_byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: printable character -> the byte it stands for.
+
+    Printable bytes stand for themselves; the 68 others are shifted to chr(256 + n) in byte order,
+    so that every token of a byte-level BPE can be stored as a JSON string (" hello" -> "Ġhello").
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    char_to_byte = {chr(b): b for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in printable):
+        char_to_byte[chr(256 + n)] = b
+    return char_to_byte
+
+
+def read_json_file(path: str):
+    """A JSON file's content; an unreadable or malformed file is a ValueError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+
+
+def read_hf_tokenizer_files(hf_dir: str) -> tuple[str, dict[str, int], list, dict[str, int]]:
+    """(source file, vocab {token: id}, merges, added tokens {content: id}) of a HF model folder.
+
+    tokenizer.json (the fast tokenizer's single file) is preferred; older folders split the same
+    content over vocab.json + merges.txt, with the added tokens in added_tokens.json and/or
+    tokenizer_config.json. Merges come back as the file holds them: "a b" strings or [a, b] pairs.
+    """
+    tokenizer_json = os.path.join(hf_dir, "tokenizer.json")
+    vocab_json, merges_txt = os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt")
+    if os.path.exists(tokenizer_json):
+        spec = read_json_file(tokenizer_json)
+        bpe = spec.get("model") or {}
+        if bpe.get("type") != "BPE" or not isinstance(bpe.get("vocab"), dict):
+            raise ValueError(f"{tokenizer_json}: model type {bpe.get('type')!r} is not a byte-level BPE")
+        added = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
+        return tokenizer_json, bpe["vocab"], bpe.get("merges") or [], added
+    if os.path.exists(vocab_json) and os.path.exists(merges_txt):
+        vocab = read_json_file(vocab_json)
+        with open(merges_txt, encoding="utf-8") as f:
+            merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
+        # Added tokens live in added_tokens.json ({content: id}) and/or tokenizer_config.json.
+        added_file = os.path.join(hf_dir, "added_tokens.json")
+        config_file = os.path.join(hf_dir, "tokenizer_config.json")
+        added = read_json_file(added_file) if os.path.exists(added_file) else {}
+        if os.path.exists(config_file):
+            for token_id, token in (read_json_file(config_file).get("added_tokens_decoder") or {}).items():
+                added[token["content"]] = int(token_id)
+        return vocab_json, vocab, merges, added
+    raise ValueError(f"{hf_dir} has no tokenizer.json (nor vocab.json + merges.txt)")
+
+
+def check_merge_order(source: str, vocab: dict[str, int], merges: list) -> None:
+    """Raise unless every merge joins two vocabulary tokens into one whose id never goes down.
+
+    tiktoken has no merge list: it merges the adjacent pair whose joined bytes have the lowest rank.
+    That gives the same tokens as HF's merge list exactly when the list is in id order, which is
+    what makes dropping the merges and keeping only the ranks safe.
+    """
+    # Merges as "a b" strings (older files, merges.txt) or [a, b] pairs (tokenizers >= 0.20).
+    last_id = -1
+    for merge in merges:
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if len(pair) != 2:
+            raise ValueError(f"{source}: merge {merge!r} is not a pair of tokens")
+        left, right = pair
+        merged_id = vocab.get(left + right)
+        if left not in vocab or right not in vocab or merged_id is None or merged_id < last_id:
+            raise ValueError(
+                f"{source}: merge {left!r} + {right!r} does not follow the id order (not a tiktoken-style BPE)"
+            )
+        last_id = merged_id
+
+
 def load_tokenizer(hf_dir: str) -> Tokenizer:
     """The tokenizer of a Hugging Face model folder: tokenizer.json, or vocab.json + merges.txt.
 
@@ -454,44 +529,8 @@ def load_tokenizer(hf_dir: str) -> Tokenizer:
     merges themselves are not needed. Special tokens are HF's "added tokens"; they must sit where
     this class puts them (right after the ranks, in PHI4_SPECIAL_NAMES order).
     """
-    # GPT-2's table, inverted: printable character -> the byte it stands for.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    char_to_byte = {chr(b): b for b in printable}
-    for n, b in enumerate(b for b in range(256) if b not in printable):
-        char_to_byte[chr(256 + n)] = b
-
-    def read_json(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read {path}: {error}") from None
-
-    tokenizer_json = os.path.join(hf_dir, "tokenizer.json")
-    vocab_json, merges_txt = os.path.join(hf_dir, "vocab.json"), os.path.join(hf_dir, "merges.txt")
-    if os.path.exists(tokenizer_json):
-        source = tokenizer_json
-        spec = read_json(tokenizer_json)
-        bpe = spec.get("model") or {}
-        if bpe.get("type") != "BPE" or not isinstance(bpe.get("vocab"), dict):
-            raise ValueError(f"{tokenizer_json}: model type {bpe.get('type')!r} is not a byte-level BPE")
-        vocab, merges = bpe["vocab"], bpe.get("merges") or []
-        added = {token["content"]: token["id"] for token in spec.get("added_tokens", [])}
-    elif os.path.exists(vocab_json) and os.path.exists(merges_txt):
-        source = vocab_json
-        vocab = read_json(vocab_json)
-        with open(merges_txt, encoding="utf-8") as f:
-            merges = [line for line in f.read().split("\n") if line and not line.startswith("#version")]
-        # Added tokens live in added_tokens.json ({content: id}) and/or tokenizer_config.json.
-        added_file = os.path.join(hf_dir, "added_tokens.json")
-        config_file = os.path.join(hf_dir, "tokenizer_config.json")
-        added = read_json(added_file) if os.path.exists(added_file) else {}
-        if os.path.exists(config_file):
-            for token_id, token in (read_json(config_file).get("added_tokens_decoder") or {}).items():
-                added[token["content"]] = int(token_id)
-    else:
-        raise ValueError(f"{hf_dir} has no tokenizer.json (nor vocab.json + merges.txt)")
-
+    char_to_byte = gpt2_byte_decoder()
+    source, vocab, merges, added = read_hf_tokenizer_files(hf_dir)
     ranks: dict[bytes, int] = {}
     special_names = set(PHI4_SPECIAL_NAMES)
     for token, token_id in vocab.items():
@@ -507,19 +546,7 @@ def load_tokenizer(hf_dir: str) -> Tokenizer:
     n_ranks = len(ranks)
     if sorted(ranks.values()) != list(range(n_ranks)):
         raise ValueError(f"{source}: the {n_ranks} BPE ids are not exactly 0..{n_ranks - 1}")
-    # Merges as "a b" strings (older files, merges.txt) or [a, b] pairs (tokenizers >= 0.20).
-    last_id = -1
-    for merge in merges:
-        pair = merge.split(" ") if isinstance(merge, str) else merge
-        if len(pair) != 2:
-            raise ValueError(f"{source}: merge {merge!r} is not a pair of tokens")
-        left, right = pair
-        merged_id = vocab.get(left + right)
-        if left not in vocab or right not in vocab or merged_id is None or merged_id < last_id:
-            raise ValueError(
-                f"{source}: merge {left!r} + {right!r} does not follow the id order (not a tiktoken-style BPE)"
-            )
-        last_id = merged_id
+    check_merge_order(source, vocab, merges)
     expected = {name: n_ranks + i for i, name in enumerate(PHI4_SPECIAL_NAMES)}
     wrong = [f"{content} at {token_id}" for content, token_id in added.items() if expected.get(content) != token_id]
     if wrong:

@@ -103,6 +103,7 @@ class Pivot:
 
     @property
     def raises(self) -> bool:
+        """Whether the pivot helps: it becomes the chosen token of its pair if so, the rejected one if not."""
         return self.p_after > self.p_before
 
 
@@ -153,6 +154,8 @@ def find_pivotal_tokens(
     p_memo: dict[int, float] = {}
 
     def p(length: int) -> float:
+        """p(success) after the first `length` answer tokens: each cut asks for both its ends, and
+        neighbouring segments share an end, so without the memo most estimates would be paid twice."""
         if length not in p_memo:
             p_memo[length] = float(p_success(tuple(tokens[:length])))
         return p_memo[length]
@@ -211,9 +214,11 @@ class SuccessEstimator:
         self.tokens = 0  # tokens those continuations hold
 
     def __call__(self, prefix) -> float:
+        """p(success | prefix): what find_pivotal_tokens needs; estimate() keeps the rollouts too."""
         return self.estimate(prefix).p
 
     def estimate(self, prefix) -> Estimate:
+        """The memoized Estimate at prefix: rollouts are sampled only the first time it is asked for."""
         # Tuples of plain ints are hashable and equal whatever the caller passed (list, tuple, tensor ids).
         key = tuple(int(t) for t in prefix)
         if key in self.memo:
@@ -245,12 +250,14 @@ def model_estimator(model, tokenizer: data.Tokenizer, problem: toyworld.Problem,
         raise ValueError(f"the question takes {len(prompt_ids)} tokens, the whole context; use a longer-context model")
 
     def sample(prefix: list[int], seed: int) -> list[list[int]]:
+        """n_rollouts continuations of the question + prefix, each at most the answer budget left."""
         # One prompt, n_rollouts continuations: the shared prefix is prefilled once (batch 1), then its
         # KV cache is copied to N rows; each continuation ends just after its stop token.
         return sample_completions(model, [prompt_ids + prefix], n_rollouts, max_answer_tokens - len(prefix), (stop,),
                                   temperature, seed=seed, vocab_size=tokenizer.vocab_size)[0]
 
     def grade(answer: list[int]) -> bool:
+        """The world's oracle on a whole answer: True when its last "Answer:" number is right."""
         # The oracle reads text; <|im_end|> is the turn's end, not part of what the model answered.
         return toyworld.check(problem, tokenizer.decode(strip_stop(answer, (stop,))))
 
@@ -266,6 +273,8 @@ def answer_logprobs(model, prompt_ids: list[int], answer: list[int], temperature
     idx = torch.tensor([prompt_ids + answer], device=device)  # (1, T)
     # Position j predicts token j + 1: the answer's tokens are predicted by positions P-1 .. T-2.
     logits = model(idx)[0, len(prompt_ids) - 1 : -1, :vocab_size].float() / temperature  # (n, V)
+    # The scaling by 1/temperature must match generate's: PTS cuts where the sampler was surprised,
+    # and at temperature 1.5 a token's surprise is not the one at temperature 1.
     targets = torch.tensor(answer, device=device)[:, None]  # (n, 1)
     return logits.log_softmax(dim=-1).gather(-1, targets)[:, 0].tolist()
 
@@ -352,6 +361,8 @@ def search_question(
     unbiased sample of the model's answers, already paid for). Pairs repeated across answers (two
     answers sharing a prefix can share a pivot) are kept once.
     """
+    # The empty prefix is the question alone: its p is the filter (report section 4.3 keeps questions
+    # the model sometimes solves), and its rollouts are the answers searched.
     root = estimator.estimate(())
     result = QuestionResult(root.p, p_min <= root.p <= p_max)
     if not result.kept:
@@ -443,6 +454,7 @@ def bench(model, tokenizer, problem, n_rollouts, temperature, max_answer_tokens,
     # One answer of the model's own, so the prefixes are the kind the search really asks about.
     answer = generate(model, torch.tensor([prompt_ids], device=device), max_answer_tokens, temperature,
                       stop_tokens=(stop,), seed=seed, vocab_size=tokenizer.vocab_size)[0, len(prompt_ids):].tolist()
+    # The stop token ends the answer: a prefix that contains it is finished and would need no rollouts.
     answer = answer[: answer.index(stop)] if stop in answer else answer
     modes = {"shared": "shared prefix", "repeat": "re-run, batched", "serial": "one at a time"}
     print(f"{n_rollouts} rollouts per prefix, temperature {temperature}, question of {len(prompt_ids)} tokens, "
@@ -465,6 +477,8 @@ def bench(model, tokenizer, problem, n_rollouts, temperature, max_answer_tokens,
         label = f"{idx.shape[1]} tok ({fraction:.0%})"
         print(f"{label:>16} | " + " | ".join(f"{speeds[m]:>11,.0f} t/s" for m in modes)
               + f" | {speeds['shared'] / speeds['repeat']:.2f}x")
+    # Summed tokens over summed seconds, not a mean of rates: long prefixes with few tokens left to
+    # decode would otherwise count as much as the short prefixes where most of the time goes.
     overall = {mode: tokens / seconds for mode, (seconds, tokens) in totals.items()}
     print(f"{'all prefixes':>16} | " + " | ".join(f"{overall[m]:>11,.0f} t/s" for m in modes)
           + f" | {overall['shared'] / overall['repeat']:.2f}x")
@@ -483,7 +497,9 @@ questions cost ~23,500 rollouts (55% of them the filter's) and give ~70 pairs in
 CPU core. The summary reports the exact counts.
 """
 
-if __name__ == "__main__":
+def parse_args() -> argparse.Namespace:
+    """The command line, with impossible settings rejected before a model is loaded (ValueError naming
+    the flag to change): a bad flag should cost a second, not a checkpoint load."""
     parser = argparse.ArgumentParser(
         description="Pivotal Token Search: one-token DPO pairs at the tokens that decide success (Phi-4 section 4.3).",
         epilog=HELP_EPILOG,
@@ -505,85 +521,114 @@ if __name__ == "__main__":
     parser.add_argument("--bench", action="store_true",
                         help="measure rollout tokens/s with and without the shared-prefix cache, then exit")
     args = parser.parse_args()
+    if args.rollouts < 2:
+        raise ValueError(f"--rollouts {args.rollouts} cannot estimate a probability; use 2 or more (32 is typical)")
+    if args.temperature <= 0:
+        raise ValueError("--temperature must be > 0: greedy rollouts are all the same answer, so p is 0 or 1")
+    if not 0.0 <= args.p_min <= args.p_max <= 1.0:
+        raise ValueError(f"need 0 <= --p-min <= --p-max <= 1, got {args.p_min} and {args.p_max}")
+    if args.questions < 1 or args.answers_per_question < 1:
+        raise ValueError("--questions and --answers-per-question must be at least 1")
+    return args
 
-    try:
-        # Impossible settings fail here, before a model is loaded, naming the flag to change.
-        if args.rollouts < 2:
-            raise ValueError(f"--rollouts {args.rollouts} cannot estimate a probability; use 2 or more (32 is typical)")
-        if args.temperature <= 0:
-            raise ValueError("--temperature must be > 0: greedy rollouts are all the same answer, so p is 0 or 1")
-        if not 0.0 <= args.p_min <= args.p_max <= 1.0:
-            raise ValueError(f"need 0 <= --p-min <= --p-max <= 1, got {args.p_min} and {args.p_max}")
-        if args.questions < 1 or args.answers_per_question < 1:
-            raise ValueError("--questions and --answers-per-question must be at least 1")
-        device = parallel.resolve_device(args.device)
-        problems_file = os.path.join(args.data, "rl.jsonl")
-        if not os.path.exists(problems_file):
-            raise ValueError(f"{problems_file} not found; build the data with `python data.py` or pass --data")
-        problems = toyworld.read_problems(problems_file)[: args.questions]
-        model, tokenizer = checkpoint.load_model(args.init, device)
-        print(f"loaded {args.init}: {model.num_params():,} parameters, on {device}")
 
-        if args.bench:
-            if not problems:
-                raise ValueError(f"{problems_file} holds no questions; --bench needs one")
-            overall = bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
-                            args.seed)
-            print(f"shared prefix vs re-running it: {overall['shared'] / overall['repeat']:.2f}x "
-                  f"(same samples, same batch), {overall['shared'] / overall['serial']:.1f}x (one rollout at a time)")
-            sys.exit(0)
+def run_bench(args: argparse.Namespace, model, tokenizer: data.Tokenizer, problems: list[toyworld.Problem],
+              problems_file: str) -> None:
+    """--bench: the rollout speed table on the first question, and the two speed-ups it adds up to."""
+    if not problems:
+        raise ValueError(f"{problems_file} holds no questions; --bench needs one")
+    overall = bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
+                    args.seed)
+    print(f"shared prefix vs re-running it: {overall['shared'] / overall['repeat']:.2f}x "
+          f"(same samples, same batch), {overall['shared'] / overall['serial']:.1f}x (one rollout at a time)")
 
-        print(json.dumps({k: v for k, v in vars(args).items() if k != "bench"}))  # the resolved config
-        start = time.perf_counter()
-        # Running counts for the summary; `estimates` is the number of distinct prefixes looked at.
-        records, totals = [], dict(kept=0, too_easy=0, too_hard=0, answers=0, pivots=0, raising=0,
-                                   lowering=0, no_pair=0, rollouts=0, rollout_tokens=0, estimates=0)
-        bar = tqdm(problems, desc="pts", unit="question")
-        for i, problem in enumerate(bar):
-            # Seeds never overlap across questions: each question gets a block of 100,003 prefix seeds.
-            estimator = model_estimator(model, tokenizer, problem, args.rollouts, args.temperature,
-                                        args.max_answer_tokens, seed=args.seed + 100_003 * i)
-            # The log-probs come from the same temperature as the samples: the distribution that drew them.
-            result = search_question(
-                estimator,
-                lambda answer: answer_logprobs(model, estimator.prompt_ids, answer, args.temperature,
-                                               tokenizer.vocab_size),
-                args.p_gap, args.answers_per_question, args.p_min, args.p_max,
-            )
-            totals["kept"] += result.kept
-            totals["too_easy"] += result.p > args.p_max
-            totals["too_hard"] += result.p < args.p_min
-            totals["answers"] += result.answers
-            totals["pivots"] += len(result.pivots)
-            totals["raising"] += sum(pivot.raises for pivot in result.pivots)
-            totals["lowering"] += sum(not pivot.raises for pivot in result.pivots)
-            totals["no_pair"] += result.no_pair
-            totals["rollouts"] += estimator.rollouts
-            totals["rollout_tokens"] += estimator.tokens
-            totals["estimates"] += len(estimator.memo)
-            records += [pair_record(tokenizer, estimator.prompt_ids, problem, pair, args.rollouts) for pair in result.pairs]
-            bar.set_postfix_str(f"kept {totals['kept']}, pivots {totals['pivots']}, pairs {len(records)}, "
-                                f"rollouts {totals['rollouts']:,}")
-        bar.close()
 
-        seconds = time.perf_counter() - start
-        rollouts_per_pair = round(totals["rollouts"] / len(records)) if records else None
-        summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
-                       rollouts_per_pair=rollouts_per_pair, config=vars(args))
-        # Written only once the search is done, atomically: dpo.py never reads half a file.
-        files.write_jsonl(args.out, records)
-        summary_file = os.path.splitext(args.out)[0] + ".summary.json"
-        files.atomic_write_text(summary_file, json.dumps(summary, indent=2))
-        print(
-            f"questions: {len(problems)} tried, {totals['kept']} kept ({args.p_min} <= p <= {args.p_max}; "
-            f"{totals['too_easy']} too easy, {totals['too_hard']} too hard)\n"
-            f"answers searched: {totals['answers']}, pivots found: {totals['pivots']} "
-            f"({totals['raising']} raise p, {totals['lowering']} lower it), {totals['no_pair']} without a pair "
-            f"(no alternative, or it failed the check)\n"
-            f"pairs: {len(records)} -> {args.out}\n"
-            f"rollouts: {totals['rollouts']:,} ({totals['rollout_tokens']:,} tokens, {totals['estimates']:,} prefixes), "
-            f"{rollouts_per_pair or '-'} per pair, {seconds:.0f}s\n"
-            f"summary -> {summary_file}"
+def run_search(args: argparse.Namespace, model, tokenizer: data.Tokenizer,
+               problems: list[toyworld.Problem]) -> tuple[list[dict], dict, float]:
+    """PTS over every question: (pair records for dpo.py, running counts for the summary, seconds).
+
+    The counts are what the summary reports and what the help's cost estimate is checked against;
+    `estimates` is the number of distinct prefixes looked at, `rollouts` what they cost.
+    """
+    start = time.perf_counter()
+    records, totals = [], dict(kept=0, too_easy=0, too_hard=0, answers=0, pivots=0, raising=0,
+                               lowering=0, no_pair=0, rollouts=0, rollout_tokens=0, estimates=0)
+    bar = tqdm(problems, desc="pts", unit="question")
+    for i, problem in enumerate(bar):
+        # Seeds never overlap across questions: each question gets a block of 100,003 prefix seeds.
+        estimator = model_estimator(model, tokenizer, problem, args.rollouts, args.temperature,
+                                    args.max_answer_tokens, seed=args.seed + 100_003 * i)
+        # The log-probs come from the same temperature as the samples: the distribution that drew them.
+        result = search_question(
+            estimator,
+            lambda answer: answer_logprobs(model, estimator.prompt_ids, answer, args.temperature,
+                                           tokenizer.vocab_size),
+            args.p_gap, args.answers_per_question, args.p_min, args.p_max,
         )
+        totals["kept"] += result.kept
+        totals["too_easy"] += result.p > args.p_max
+        totals["too_hard"] += result.p < args.p_min
+        totals["answers"] += result.answers
+        totals["pivots"] += len(result.pivots)
+        totals["raising"] += sum(pivot.raises for pivot in result.pivots)
+        totals["lowering"] += sum(not pivot.raises for pivot in result.pivots)
+        totals["no_pair"] += result.no_pair
+        totals["rollouts"] += estimator.rollouts
+        totals["rollout_tokens"] += estimator.tokens
+        totals["estimates"] += len(estimator.memo)
+        # Records keep question order, so the pairs of one question sit together in the file.
+        records += [pair_record(tokenizer, estimator.prompt_ids, problem, pair, args.rollouts) for pair in result.pairs]
+        bar.set_postfix_str(f"kept {totals['kept']}, pivots {totals['pivots']}, pairs {len(records)}, "
+                            f"rollouts {totals['rollouts']:,}")
+    bar.close()
+    return records, totals, time.perf_counter() - start
+
+
+def write_results(args: argparse.Namespace, problems: list[toyworld.Problem], records: list[dict], totals: dict,
+                  seconds: float) -> None:
+    """The pair file, its summary beside it, and the same counts on the terminal."""
+    rollouts_per_pair = round(totals["rollouts"] / len(records)) if records else None
+    summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
+                   rollouts_per_pair=rollouts_per_pair, config=vars(args))
+    # Written only once the search is done, atomically: dpo.py never reads half a file.
+    files.write_jsonl(args.out, records)
+    summary_file = os.path.splitext(args.out)[0] + ".summary.json"
+    files.atomic_write_text(summary_file, json.dumps(summary, indent=2))
+    print(
+        f"questions: {len(problems)} tried, {totals['kept']} kept ({args.p_min} <= p <= {args.p_max}; "
+        f"{totals['too_easy']} too easy, {totals['too_hard']} too hard)\n"
+        f"answers searched: {totals['answers']}, pivots found: {totals['pivots']} "
+        f"({totals['raising']} raise p, {totals['lowering']} lower it), {totals['no_pair']} without a pair "
+        f"(no alternative, or it failed the check)\n"
+        f"pairs: {len(records)} -> {args.out}\n"
+        f"rollouts: {totals['rollouts']:,} ({totals['rollout_tokens']:,} tokens, {totals['estimates']:,} prefixes), "
+        f"{rollouts_per_pair or '-'} per pair, {seconds:.0f}s\n"
+        f"summary -> {summary_file}"
+    )
+
+
+def main() -> None:
+    """Load the questions and the model, then either benchmark rollouts or run the search."""
+    args = parse_args()
+    device = parallel.resolve_device(args.device)
+    problems_file = os.path.join(args.data, "rl.jsonl")
+    if not os.path.exists(problems_file):
+        raise ValueError(f"{problems_file} not found; build the data with `python data.py` or pass --data")
+    problems = toyworld.read_problems(problems_file)[: args.questions]
+    model, tokenizer = checkpoint.load_model(args.init, device)
+    print(f"loaded {args.init}: {model.num_params():,} parameters, on {device}")
+    if args.bench:
+        run_bench(args, model, tokenizer, problems, problems_file)
+        sys.exit(0)  # a benchmark writes no pairs: it must not overwrite a pair file of a real run
+    # The resolved config, printed before the long search so a log shows what produced the pairs.
+    print(json.dumps({k: v for k, v in vars(args).items() if k != "bench"}))
+    records, totals, seconds = run_search(args, model, tokenizer, problems)
+    write_results(args, problems, records, totals, seconds)
+
+
+if __name__ == "__main__":
+    try:
+        main()
     except ValueError as error:
+        # Every message names the flag to change; a traceback would bury it.
         sys.exit(f"error: {error}")

@@ -50,6 +50,7 @@ def rejection_sampling(
     Only finished answers (ending in <|im_end|>) can be accepted; a rambling answer that ran out of
     tokens is a good *rejected* example, since stopping is part of what the model must learn.
     """
+    # <|im_end|> closes the assistant turn in Phi-4's chat format: the one stop token of an answer.
     stop = (tokenizer.im_end_id,)
     prompts = [toyworld.prompt_ids(tokenizer, p, chat=True) for p in problems]
     samples = sample_completions(
@@ -59,6 +60,7 @@ def rejection_sampling(
     sft_records, pairs = [], []
     n_correct = n_all_right = n_all_wrong = 0
     for problem, prompt, group in zip(problems, prompts, samples):
+        # Accepted: finished (last token <|im_end|>) and right; the oracle reads the text without <|im_end|>.
         verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
         good = [s for s, ok in zip(group, verdicts) if ok]
         bad = [s for s, ok in zip(group, verdicts) if not ok]
@@ -70,12 +72,16 @@ def rejection_sampling(
             answer = tokenizer.decode(good[0][:-1])
             sft_records.append({"messages": [{"role": "user", "content": problem.question},
                                              {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
+        # A pair needs both verdicts: a problem the model always solves (or never) teaches no preference.
+        # The chosen/rejected ids keep <|im_end|>, so DPO also learns to stop.
         if good and bad:
             pairs.append({
                 "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(good[0]), "rejected": tokenizer.decode(bad[0]),
                 "prompt_ids": prompt, "chosen_ids": good[0], "rejected_ids": bad[0],
                 "source": "rejection_sampling", "question": problem.question, "answer": problem.answer,
             })
+    # pass@n against sample accuracy is the headroom best-of-n offers: the gap is what the accepted
+    # answers can teach the model when it trains on them.
     summary = {
         "problems": len(problems), "samples_per_problem": n, "temperature": temperature,
         "sample_accuracy": n_correct / max(1, n * len(problems)),
@@ -87,6 +93,7 @@ def rejection_sampling(
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; impossible values fail here, naming the flag, before a model is loaded."""
     parser = argparse.ArgumentParser(description="Best-of-n sampling graded by the oracle -> SFT data and DPO pairs.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--init", required=True, help="checkpoint folder of the model to sample from (an SFT model)")
@@ -126,6 +133,7 @@ if __name__ == "__main__":
         start = time.perf_counter()
         sft_records, pairs, summary = rejection_sampling(model, tokenizer, problems, args.samples, args.max_new_tokens,
                                                          args.temperature, args.top_k, args.top_p, args.seed)
+        # The summary names the model the data came from, so each file can be traced to its round.
         summary.update(init=args.init, seconds=time.perf_counter() - start)
         files.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
         files.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
@@ -134,4 +142,5 @@ if __name__ == "__main__":
               f"sample accuracy {100 * summary['sample_accuracy']:.1f}% | pass@{args.samples} {100 * summary['pass_at_n']:.1f}% | "
               f"{summary['sft_records']} accepted answers -> {args.out}/sft.jsonl | {summary['pairs']} pairs -> {args.out}/pairs.jsonl")
     except ValueError as error:
+        # Every message names the file or flag to change; a traceback would bury it.
         sys.exit(f"error: {error}")

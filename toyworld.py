@@ -200,7 +200,7 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 
 LEDGER_VALUES = range(10, 100)  # two-digit counts: one token each, and 90 of them (chance 1.1%)
 LONG_SEED = 2_000_003  # seed of the midtraining documents (train and val splits)
-LONG_EVAL_SEED = 3_000_017  # seed of the long-context evaluation documents (sample.py --eval-long)
+LONG_EVAL_SEED = 3_000_017  # seed of the long-context evaluation documents (eval.py --long)
 SOLUTION_START_RE = regex.compile(r"^(\p{L}+) starts with (\d+) (\p{L}+)\.$")
 
 
@@ -217,6 +217,141 @@ class LongDocument:
     ids: list[int]
     text: str
     answers: list[dict]
+
+
+def draw_problem(rng: random.Random, level: int, key_people: set[str], banned_ngrams: set | None,
+                 is_key: bool) -> Problem:
+    """A problem whose people are new to the document and whose question shares no 13-gram with a
+    held-out question. A key problem (one that states a fact) adds its people to key_people, so that
+    no later problem, filler included, mentions them and gives an answer away from nearby."""
+    names = set(NAMES)
+    while True:
+        problem = make_problem(rng, level)
+        people = set(regex.findall(r"\p{L}+", problem.question)) & names
+        clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)
+        if clean and not (people & key_people):
+            if is_key:
+                key_people.update(people)
+            return problem
+
+
+# A block is {"pieces": [(text, answer), ...]}; answer is None, or the dict that assembling fills in
+# with the answer's position. A question block also holds "fact", the index of its fact in `facts`.
+
+
+def add_problem_facts(rng: random.Random, facts: list[dict], questions: list[dict], n_problems: int,
+                      n_problems_asked: int, key_people: set[str], banned_ngrams: set | None) -> None:
+    """Two-part problems: part one ("Mia has 12 apples.") is a fact; for the first n_problems_asked, part
+    two (the rest of the question and its worked solution) is the question that needs it."""
+    for k in range(n_problems):
+        problem = draw_problem(rng, rng.randint(1, 3), key_people, banned_ngrams, is_key=True)
+        first, rest = problem.question.split(". ", 1)
+        facts.append({"pieces": [(f"Problem: {first}.\n", None)]})
+        if k < n_problems_asked:
+            opening, *steps = problem.solution.split("\n")
+            name, start, item = SOLUTION_START_RE.match(opening).groups()
+            answer = {"kind": "problem", "answer": int(start)}
+            # The answer is the number copied from part one, alone in its piece so its position is exact.
+            pieces = [
+                (f"Problem: {rest}\nSolution:\n{name} starts with ", None),
+                (start, answer),
+                (f" {item}.\n" + "\n".join(steps) + "\n", None),
+            ]
+            questions.append({"pieces": pieces, "fact": len(facts) - 1})
+
+
+def add_ledger_facts(rng: random.Random, facts: list[dict], questions: list[dict], n_ledger: int,
+                     n_ledger_asked: int, n_problems: int, key_people: set[str]) -> None:
+    """Ledger entries ("Leo has 37 shells.") as facts; the first n_ledger_asked get a question
+    ("How many shells does Leo have now?") whose solution copies the number."""
+    # Ledger entries go to people no problem mentions, so every name in the document has one fact.
+    free = [name for name in NAMES if name not in key_people]
+    if len(free) < n_ledger + 2:  # + 2: filler problems need two people of their own
+        raise ValueError(f"{n_ledger} ledger entries and {n_problems} problems need more than {len(NAMES)} names")
+    people = rng.sample(free, n_ledger)
+    key_people.update(people)
+    for k, (name, value) in enumerate(zip(people, rng.sample(LEDGER_VALUES, n_ledger))):
+        item = rng.choice(ITEMS)
+        facts.append({"pieces": [(f"{name} has {value} {item}.\n", None)]})
+        if k < n_ledger_asked:
+            answer = {"kind": "ledger", "answer": value}
+            pieces = [
+                (f"Problem: How many {item} does {name} have now?\nSolution:\n{name} starts with ", None),
+                (str(value), answer),
+                (f" {item}.\nAnswer: {value}\n", None),
+            ]
+            questions.append({"pieces": pieces, "fact": len(facts) - 1})
+
+
+def block_tokens(tokenizer: Tokenizer, block: dict) -> int:
+    """Length of a block in tokens (pieces end on pre-split boundaries, so their lengths add up)."""
+    return sum(len(tokenizer.encode(text)) for text, _ in block["pieces"])
+
+
+def filler_blocks(rng: random.Random, tokenizer: Tokenizer, room: int, key_people: set[str],
+                  banned_ngrams: set | None) -> list[dict]:
+    """Blocks the model already knows (problems with solutions 60% of the time, arithmetic drills
+    otherwise) until at most `room` tokens are used, topped up with the longest drill that fits."""
+    filler = []
+    while room > 0:
+        if rng.random() < 0.6:
+            problem = draw_problem(rng, rng.randint(1, 4), key_people, banned_ngrams, is_key=False)
+            block = {"pieces": [(problem_document(problem) + "\n", None)]}
+        else:
+            block = {"pieces": [(drill_document(rng, rng.randint(2, 6)) + "\n", None)]}
+        if block_tokens(tokenizer, block) > room:  # too big for what is left: the longest drill that fits, or stop
+            for n_lines in range(5, 0, -1):
+                block = {"pieces": [(drill_document(rng, n_lines) + "\n", None)]}
+                if block_tokens(tokenizer, block) <= room:
+                    break
+            else:
+                break
+        filler.append(block)
+        room -= block_tokens(tokenizer, block)
+    return filler
+
+
+def arrange_blocks(rng: random.Random, layout: str, facts: list[dict], filler: list[dict],
+                   questions: list[dict]) -> list[dict]:
+    """The order of the blocks for a layout (see long_document); every question comes after its fact."""
+    if layout == "recall":
+        return rng.sample(facts, len(facts)) + filler + rng.sample(questions, len(questions))
+    if layout == "near":
+        asked = {question["fact"] for question in questions}
+        order = [fact for k, fact in enumerate(facts) if k not in asked] + filler
+        for question in rng.sample(questions, len(questions)):
+            order += [facts[question["fact"]], question]
+        return order
+    order = rng.sample(facts + filler, len(facts) + len(filler))
+    for question in rng.sample(questions, len(questions)):
+        fact = facts[question["fact"]]
+        after = next(i for i, block in enumerate(order) if block is fact) + 1  # by identity, not ==
+        # Log-uniform distance in blocks: short and long ranges are drawn equally often.
+        skip = int(math.exp(rng.uniform(0.0, math.log(len(order) - after + 1))))  # 1 .. blocks left + 1
+        order.insert(after + skip - 1, question)
+    return order
+
+
+def assemble_document(tokenizer: Tokenizer, order: list[dict], facts: list[dict],
+                      questions: list[dict]) -> LongDocument:
+    """Concatenate the blocks' ids after <|endoftext|>, recording where each fact starts and where each
+    answer sits; the answers come back sorted by position."""
+    ids, texts, fact_positions = [tokenizer.bos_id], [], {}
+    for block in order:
+        if any(block is fact for fact in facts):
+            fact_positions[next(i for i, fact in enumerate(facts) if fact is block)] = len(ids)
+        for text, answer in block["pieces"]:
+            piece = tokenizer.encode(text)
+            if answer is not None:
+                answer.update(position=len(ids), n_tokens=len(piece))
+            ids += piece
+            texts.append(text)
+    answers = []
+    for question in questions:
+        answer = next(a for _, a in question["pieces"] if a is not None)
+        answers.append({**answer, "fact_position": fact_positions[question["fact"]]})
+    answers.sort(key=lambda a: a["position"])
+    return LongDocument(ids, "".join(texts), answers)
 
 
 def long_document(
@@ -246,108 +381,16 @@ def long_document(
         raise ValueError(f"layout must be 'recall', 'near' or 'mixed', got {layout!r}")
     if not (0 <= n_ledger_asked <= n_ledger and 0 <= n_problems_asked <= n_problems):
         raise ValueError("cannot ask about more facts than the document states")
-    names = set(NAMES)
     key_people: set[str] = set()  # every person a fact is about: filler must not mention them
-
-    def draw_problem(level: int, is_key: bool) -> Problem:
-        # Draw until the problem's people are new to the document and its question is clean.
-        while True:
-            problem = make_problem(rng, level)
-            people = set(regex.findall(r"\p{L}+", problem.question)) & names
-            clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)
-            if clean and not (people & key_people):
-                if is_key:
-                    key_people.update(people)
-                return problem
-
-    # A block is a list of (text, answer) pieces; answer is None, or the dict that the answer fills in.
-    facts, questions = [], []  # questions[i]["fact"] is the index of its fact in `facts`
-    for k in range(n_problems):
-        problem = draw_problem(rng.randint(1, 3), is_key=True)
-        # Part one is the problem's first sentence ("Mia has 12 apples."), part two is everything else.
-        first, rest = problem.question.split(". ", 1)
-        facts.append({"pieces": [(f"Problem: {first}.\n", None)]})
-        if k < n_problems_asked:
-            opening, *steps = problem.solution.split("\n")
-            name, start, item = SOLUTION_START_RE.match(opening).groups()
-            answer = {"kind": "problem", "answer": int(start)}
-            pieces = [
-                (f"Problem: {rest}\nSolution:\n{name} starts with ", None),
-                (start, answer),
-                (f" {item}.\n" + "\n".join(steps) + "\n", None),
-            ]
-            questions.append({"pieces": pieces, "fact": len(facts) - 1})
-    # Ledger entries go to people no problem mentions, so every name in the document has one fact.
-    free = [name for name in NAMES if name not in key_people]
-    if len(free) < n_ledger + 2:  # + 2: filler problems need two people of their own
-        raise ValueError(f"{n_ledger} ledger entries and {n_problems} problems need more than {len(NAMES)} names")
-    people = rng.sample(free, n_ledger)
-    key_people.update(people)
-    for k, (name, value) in enumerate(zip(people, rng.sample(LEDGER_VALUES, n_ledger))):
-        item = rng.choice(ITEMS)
-        facts.append({"pieces": [(f"{name} has {value} {item}.\n", None)]})
-        if k < n_ledger_asked:
-            answer = {"kind": "ledger", "answer": value}
-            pieces = [
-                (f"Problem: How many {item} does {name} have now?\nSolution:\n{name} starts with ", None),
-                (str(value), answer),
-                (f" {item}.\nAnswer: {value}\n", None),
-            ]
-            questions.append({"pieces": pieces, "fact": len(facts) - 1})
-
-    def count(block: dict) -> int:
-        return sum(len(tokenizer.encode(text)) for text, _ in block["pieces"])
-
-    room = n_tokens - 1 - sum(map(count, facts)) - sum(map(count, questions))  # 1: the <|endoftext|>
+    facts, questions = [], []
+    add_problem_facts(rng, facts, questions, n_problems, n_problems_asked, key_people, banned_ngrams)
+    add_ledger_facts(rng, facts, questions, n_ledger, n_ledger_asked, n_problems, key_people)
+    room = n_tokens - 1 - sum(block_tokens(tokenizer, block) for block in facts + questions)  # 1: <|endoftext|>
     if room < 0:
         raise ValueError(f"{n_tokens} tokens cannot hold {n_ledger} ledger and {n_problems} problem facts")
-    filler = []
-    while room > 0:
-        if rng.random() < 0.6:
-            block = {"pieces": [(problem_document(draw_problem(rng.randint(1, 4), is_key=False)) + "\n", None)]}
-        else:
-            block = {"pieces": [(drill_document(rng, rng.randint(2, 6)) + "\n", None)]}
-        if count(block) > room:  # too big for what is left: top up with the longest drill that fits, or stop
-            for n_lines in range(5, 0, -1):
-                block = {"pieces": [(drill_document(rng, n_lines) + "\n", None)]}
-                if count(block) <= room:
-                    break
-            else:
-                break
-        filler.append(block)
-        room -= count(block)
-
-    if layout == "recall":
-        order = rng.sample(facts, len(facts)) + filler + rng.sample(questions, len(questions))
-    elif layout == "near":
-        asked = {question["fact"] for question in questions}
-        order = [fact for k, fact in enumerate(facts) if k not in asked] + filler
-        for question in rng.sample(questions, len(questions)):
-            order += [facts[question["fact"]], question]
-    else:
-        order = rng.sample(facts + filler, len(facts) + len(filler))
-        for question in rng.sample(questions, len(questions)):
-            fact = facts[question["fact"]]
-            after = next(i for i, block in enumerate(order) if block is fact) + 1  # by identity, not ==
-            skip = int(math.exp(rng.uniform(0.0, math.log(len(order) - after + 1))))  # 1 .. blocks left + 1
-            order.insert(after + skip - 1, question)
-
-    ids, texts, fact_positions = [tokenizer.bos_id], [], {}
-    for block in order:
-        if any(block is fact for fact in facts):
-            fact_positions[next(i for i, fact in enumerate(facts) if fact is block)] = len(ids)
-        for text, answer in block["pieces"]:
-            piece = tokenizer.encode(text)
-            if answer is not None:
-                answer.update(position=len(ids), n_tokens=len(piece))
-            ids += piece
-            texts.append(text)
-    answers = []
-    for question in questions:
-        answer = next(a for _, a in question["pieces"] if a is not None)
-        answers.append({**answer, "fact_position": fact_positions[question["fact"]]})
-    answers.sort(key=lambda a: a["position"])
-    return LongDocument(ids, "".join(texts), answers)
+    filler = filler_blocks(rng, tokenizer, room, key_people, banned_ngrams)
+    order = arrange_blocks(rng, layout, facts, filler, questions)
+    return assemble_document(tokenizer, order, facts, questions)
 
 
 def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: int, banned_ngrams=None) -> LongDocument:

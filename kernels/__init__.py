@@ -8,6 +8,6 @@ attention, any sequence length). `model.py` selects it with `attn_impl="triton"`
 `HAS_TRITON` tells callers whether the kernel can run, and calling it without Triton raises a clear
 RuntimeError instead of failing at import time.
 """
-from .flash_attention import HAS_TRITON, flash_attention, reference_attention
+from .flash_attention import HAS_TRITON, flash_attention
 
-__all__ = ["HAS_TRITON", "flash_attention", "reference_attention"]
+__all__ = ["HAS_TRITON", "flash_attention"]

@@ -1,11 +1,14 @@
 """Tests for the Triton FlashAttention-2 kernel (kernels/flash_attention.py).
 
 Every check compares against an oracle written here: plain attention in float64 (K and V repeated for
-grouped-query attention, bottom-right causal mask built from index comparisons) with autograd providing
-dq, dk and dv. The cases cover batch > 1, lengths that are not multiples of any block size (1, 17, 100,
-257), queries shorter than keys (chunked prefill and one-token decode), GQA ratios 1, 2 and 4, causal and
-not, head dims 32, 64 and 128, fp32 and fp16 (bf16 on a GPU only: Triton 3.9's interpreter computes tl.dot
-on bf16 operands wrongly), non-contiguous inputs, causal block skipping, and clear errors for bad shapes.
+grouped-query attention, bottom-right causal mask built from index comparisons) with autograd providing dq,
+dk and dv. It is not `model.naive_attention`, the project's readable attention, because that one computes
+its scores in float32 whatever the input dtype: right for the model, but on float64 inputs it would give
+float32 accuracy. It is written differently on purpose, and torch's SDPA checks it in turn. The cases cover
+batch > 1, lengths that are not multiples of any block size (1, 17, 100, 257), queries shorter than keys
+(chunked prefill and one-token decode), GQA ratios 1, 2 and 4, causal and not, head dims 32, 64 and 128,
+fp32 and fp16 (bf16 on a GPU only: Triton 3.9's interpreter computes tl.dot on bf16 operands wrongly),
+non-contiguous inputs, causal block skipping, and clear errors for bad shapes.
 
 On CPU the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py before import); the file is sized
 to finish in well under two minutes on two cores. The whole module is skipped where Triton is missing.
@@ -95,6 +98,13 @@ def assert_close(actual, expected, dtype, name):
     assert error <= TOLERANCE[dtype] * scale, f"{name}: max error {error:.3e} vs largest value {scale:.3e}"
 
 
+def assert_all_close(ours, exact, dtype):
+    """out, dq, dk and dv each come back in the input dtype (no fp16 hard-coded anywhere) and match."""
+    for name, actual, expected in zip(["out", "dq", "dk", "dv"], ours, exact):
+        assert actual.dtype == dtype, f"{name} has dtype {actual.dtype}, expected {dtype}"
+        assert_close(actual, expected, dtype, name)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Output and gradients against the oracle
 # ------------------------------------------------------------------------------------------------------------
@@ -118,11 +128,7 @@ CASES = {
 def test_output_and_gradients_match_float64_oracle(case):
     B, H, K, T, S, D, causal, dtype = CASES[case]
     q, k, v, dout = make_inputs(B, H, K, T, S, D, dtype)
-    ours, exact = kernel_and_oracle(q, k, v, dout, causal)
-    for name, actual, expected in zip(["out", "dq", "dk", "dv"], ours, exact):
-        # Outputs and gradients come back in the input dtype (no fp16 hard-coded anywhere).
-        assert actual.dtype == dtype, f"{name} has dtype {actual.dtype}, expected {dtype}"
-        assert_close(actual, expected, dtype, name)
+    assert_all_close(*kernel_and_oracle(q, k, v, dout, causal), dtype)
 
 
 @pytest.mark.gpu
@@ -130,10 +136,7 @@ def test_output_and_gradients_match_float64_oracle(case):
 def test_bfloat16_output_and_gradients_match_float64_oracle_at_phi4_head_shapes(T, S, causal):
     # Phi-4 heads: D = 128 with 4 query heads per KV head (40 / 10), here 8 / 2 to stay small.
     q, k, v, dout = make_inputs(2, 8, 2, T, S, 128, torch.bfloat16)
-    ours, exact = kernel_and_oracle(q, k, v, dout, causal)
-    for name, actual, expected in zip(["out", "dq", "dk", "dv"], ours, exact):
-        assert actual.dtype == torch.bfloat16
-        assert_close(actual, expected, torch.bfloat16, name)
+    assert_all_close(*kernel_and_oracle(q, k, v, dout, causal), torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -160,9 +163,7 @@ def test_chunked_prefill_equals_the_last_rows_of_full_causal_attention():
 
 def test_explicit_scale_is_used_instead_of_one_over_sqrt_head_dim():
     q, k, v, dout = make_inputs(2, 4, 2, 17, 40, 32, torch.float32)
-    ours, exact = kernel_and_oracle(q, k, v, dout, causal=True, scale=0.5)
-    for name, actual, expected in zip(["out", "dq", "dk", "dv"], ours, exact):
-        assert_close(actual, expected, torch.float32, name)
+    assert_all_close(*kernel_and_oracle(q, k, v, dout, causal=True, scale=0.5), torch.float32)
 
 
 def test_non_contiguous_inputs_in_the_models_layout_are_handled():
@@ -174,9 +175,7 @@ def test_non_contiguous_inputs_in_the_models_layout_are_handled():
     v = torch.randn(B, T, K, D, generator=gen).to(DEVICE).transpose(1, 2).requires_grad_()  # (B, K, T, D) view
     dout = torch.randn(B, T, H, D, generator=gen).to(DEVICE).transpose(1, 2)  # (B, H, T, D) view
     assert not q.is_contiguous()
-    ours, exact = kernel_and_oracle(q, k, v, dout, causal=True)
-    for name, actual, expected in zip(["out", "dq", "dk", "dv"], ours, exact):
-        assert_close(actual, expected, torch.float32, name)
+    assert_all_close(*kernel_and_oracle(q, k, v, dout, causal=True), torch.float32)
 
 
 def test_causal_attention_never_reads_key_blocks_above_the_diagonal():
