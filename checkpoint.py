@@ -32,6 +32,7 @@ import random
 import shutil
 import uuid
 import warnings
+import zlib
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 import files
+import parallel
 from model import ModelConfig, Phi4
 from tokenization import Tokenizer
 
@@ -123,6 +125,8 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
         record = {
             "step": step,
             "shards": names[0],
+            # A checksum per shard file: flipped bits that still read as finite numbers are caught too.
+            "checksums": shard_checksums(shard_dir),
             "world_size": world_size,
             "ranks": rank_states,  # per rank: {"loader": ..., "rng": ...}
             "model_config": model.config.to_dict(),
@@ -135,6 +139,18 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
                 shutil.rmtree(stale, ignore_errors=True)
     if distributed:
         dist.barrier()  # nobody starts the next step (or exits) before the checkpoint is committed
+
+
+def shard_checksums(shard_dir: str) -> dict[str, int]:
+    """CRC-32 of every file DCP wrote (all ranks' data files and .metadata), by name."""
+    sums = {}
+    for name in sorted(os.listdir(shard_dir)):
+        crc = 0
+        with open(os.path.join(shard_dir, name), "rb") as f:
+            while block := f.read(1 << 24):  # 16 MB at a time: memory stays flat for any shard size
+                crc = zlib.crc32(block, crc)
+        sums[name] = crc
+    return sums
 
 
 def save_tokenizer(tokenizer_file: str, out_dir: str):
@@ -168,6 +184,15 @@ def read_checkpoint(path: str) -> dict:
     record["shard_dir"] = os.path.join(path, record["shards"])
     if not os.path.isdir(record["shard_dir"]):
         raise ValueError(f"checkpoint {path} needs its shard folder {record['shards']}, which is missing")
+    # Every file the record lists must be there with the same bytes. This reads the shards once (seconds
+    # per GB); it is what turns a bit flipped on disk into an error instead of a silently different model.
+    expected = record.get("checksums") or {}
+    found = shard_checksums(record["shard_dir"])
+    for name, crc in expected.items():
+        if name not in found:
+            raise ValueError(f"checkpoint {path}: shard file {record['shards']}/{name} is missing")
+        if found[name] != crc:
+            raise ValueError(f"checkpoint {path}: shard file {record['shards']}/{name} is corrupt (its checksum differs)")
     return record
 
 
@@ -204,7 +229,7 @@ def load_optimizer(record: dict, model: torch.nn.Module, optimizer: torch.optim.
 
 
 def _first_line(error: BaseException) -> str:
-    """DCP wraps the real failure in a multi-line report; its first line of substance is enough."""
+    """DCP wraps the real failure in a multi-line report whose last line names the cause."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1][:200] if lines else type(error).__name__
 
@@ -247,7 +272,11 @@ def load_model(path: str, device="cpu") -> tuple[Phi4, Tokenizer]:
     """A checkpoint folder -> (its model in eval mode on one device, its tokenizer)."""
     record = read_checkpoint(path)
     tokenizer = load_tokenizer(path)
-    model = build_model(ModelConfig.from_dict(record["model_config"]), torch.device(device), record)
+    config = ModelConfig.from_dict(record["model_config"])
+    with torch.device("meta"):
+        n_params = Phi4(config).num_params()
+    parallel.check_fits(4 * n_params, device, f"the model of {path} (float32)", "use a machine with more memory")
+    model = build_model(config, torch.device(device), record)
     return model.eval(), tokenizer
 
 

@@ -2,7 +2,7 @@
 command that builds them.
 
 Phi-4 (report sections 2-3) trains on a mixture of synthetic and web data, tokenized once and streamed
-in fixed-length rows. At toy scale the corpus is the synthetic world of world.py (word problems with
+in fixed-length rows. At toy scale the corpus is the synthetic world of toyworld.py (word problems with
 worked solutions, arithmetic drills), tokenized with a BPE trained on it (tokenization.py):
 
     pretraining  "textbook" documents, packed into rows of --seq-len tokens
@@ -15,6 +15,11 @@ Sections, top to bottom:
                     (pretraining stream, chat rows, and the long/replay mixture of midtraining)
   2. Building       `python data.py` builds the toy data set; `--input-dir` shards a user's own text
 
+Why decontamination happens here, at build time (report section 2): the held-out split is drawn first,
+from its own seed, and every training problem sharing a 13-word stretch with a held-out question is
+dropped before anything is tokenized. Every later file (shards, sft.jsonl, rl.jsonl, long documents) is
+cut from what is left, so no stage can train on an evaluation question by accident.
+
 Files this writes (out/data/toy): tokenizer.json, train_*.bin, val_*.bin, eval.jsonl (held-out problems),
 sft.jsonl (chat problems), meta.json; midtraining adds long_*.bin on first use.
 
@@ -25,7 +30,6 @@ Commands:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -35,6 +39,7 @@ from fractions import Fraction
 import numpy as np
 from tqdm import tqdm
 
+import cli
 import files
 import toyworld
 from tokenization import Tokenizer  # noqa: F401  (re-exported: data.Tokenizer is the public name)
@@ -46,12 +51,15 @@ from tokenization import Tokenizer  # noqa: F401  (re-exported: data.Tokenizer i
 # header: 8 magic bytes and the token count. Documents are separated by <|endoftext|>. Memory-mapping
 # lets a loader read any window without loading the file, so shards can be far larger than RAM.
 
-SHARD_MAGIC = b"PHI4TOK1"
-HEADER_BYTES = 16
+SHARD_MAGIC = b"PHI4TOK1"  # a file that is not a shard (or an older format) fails at once, not as noise
+HEADER_BYTES = 16  # 8 magic + 8 for the uint64 token count; a multiple of 4, so the uint32 body stays aligned
 
 
 def write_shard(path: str, tokens) -> None:
+    """Write tokens as a shard: the header, then the raw uint32 ids (native byte order, as memmap reads)."""
     tokens = np.asarray(tokens, dtype=np.uint32)
+    # Written beside the target and renamed over it: a crash mid-write leaves the old shard or none,
+    # never a truncated one (read_shard's size check would catch it, but only at training time).
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(SHARD_MAGIC + np.uint64(len(tokens)).tobytes())
@@ -66,7 +74,7 @@ def read_shard(path: str) -> np.ndarray:
     if len(header) < HEADER_BYTES or header[:8] != SHARD_MAGIC:
         raise ValueError(f"{path} is not a token shard (bad header); rebuild it with `python data.py`")
     n_tokens = int(np.frombuffer(header[8:], dtype=np.uint64)[0])
-    expected = HEADER_BYTES + 4 * n_tokens
+    expected = HEADER_BYTES + 4 * n_tokens  # 4 bytes per uint32 token
     if os.path.getsize(path) != expected:
         raise ValueError(f"{path} is truncated or corrupt ({os.path.getsize(path)} bytes, expected {expected})")
     return np.memmap(path, dtype=np.uint32, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
@@ -82,19 +90,20 @@ class TokenLoader:
     """
 
     def __init__(self, paths: list[str], batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
+        """Map the shards (in the given order: they form one stream) and start at its first token."""
         if not paths:
             raise ValueError("no token shards given; build them with `python data.py` (or pass --data)")
         self.shards = [read_shard(p) for p in paths]
-        self.total = sum(len(s) for s in self.shards)
+        self.total = sum(len(s) for s in self.shards)  # tokens in the whole stream, over all shards
         self.B, self.T, self.rank, self.world_size = batch_size, seq_len, rank, world_size
-        self.row = seq_len + 1
+        self.row = seq_len + 1  # T inputs and, shifted by one, T targets come from T + 1 tokens
         if self.total < world_size * batch_size * self.row:
             raise ValueError(
                 f"shards hold {self.total} tokens, fewer than one batch ({world_size}x{batch_size}x{self.row}); "
                 "lower --batch-size / --seq-len or add data"
             )
         self.position = 0  # token offset of the next global batch in the concatenated stream
-        self.epoch = 0
+        self.epoch = 0  # passes over the stream completed; rows depend on position alone, this is a record
 
     def _read(self, start: int, n: int) -> np.ndarray:
         """n tokens from the concatenated stream starting at `start` (may span shards)."""
@@ -103,27 +112,31 @@ class TokenLoader:
             if offset >= len(shard):
                 offset -= len(shard)
                 continue
-            piece = shard[offset : offset + n - sum(len(p) for p in out)]
-            out.append(np.asarray(piece))
-            offset = 0
+            piece = shard[offset : offset + n - sum(len(p) for p in out)]  # what is still missing
+            out.append(np.asarray(piece))  # copies just this window out of the memory map
+            offset = 0  # a read that spills into the next shard continues at its start
             if sum(len(p) for p in out) == n:
                 break
         return np.concatenate(out)
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (inputs, targets) of the next global batch; every rank advances by the whole batch."""
         global_tokens = self.world_size * self.B * self.row
+        # A batch never wraps around the end: the tail shorter than a global batch is skipped each epoch.
         if self.position + global_tokens > self.total:
             # Start the next epoch from the top: the synthetic data is repeated, as Phi-4 did (~14 epochs).
             self.position, self.epoch = 0, self.epoch + 1
-        start = self.position + self.rank * self.B * self.row
+        start = self.position + self.rank * self.B * self.row  # rank r's slice of the global batch
         rows = self._read(start, self.B * self.row).astype(np.int64).reshape(self.B, self.row)  # (B, T+1)
         self.position += global_tokens
         return rows[:, :-1], rows[:, 1:]  # inputs (B, T), targets (B, T)
 
     def state_dict(self) -> dict:
+        """Where the stream stands: saved in every checkpoint so a resumed run reads the next batch."""
         return {"position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict):
+        """Continue from a state_dict() read back from a checkpoint."""
         self.position, self.epoch = int(state["position"]), int(state["epoch"])
 
 
@@ -140,43 +153,50 @@ class ChatLoader:
 
     def __init__(self, examples: list[tuple[list[int], list[int]]], batch_size: int, seq_len: int, pad_id: int,
                  rank: int = 0, world_size: int = 1, seed: int = 0):
+        """examples: (ids, loss_mask) pairs from Tokenizer.render_chat, one per conversation."""
         # Conversations that do not fit are dropped, never truncated: a cut-off answer teaches the model
         # to stop mid-solution without <|im_end|>.
         self.examples = [(ids, mask) for ids, mask in examples if len(ids) <= seq_len + 1]
-        self.n_dropped = len(examples) - len(self.examples)
+        self.n_dropped = len(examples) - len(self.examples)  # reported by train.py, so a drop is never silent
         if len(self.examples) < batch_size * world_size:
             raise ValueError(f"only {len(self.examples)} conversations fit --seq-len {seq_len}; need at least one batch")
         self.B, self.pad_id, self.rank, self.world_size, self.seed = batch_size, pad_id, rank, world_size, seed
         self.position, self.epoch = 0, 0
 
     def _order(self) -> list[int]:
+        """This epoch's permutation of the examples: a pure function of (seed, epoch), never stored."""
         order = list(range(len(self.examples)))
+        # Every rank computes the same order (same seed and epoch) and takes its own slice of it. The
+        # large odd multiplier keeps (seed, epoch) pairs from colliding, as seed + epoch would.
         random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
         return order
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (inputs, targets) of the next global batch, padded to its longest conversation."""
         global_rows = self.B * self.world_size
         if self.position + global_rows > len(self.examples):
-            self.position, self.epoch = 0, self.epoch + 1
+            self.position, self.epoch = 0, self.epoch + 1  # the last few are skipped; the reshuffle moves them
         order = self._order()
         start = self.position + self.rank * self.B
         chosen = [self.examples[i] for i in order[start : start + self.B]]
         self.position += global_rows
-        width = max(len(ids) for ids, _ in chosen) - 1
+        width = max(len(ids) for ids, _ in chosen) - 1  # T: the longest row, minus the shift by one
         inputs = np.full((self.B, width), self.pad_id, dtype=np.int64)  # (B, T)
         targets = np.full((self.B, width), -100, dtype=np.int64)  # (B, T)
         for row, (ids, mask) in enumerate(chosen):
             ids, mask = np.asarray(ids), np.asarray(mask)
-            n = len(ids) - 1
-            inputs[row, :n] = ids[:-1]
+            n = len(ids) - 1  # positions with a next token; the rest of the row stays padding
+            inputs[row, :n] = ids[:-1]  # (n,)
             # Token t+1 is a target only where the loss mask marks it (assistant content and <|im_end|>).
-            targets[row, :n] = np.where(mask[1:] == 1, ids[1:], -100)
+            targets[row, :n] = np.where(mask[1:] == 1, ids[1:], -100)  # -100: cross_entropy's ignore_index
         return inputs, targets
 
     def state_dict(self) -> dict:
+        """(epoch, position): with the seed, that fixes the order, so a resumed run continues exactly."""
         return {"position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict):
+        """Continue from a state_dict(); the epoch's order is recomputed from the seed, not saved."""
         self.position, self.epoch = int(state["position"]), int(state["epoch"])
 
 
@@ -189,7 +209,7 @@ def read_conversations(path: str) -> list[list[dict]]:
         raise files.DataError(f"chat data {path} not found; build it with `python data.py` or pass --sft-data")
     conversations = []
     for line_no, record in files.iter_jsonl(path):
-        where = f"{path}, line {line_no}"
+        where = f"{path}, line {line_no}"  # every error below names the file and line to fix
         if "messages" in record:
             messages = record["messages"]
             if not isinstance(messages, list) or not messages:
@@ -216,7 +236,8 @@ def read_conversations(path: str) -> list[list[dict]]:
 def shard_paths(data_dir: str, split: str) -> list[str]:
     """The shards of one split (`train` or `val`) in a data directory, in order."""
     if not os.path.isdir(data_dir):
-        return []
+        return []  # the caller's "no shards" error names the flag to change; a missing folder is that case
+    # Sorted: train_000, train_001, ... is the stream's order, which resuming by token offset relies on.
     return sorted(
         os.path.join(data_dir, f) for f in os.listdir(data_dir) if f.startswith(f"{split}_") and f.endswith(".bin")
     )
@@ -251,22 +272,23 @@ class MixtureLoader:
 
     def __init__(self, replay_paths: list[str], long_paths: list[str], batch_size: int, seq_len: int,
                  long_fraction: float, bos_id: int, pad_id: int, rank: int = 0, world_size: int = 1):
+        """Map both kinds of shard, split the long ones into documents, and check each fits a row."""
         if not 0.0 <= long_fraction <= 1.0:
             raise ValueError(f"--long-fraction must be between 0 and 1, got {long_fraction}")
         if not long_paths and long_fraction > 0:
             raise ValueError("no long-document shards (long_train_*.bin) found; build them or pass --long-data")
         # The fraction as an exact ratio, so row g's kind does not depend on float rounding.
-        ratio = Fraction(long_fraction).limit_denominator(1000)
+        ratio = Fraction(long_fraction).limit_denominator(1000)  # 0.3 -> 3/10
         self.numerator, self.denominator = ratio.numerator, ratio.denominator
         self.replay = TokenLoader(replay_paths, 1, seq_len)  # read through its concatenated stream only
-        self.n_replay_rows = self.replay.total // (seq_len + 1)
+        self.n_replay_rows = self.replay.total // (seq_len + 1)  # whole rows only: the tail is never read
         self.documents: list[np.ndarray] = []  # views into the memory-mapped shards, one per document
         for path in long_paths:
             shard = read_shard(path)
-            starts = np.flatnonzero(np.asarray(shard) == bos_id)
+            starts = np.flatnonzero(np.asarray(shard) == bos_id)  # each document opens with <|endoftext|>
             if len(shard) and (len(starts) == 0 or starts[0] != 0):
                 raise ValueError(f"{path} does not start with <|endoftext|>; rebuild the long documents")
-            ends = [*starts[1:], len(shard)]
+            ends = [*starts[1:], len(shard)]  # a document runs up to the next one's <|endoftext|>
             self.documents += [shard[start:end] for start, end in zip(starts, ends)]
         longest = max((len(doc) for doc in self.documents), default=0)
         if longest > seq_len + 1:
@@ -284,22 +306,25 @@ class MixtureLoader:
 
     def row(self, g: int) -> tuple[np.ndarray, np.ndarray]:
         """Global row g -> (inputs (T,), targets (T,)), with -100 targets on padding."""
+        # Computed, not counted, so any row can be built without walking the ones before it: resuming
+        # and every rank's share of a batch need only g.
         n_long_before = g * self.numerator // self.denominator  # long rows among rows 0 .. g-1
         tokens = np.full(self.T + 1, self.pad_id, dtype=np.int64)  # (T+1,)
         if self.is_long(g):
-            document = self.documents[n_long_before % len(self.documents)]
-            tokens[: len(document)] = document
+            document = self.documents[n_long_before % len(self.documents)]  # in order, cycling
+            tokens[: len(document)] = document  # at position 0, padded after its end
             n_real = len(document)
         else:
             # Replay rows walk through the pretraining stream in order and start over at its end.
-            replay_row = (g - n_long_before) % self.n_replay_rows
+            replay_row = (g - n_long_before) % self.n_replay_rows  # g minus the long rows: replay rows so far
             tokens[:] = self.replay._read(replay_row * (self.T + 1), self.T + 1)
             n_real = self.T + 1
-        targets = tokens[1:].copy()
+        targets = tokens[1:].copy()  # (T,); a copy: the -100s below must not reach the inputs' buffer
         targets[n_real - 1 :] = -100  # target t is token t+1: none past the document's last token
         return tokens[:-1], targets
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's B rows of the next global batch; long rows are spread over ranks by their g."""
         first = self.position + self.rank * self.B  # this rank's rows of the global batch
         rows = [self.row(g) for g in range(first, first + self.B)]
         self.position += self.world_size * self.B
@@ -310,13 +335,16 @@ class MixtureLoader:
         if not self.documents:
             return 0.0
         fraction = self.numerator / self.denominator
+        # Per row on average: a long row has len - 1 targets (its padding has none), a replay row T.
         long_tokens = fraction * float(np.mean([len(doc) - 1 for doc in self.documents]))
         return long_tokens / (long_tokens + (1 - fraction) * self.T)
 
     def state_dict(self) -> dict:
+        """The next global row: every row's content is a function of its index, so this is all the state."""
         return {"position": self.position}
 
     def load_state_dict(self, state: dict):
+        """Continue from a state_dict(), on any number of ranks (rows are counted globally)."""
         self.position = int(state["position"])
 
 
@@ -332,12 +360,17 @@ def tokenize_documents(tokenizer: Tokenizer, documents: list[str], desc: str) ->
     """Concatenate documents as ids, each preceded by <|endoftext|> (the document separator)."""
     ids = []
     for document in tqdm(documents, desc=desc, unit="doc", mininterval=1.0):
+        # Before each document, not after: every document, the first included, opens with the same token.
         ids.append(tokenizer.bos_id)
         ids.extend(tokenizer.encode(document))
     return np.array(ids, dtype=np.uint32)
 
 
 def write_split(tokenizer, documents, out_dir, split, shard_tokens=50_000_000) -> int:
+    """Tokenize documents into {split}_000.bin, {split}_001.bin, ... and return the token count.
+
+    50M tokens (200 MB) per shard: a document may straddle two shards, which the loaders allow.
+    """
     tokens = tokenize_documents(tokenizer, documents, desc=f"tokenizing {split}")
     for i, start in enumerate(range(0, len(tokens), shard_tokens)):
         write_shard(os.path.join(out_dir, f"{split}_{i:03d}.bin"), tokens[start : start + shard_tokens])
@@ -353,6 +386,8 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     """
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(seed)
+    # The held-out split is drawn before anything else and from EVAL_SEED, so it is the same whatever
+    # --seed or --n-problems the training data was built with: scores stay comparable across builds.
     eval_problems = toyworld.make_split(EVAL_SEED, n_eval)
     eval_questions = [p.question for p in eval_problems]
 
@@ -365,8 +400,8 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     kept = set(kept_questions)
     problems = [p for p in problems if p.question in kept]
     documents = [toyworld.problem_document(p) for p in problems] + [toyworld.drill_document(rng) for _ in range(n_problems // 6)]
-    rng.shuffle(documents)
-    n_val = max(1, len(documents) // 50)
+    rng.shuffle(documents)  # problems and drills interleaved, so no shard is all of one kind
+    n_val = max(1, len(documents) // 50)  # 2% for held-out loss (a different thing from eval.jsonl)
     val_documents, train_documents = documents[:n_val], documents[n_val:]
 
     # The tokenizer learns from (a sample of) the training text only.
@@ -379,7 +414,7 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_e
     # Post-training sets, disjoint from each other: SFT conversations, and problems whose answers the
     # model will be sampled on (rejection sampling, Pivotal Token Search). Both are training problems,
     # so the 13-gram rule has already cleaned them against the held-out split.
-    n_sft = len(problems) // 3
+    n_sft = len(problems) // 3  # SFT reuses pretraining problems, now posed as chat turns
     for name, subset in (("sft.jsonl", problems[:n_sft]), ("rl.jsonl", problems[n_sft : n_sft + 4000])):
         files.write_jsonl(os.path.join(out_dir, name), [p.to_dict() for p in subset])
     meta = {
@@ -410,12 +445,12 @@ def build_long_documents(data_dir: str, doc_tokens: int, n_train: int = 4000, n_
     """
     tokenizer = Tokenizer.load(os.path.join(data_dir, "tokenizer.json"))
     eval_file = os.path.join(data_dir, "eval.jsonl")
-    banned: set = set()
+    banned: set = set()  # 13-grams of the held-out questions (report section 2), the same rule as above
     for problem in toyworld.read_problems(eval_file) if os.path.exists(eval_file) else []:
         banned |= toyworld.ngrams(problem.question)
     meta = {"doc_tokens": doc_tokens, "seed": seed}
     for split, n, split_seed in (("long_train", n_train, seed), ("long_val", n_val, seed + 1)):
-        rng = random.Random(split_seed)
+        rng = random.Random(split_seed)  # a seed per split, so validation documents differ from training ones
         documents = [
             toyworld.long_training_document(rng, tokenizer, doc_tokens, banned)
             for _ in tqdm(range(n), desc=f"building {split}", unit="doc", mininterval=1.0)
@@ -443,7 +478,7 @@ def ensure_long_documents(data_dir: str, doc_tokens: int, **kwargs) -> dict:
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get("doc_tokens") == doc_tokens:
-            return meta
+            return meta  # built for this row length already; a different --seq-len rebuilds them
     print(f"building long documents of up to {doc_tokens} tokens in {data_dir} (the midtraining data)")
     return build_long_documents(data_dir, doc_tokens, **kwargs)
 
@@ -482,7 +517,8 @@ def build_from_folder(input_dir, out_dir, tokenizer_kind, vocab_size, tokenizer_
     else:
         tokenizer = Tokenizer.train("\n".join(documents)[:20_000_000], vocab_size, verbose=True)
     tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    random.Random(0).shuffle(documents)
+    random.Random(0).shuffle(documents)  # a fixed seed: the same folder always gives the same split
+    # 1% validation, at least one document, none when there is only one (all of it goes to training).
     n_val = max(1, len(documents) // 100) if len(documents) > 1 else 0
     meta = {"train_tokens": write_split(tokenizer, documents[n_val:], out_dir, "train"), "vocab_size": tokenizer.vocab_size}
     if n_val:
@@ -492,7 +528,7 @@ def build_from_folder(input_dir, out_dir, tokenizer_kind, vocab_size, tokenizer_
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         description="Build token shards. With no flags: the toy synthetic world into out/data/toy.",
         epilog=(
             "Your own data: put .txt files (one document each) and/or .jsonl files (one {'text': ...} per "

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
+import cli
 import data
 import files
 import parallel
@@ -347,6 +347,7 @@ class DPOConfig(trainer.RunConfig):
         "beta": "DPO beta: how strongly the policy is held near the reference (higher = closer)",
         "average_logprobs": "use mean-per-token log-probs instead of sums (length-normalised; see dpo_loss)",
     }
+    LIMITS = {"beta": cli.positive}
 
 
 def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig, pad_id: int, world):
@@ -391,6 +392,8 @@ def train_dpo(cfg: DPOConfig) -> list[dict]:
         raise ValueError("DPO starts from a trained model: pass --init out/sft (or --resume)")
     if not cfg.pairs and not cfg.resume:
         raise ValueError("pass --pairs FILE.jsonl (from `python rejection_sampling.py` or pts.py)")
+    if cfg.resume:  # the saved run's settings: the same pairs, schedule and beta
+        cfg = trainer.resume_settings(cfg, checkpoint.read_checkpoint(cfg.out))
     world = parallel.init_distributed(parallel.resolve_device(cfg.device))
     try:
         return train_dpo_on(cfg, world)
@@ -445,14 +448,13 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
 
 
 def parse_args(argv=None) -> DPOConfig:
-    """The command line as a DPOConfig: one flag per field, with the help texts of DPOConfig.HELP."""
-    parser = trainer.config_parser(DPOConfig, __doc__.split("\n")[0])
-    return DPOConfig(**vars(parser.parse_args(argv)))
+    """The command line as a DPOConfig: one flag per field, help from DPOConfig.HELP, ranges from LIMITS."""
+    parser = cli.config_parser(DPOConfig, __doc__.split("\n")[0], {"device": list(parallel.DEVICES)},
+                               epilog="A checkpoint folder is code (its shard metadata is a pickle): open only your own.")
+    cfg = DPOConfig(**vars(parser.parse_args(argv)))
+    return trainer.with_given(cfg, cli.given_flags(parser, argv))
 
 
 if __name__ == "__main__":
-    try:
-        train_dpo(parse_args())
-    except ValueError as error:
-        # Every message names the flag to change; a traceback would bury it.
-        sys.exit(f"error: {error}")
+    # Every error message names the flag or file to change; a traceback would bury it.
+    cli.main(lambda: train_dpo(parse_args()))

@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
+import cli
 import checkpoint
 import data
 import files
@@ -42,13 +43,20 @@ from sample import sample_completions, strip_stop
 
 
 def majority_answer(texts: list[str]) -> int | None:
-    """The most frequent final answer among texts (ties: the one seen first); None if none has one."""
+    """The most frequent final answer among texts (ties: the one seen first); None if none has one.
+
+    This is the vote of maj@k (self-consistency): k sampled solutions may reach the same number by
+    different routes, and the number most of them agree on is taken as the model's answer. Samples with
+    no "Answer:" line do not vote, so ["Answer: 7", "rambling", "Answer: 7"] votes 7, not "no answer".
+    Example: answers 3, 5, 5, 3 tie at two votes each; 3 was seen first and wins, so a tie is broken
+    by sample order, which the seed fixes, and a rerun gives the same vote.
+    """
     answers = [a for a in map(toyworld.extract_answer, texts) if a is not None]
     if not answers:
-        return None
+        return None  # scored as wrong by the caller: None never equals a problem's answer
     counts = Counter(answers)
     best = max(counts.values())
-    return next(a for a in answers if counts[a] == best)
+    return next(a for a in answers if counts[a] == best)  # first in sample order among the most voted
 
 
 @torch.no_grad()
@@ -68,39 +76,58 @@ def evaluate_problems(
     -> {"accuracy", "n", "correct", "per_level"} (+ "maj_k", "maj_accuracy", "maj_correct").
     maj@k samples k answers at `temperature` and scores the most frequent final answer: it measures
     whether the model's *distribution* is right more often than not, which greedy decoding hides.
+    It is not pass@k (right if ANY of k samples is right), which only grows with k; maj@k can fall
+    below pass@1 when the right answer is the single most likely path but not the most common number.
+
+    Pitfall: pass@1 here is greedy (temperature 0), one answer per problem, not the mean accuracy of
+    sampled answers: a model can be right greedily and wrong in most samples, or the other way round.
     """
+    # Both end markers stop an answer: a document-format model starts the next document with
+    # <|endoftext|> (bos_id), a chat model closes its turn with <|im_end|>. What follows is not the answer.
     stop = (tokenizer.bos_id, tokenizer.im_end_id)
     prompts = [toyworld.prompt_ids(tokenizer, p, chat) for p in problems]
+    # temperature 0 is argmax decoding: no seed, so pass@1 is the same number on every rerun.
     greedy = sample_completions(model, prompts, 1, max_new_tokens, stop, temperature=0, batch_rows=batch_size,
-                                vocab_size=tokenizer.vocab_size)
+                                vocab_size=tokenizer.vocab_size)  # per problem: [one answer's ids]
     correct = [toyworld.check(p, tokenizer.decode(strip_stop(s[0], stop))) for p, s in zip(problems, greedy)]
+    # Per level (the number of operations, 1-4): a stage that helps only easy problems shows here.
     per_level: dict[int, list[bool]] = {}
     for problem, ok in zip(problems, correct):
         per_level.setdefault(problem.level, []).append(ok)
     result = {
-        "accuracy": sum(correct) / max(1, len(problems)),
+        "accuracy": sum(correct) / max(1, len(problems)),  # max: an empty --limit slice reads 0, not 0/0
         "n": len(problems),
         "correct": sum(correct),
         "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
     }
     if maj_k > 0:
+        # k rows per prompt: the prompt is prefilled once and its KV cache copied to k rows.
         samples = sample_completions(model, prompts, maj_k, max_new_tokens, stop, temperature, seed=seed,
-                                     vocab_size=tokenizer.vocab_size)
+                                     vocab_size=tokenizer.vocab_size)  # per problem: k answers' ids
         votes = [majority_answer([tokenizer.decode(strip_stop(s, stop)) for s in group]) for group in samples]
-        maj_correct = sum(vote == p.answer for vote, p in zip(votes, problems))
+        maj_correct = sum(vote == p.answer for vote, p in zip(votes, problems))  # a None vote is wrong
         result.update(maj_k=maj_k, maj_temperature=temperature, maj_correct=maj_correct,
                       maj_accuracy=maj_correct / max(1, len(problems)))
     return result
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% confidence interval of a binomial proportion (Wilson score: sane at 0% and 100%, unlike +-2se)."""
+    """95% confidence interval of a binomial proportion (Wilson score: sane at 0% and 100%, unlike +-2se).
+
+    Each held-out problem is a coin flip with the model's unknown accuracy p; the interval holds every p
+    for which the observed p_hat = successes / n is within z standard errors, with the standard error
+    sqrt(p (1 - p) / n) taken at that p, not at p_hat. Solving that quadratic for p gives the centre and
+    half-width below. The textbook p_hat +- z sqrt(p_hat (1 - p_hat) / n) has zero width at 0 of 10
+    (as if 0% were certain) and can leave [0, 1]; Wilson's centre is pulled toward 1/2 by z^2 / 2n.
+    Examples: 0 of 10 -> (0.0, 0.28); 5 of 10 -> (0.24, 0.76); 41 of 100 -> (0.32, 0.51).
+    Two stages whose intervals overlap widely are not shown apart by this many problems: use more.
+    """
     if n == 0:
-        return 0.0, 1.0
+        return 0.0, 1.0  # no evidence: every accuracy is possible
     p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)  # p_hat shrunk toward 1/2, more so for small n
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, centre - half), min(1.0, centre + half)  # clamps only float rounding at 0 and n
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,7 +149,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 # tables extended at its own base (set_rope, the only way to run it there), which the result marks as
 # "extrapolated": that is how the pretrained model is measured beyond its 1x.
 
-LONG_MULTIPLES = (1, 2, 4)
+LONG_MULTIPLES = (1, 2, 4)  # 4x is midtraining's extension (CONTEXT_EXTENSION): the farthest it trained
 LONG_LAYOUTS = {"far": "recall", "near": "near"}  # report name -> toyworld.long_document layout
 # Chance: copying the number of a random one of the document's 12 facts (8 ledger, 4 problem openings).
 LONG_CHANCE = 1 / 12
@@ -135,18 +162,18 @@ def document_losses(model: Phi4, documents: list[list[int]], pad_id: int, batch_
     results = []
     for start in range(0, len(documents), batch_size):
         chunk = documents[start : start + batch_size]
-        width = max(map(len, chunk))
+        width = max(map(len, chunk))  # T: the longest document of the chunk; shorter rows are padded
         idx = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # (B, T), padded at the end
         for row, ids in enumerate(chunk):
-            idx[row, : len(ids)] = torch.tensor(ids)
+            idx[row, : len(ids)] = torch.tensor(ids)  # (n,) into row `row`; the rest stays pad_id
         hidden = model.hidden_states(idx.to(device))  # (B, T, C); causal, so padding changes nothing before it
         for row, ids in enumerate(chunk):
-            n = len(ids)
+            n = len(ids)  # slicing to n drops the padded positions, so pad tokens are never scored
             # One row of logits at a time: (n, V) is the largest tensor alive, whatever the batch size.
             logits = model.lm_head(hidden[row, : n - 1]).float()  # (n-1, V)
             targets = idx[row, 1:n].to(device)  # (n-1,)
             losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")  # (n-1,)
-            results.append((losses.cpu(), logits.argmax(dim=-1).cpu()))
+            results.append((losses.cpu(), logits.argmax(dim=-1).cpu()))  # argmax: what greedy decoding writes
     return results
 
 
@@ -156,13 +183,16 @@ def retrieval_accuracy(model: Phi4, documents: list[toyworld.LongDocument], pad_
     answers = []  # (kind, correct, distance)
     for doc, (_, predicted) in zip(documents, scored):
         for answer in doc.answers:
+            # A number can take several tokens: all of them must be right, as a greedy answer would need.
             span = range(answer["position"], answer["position"] + answer["n_tokens"])
             # The token at position p is predicted from position p - 1.
             correct = all(int(predicted[p - 1]) == doc.ids[p] for p in span)
             answers.append((answer["kind"], correct, answer["position"] - answer["fact_position"]))
+    # The mean distance shows that "far" really is far: about the document length, against a few dozen
+    # tokens for "near", so a gap between the two layouts is a gap in long-range attention.
     entry = {"n": len(answers), "mean_distance": sum(a[2] for a in answers) / len(answers)}
     for kind in ("all", "ledger", "problem"):
-        chosen = [ok for k, ok, _ in answers if kind in ("all", k)]
+        chosen = [ok for k, ok, _ in answers if kind in ("all", k)]  # "all" pools both kinds
         entry[f"{kind}_accuracy"] = sum(chosen) / len(chosen)
         entry[f"{kind}_ci95"] = wilson_interval(sum(chosen), len(chosen))
     return entry
@@ -173,18 +203,21 @@ def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int,
                           seed: int = toyworld.LONG_EVAL_SEED, progress: bool = False) -> dict:
     """Far and near retrieval at 1x, 2x and 4x base_len, and held-out loss by position (see the section comment)."""
     model.eval()
-    trained_len = model.config.max_seq_len
+    trained_len = model.config.max_seq_len  # restored in `finally`, even when a length fails midway
     result = {"max_seq_len": trained_len, "rope_theta": model.config.rope_theta, "base_len": base_len,
               "n_docs": n_docs, "chance": LONG_CHANCE, "retrieval": []}
     longest = max(LONG_MULTIPLES) * base_len
     if longest > trained_len:
         model.set_rope(max_seq_len=longest)  # same base: extrapolation past the trained context
     try:
+        # Six cells: (far, near) x (1x, 2x, 4x); k numbers them, so each cell has its own fixed documents.
         settings = [(name, multiple) for name in LONG_LAYOUTS for multiple in LONG_MULTIPLES]
         for k, (name, multiple) in enumerate(tqdm(settings, desc="long-context eval", disable=not progress)):
             length = multiple * base_len
             rng = random.Random(seed + k)  # the same documents for every model
             documents = [toyworld.long_document(rng, tokenizer, length, layout=LONG_LAYOUTS[name]) for _ in range(n_docs)]
+            # "extrapolated": RoPE angles the model never saw in training, so a low score may be the
+            # positions, not the retrieval; the report marks such cells with *.
             entry = {"layout": name, "length": length, "multiple": multiple, "extrapolated": length > trained_len}
             result["retrieval"].append({**entry, **retrieval_accuracy(model, documents, tokenizer.pad_id)})
 
@@ -192,10 +225,12 @@ def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int,
         rng = random.Random(seed)
         documents = [toyworld.long_training_document(rng, tokenizer, longest).ids for _ in range(n_docs)]
         scored = document_losses(model, documents, tokenizer.pad_id)
+        # One bucket per window of base_len positions: a model that only learned 1x has a flat loss in
+        # the first bucket and a rising one after it; a midtrained model stays flat (or falls: more context).
         buckets = []
         for start in range(0, longest, base_len):
             # Loss at position t is the loss of predicting token t + 1.
-            values = torch.cat([losses[start : start + base_len] for losses, _ in scored])
+            values = torch.cat([losses[start : start + base_len] for losses, _ in scored])  # (n_docs * base_len,)
             buckets.append({"start": start, "end": start + base_len, "loss": float(values.mean()), "n_tokens": len(values)})
         result["loss_by_position"] = buckets
     finally:
@@ -212,25 +247,26 @@ def pretraining_length(path: str, model: Phi4) -> int:
     """
     train_config = checkpoint.read_checkpoint(path).get("train_config") or {}  # the record only: no weights
     if train_config.get("stage") == "midtrain":
+        # Its max_seq_len is already the extended one; the multiples must refer to what it was before.
         return model.config.max_seq_len // CONTEXT_EXTENSION
-    preset = PRESETS.get(train_config.get("size"))
+    preset = PRESETS.get(train_config.get("size"))  # None when the record names no known preset
     return min(model.config.max_seq_len, preset.max_seq_len) if preset else model.config.max_seq_len
 
 
 def long_context_lines(root: str, stages: list[str]) -> list[str]:
     """The report's long-context table: one row per stage folder that has an eval_long.json."""
-    rows, first = [], None
+    rows, first = [], None  # first: the earliest stage with a result, whose cells name the columns
     for stage in stages:
         path = os.path.join(root, stage, "eval_long.json")
         if not os.path.exists(path):
             continue
         result = files.read_json(path)
-        first = first or result
+        first = first or result  # the same --long settings give the same columns for every stage
         cells = [
             f"{100 * e['ledger_accuracy']:.0f}% / {100 * e['problem_accuracy']:.0f}%{'*' if e['extrapolated'] else ''}"
             for e in result["retrieval"]
         ]
-        cells += [f"{bucket['loss']:.3f}" for bucket in result["loss_by_position"]]
+        cells += [f"{bucket['loss']:.3f}" for bucket in result["loss_by_position"]]  # one cell per window
         rows.append(f"| {stage} | {result['max_seq_len']} | {result['rope_theta']:g} | " + " | ".join(cells) + " |")
     if not rows:
         return []
@@ -253,6 +289,8 @@ def long_context_lines(root: str, stages: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # The stage report
 
+# The recipe's order (report sections 3-4: pretraining, midtraining, SFT, then the DPO rounds), so the
+# report reads top to bottom as the model was built; unknown folders go last, by name.
 STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo", "sft_dpo", "pts_dpo", "pts_dpo_dpo")
 
 # The toy version of the report's Table 9 (SFT -> +PTS DPO): which stage folder holds which row.
@@ -263,11 +301,11 @@ TABLE9 = (("SFT", "sft"), ("SFT + PTS-DPO", "pts_dpo"), ("SFT + full-length DPO"
 def accuracy_cells(result: dict | None) -> tuple[str, str]:
     """'41.2% of 500 (37.0-45.6%)' for greedy pass@1 and for maj@k, or placeholders."""
     if result is None:
-        return "not evaluated", "-"
-    low, high = result["ci95"]
+        return "not evaluated", "-"  # the stage trained but eval.py has not been run on it
+    low, high = result["ci95"]  # the interval goes next to the number: a 2-point gain inside it is noise
     greedy = f"{100 * result['accuracy']:.1f}% of {result['n']} ({100 * low:.1f}-{100 * high:.1f}%)"
     if "maj_accuracy" not in result:
-        return greedy, "-"
+        return greedy, "-"  # evaluated with --maj-k 0
     low, high = result["maj_ci95"]
     return greedy, f"{100 * result['maj_accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
 
@@ -275,10 +313,10 @@ def accuracy_cells(result: dict | None) -> tuple[str, str]:
 def write_report(root: str, path: str):
     """out/report.md: for every stage folder under root, what training did and what the eval measured."""
     stages = [d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "log.jsonl"))] if os.path.isdir(root) else []
-    stages.sort(key=lambda d: (STAGE_ORDER.index(d) if d in STAGE_ORDER else len(STAGE_ORDER), d))
+    stages.sort(key=lambda d: (STAGE_ORDER.index(d) if d in STAGE_ORDER else len(STAGE_ORDER), d))  # recipe order
     evals = {s: files.read_json(os.path.join(root, s, "eval.json")) if os.path.exists(os.path.join(root, s, "eval.json")) else None
              for s in stages}
-    maj_k = next((e["maj_k"] for e in evals.values() if e and "maj_k" in e), None)
+    maj_k = next((e["maj_k"] for e in evals.values() if e and "maj_k" in e), None)  # the column header's k
     lines = [
         "# Report of the toy Phi-4 recipe",
         "",
@@ -288,7 +326,9 @@ def write_report(root: str, path: str):
     for stage in stages:
         records = files.read_jsonl(os.path.join(root, stage, "log.jsonl"))
         last = records[-1]
+        # The latest held-out loss: it is logged only every few steps, so the last record may lack one.
         val = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
+        # Median, not mean: the first steps include compilation and warm-up and would drag a mean down.
         tok_s = sorted(r["tok_s"] for r in records)[len(records) // 2]
         wall = f"{last['time_s']:.0f}" if "time_s" in last else "?"
         val_text = f"{val:.4f}" if val is not None else "-"
@@ -298,6 +338,8 @@ def write_report(root: str, path: str):
 
     rs_summary = os.path.join(root, "rs", "summary.json")
     if os.path.exists(rs_summary):
+        # pass@n (any of n samples right) is the ceiling of rejection sampling: problems it misses give
+        # no accepted answer at all, and sample accuracy is the share of samples that survive the oracle.
         s = files.read_json(rs_summary)
         lines += ["", "## Rejection sampling", "",
                   f"{s['problems']} problems x {s['samples_per_problem']} samples at T={s['temperature']} from {s.get('init', '?')}: "
@@ -306,7 +348,8 @@ def write_report(root: str, path: str):
     dpo_rows = []
     for stage in stages:
         records = files.read_jsonl(os.path.join(root, stage, "log.jsonl"))
-        if "margin" in records[-1]:
+        if "margin" in records[-1]:  # only DPO logs a margin: this picks the DPO stages
+            # A mean over the last steps: a single step's batch makes these numbers jump.
             tail = records[-10:]
             mean = lambda key: sum(r[key] for r in tail) / len(tail)
             dpo_rows.append(f"| {stage} | {records[-1]['step']} | {mean('loss'):.3f} | {mean('chosen_reward'):.2f} | "
@@ -315,20 +358,23 @@ def write_report(root: str, path: str):
         lines += ["", "## DPO training (means of the last 10 steps)", "",
                   "| stage | steps | loss | chosen reward | rejected reward | margin | preference accuracy |",
                   "|---|---|---|---|---|---|---|", *dpo_rows]
-    if sum(evals.get(folder) is not None for _, folder in TABLE9) >= 2:
+    if sum(evals.get(folder) is not None for _, folder in TABLE9) >= 2:  # a comparison needs two rows
         lines += ["", "## Toy Table 9: Pivotal Token Search (report: SFT -> +PTS DPO, MATH 77.1 -> 80.5)", "",
                   f"| model | held-out pass@1 (95% CI) | maj@{maj_k or 'k'} (95% CI) |", "|---|---|---|"]
         for name, folder in TABLE9:
             greedy, majority = accuracy_cells(evals.get(folder))
             lines.append(f"| {name} | {greedy} | {majority} |")
     lines += long_context_lines(root, stages)  # present once a stage has run eval.py --long
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # `or "."`: a bare file name has no folder
     files.atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Score a checkpoint on the held-out problems, or write the report.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The command line; argv=None reads sys.argv, a list lets a test parse flags without a process.
+
+    Impossible values stop here with argparse's usage message naming the flag, before a model is loaded.
+    """
+    parser = cli.Parser(description="Score a checkpoint on the held-out problems, or write the report.")
     parser.add_argument("--init", default=None, help="checkpoint folder (default: the newest under out/)")
     parser.add_argument("--chat", action="store_true", help="pose problems as a user turn (SFT and later stages)")
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl")
@@ -346,6 +392,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--long-docs", type=int, default=64, help="with --long: documents per length")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
     args = parser.parse_args(argv)
+    # None means "not given" (the default) for these; 0 or less is never meaningful.
     for flag in ("limit", "max_new_tokens", "long_base", "long_docs"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -357,7 +404,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
     """--long: print the retrieval table and write eval_long.json beside the checkpoint."""
-    base_len = args.long_base or pretraining_length(path, model)
+    base_len = args.long_base or pretraining_length(path, model)  # what "1x" means for this model
     start = time.perf_counter()
     result = evaluate_long_context(model, tokenizer, base_len, args.long_docs, progress=True)
     result["seconds"] = time.perf_counter() - start
@@ -375,13 +422,13 @@ def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
 
 def run_heldout(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
     """Greedy pass@1 and maj@k on the held-out split; a full run writes eval.json beside the checkpoint."""
-    problems = toyworld.read_problems(os.path.join(args.data, "eval.jsonl"))[: args.limit]
+    problems = toyworld.read_problems(os.path.join(args.data, "eval.jsonl"))[: args.limit]  # [:None] keeps all
     start = time.perf_counter()
     result = evaluate_problems(model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens,
                                maj_k=args.maj_k, temperature=args.maj_temperature, seed=args.seed)
-    low, high = wilson_interval(result["correct"], result["n"])
+    low, high = wilson_interval(result["correct"], result["n"])  # n = 500 puts +-4 points around 50%
     result.update(ci95=[low, high], format="chat" if args.chat else "document", seconds=time.perf_counter() - start)
-    levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())
+    levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())  # "L1 80%, L2 55%, ..."
     print(f"held-out pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
           f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {result['seconds']:.1f}s")
     if args.maj_k:
@@ -396,7 +443,7 @@ def run_heldout(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None
 if __name__ == "__main__":
     args = parse_args()
     try:
-        if args.report:
+        if args.report:  # the report reads what earlier runs wrote; it loads no model
             write_report("out", args.report)
             print(open(args.report).read())
             sys.exit(0)
@@ -407,4 +454,5 @@ if __name__ == "__main__":
         print(f"loaded {path}: {model.num_params():,} parameters, context {model.config.max_seq_len}")
         (run_long if args.long else run_heldout)(model, tokenizer, path, args)
     except ValueError as error:
+        # Every ValueError message names what to change; a traceback would bury it.
         sys.exit(f"error: {error}")

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 import files
+import parallel
+from checkpoint import check_finite
 from model import ModelConfig, Phi4, get_config
 from tokenization import CL100K_N_RANKS, PHI4_SPECIAL_NAMES, Tokenizer
 
@@ -257,15 +259,20 @@ def config_from_hf(hf_dir: str) -> tuple[ModelConfig, torch.dtype | None]:
     return config, dtype if dtype in DTYPE_NAMES else None
 
 
-def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
-    """The config.json of a phi3 model with our shape, keyed like the Phi-4 release."""
-    # Our tokenizers (data.py) put Phi-4's 96 special tokens right after the learned ranks, in Phi-4's
-    # order: <|endoftext|> is the 2nd, <|im_end|> the 10th, the pad <|dummy_85|> the 94th. For the real
-    # vocabulary of 100,352 this gives the release's 100257, 100265 and 100349.
-    first_special = config.vocab_size - 96
-    special = {"bos_token_id": first_special + 1, "eos_token_id": first_special + 9, "pad_token_id": first_special + 93}
-    if first_special < 256:  # too small a vocabulary to hold bytes plus specials: name none
-        special = {key: None for key in special}
+def hf_config(config: ModelConfig, dtype: torch.dtype, tokenizer: Tokenizer | None = None) -> dict:
+    """The config.json of a phi3 model with our shape, keyed like the Phi-4 release.
+
+    The bos/eos/pad ids come from the tokenizer the model was trained with. They cannot be derived from
+    the model's vocabulary size: a toy BPE of 814 ids is padded to 832 rows, and ids counted back from
+    832 would name rows that were never trained. Without a tokenizer, only the release's own vocabulary
+    (100,352: bos 100257, eos 100265, pad 100349) has known ids; any other gets none.
+    """
+    if tokenizer is not None:
+        special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id}
+    elif config.vocab_size == CL100K_N_RANKS + len(PHI4_SPECIAL_NAMES):
+        special = {"bos_token_id": 100257, "eos_token_id": 100265, "pad_token_id": 100349}
+    else:
+        special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     return {
         "architectures": ["Phi3ForCausalLM"],
         "model_type": "phi3",
@@ -332,6 +339,11 @@ def load_phi4(hf_dir: str, device="cpu", dtype: torch.dtype | str | None = None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     config, stored_dtype = config_from_hf(hf_dir)
+    with torch.device("meta"):
+        n_params = Phi4(config).num_params()
+    itemsize = (dtype or stored_dtype or torch.float32).itemsize
+    parallel.check_fits(n_params * itemsize, device, f"{hf_dir} in {dtype or stored_dtype or torch.float32}",
+                        "pass --dtype bfloat16 (half of float32), or use a larger GPU")
     shard_files, weight_map = hf_weight_files(hf_dir)
     # Read every header first: names, shapes and sizes are all known before a single weight is read.
     headers = {path: read_safetensors_header(path) for path in shard_files}
@@ -385,12 +397,14 @@ def load_phi4(hf_dir: str, device="cpu", dtype: torch.dtype | str | None = None)
                     n_rows = params[part].shape[0]
                     params[part].copy_(tensor[row : row + n_rows])
                     row += n_rows
+    # NaN or infinity in a weight poisons every output; refuse it here, naming the tensor.
+    check_finite(model.named_parameters(), hf_dir)
     model.set_rope()  # the tables are not in the checkpoint: rebuild them from rope_theta and the context
     return model.eval()
 
 
 
-def save_phi4(model: Phi4, hf_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES):
+def save_phi4(model: Phi4, hf_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES, tokenizer: Tokenizer | None = None):
     """Write this model as a Hugging Face phi3 folder that Phi3ForCausalLM (and its converters) load.
 
     The weights keep the model's dtype. Shards are filled in layer order up to max_shard_bytes each
@@ -438,7 +452,7 @@ def save_phi4(model: Phi4, hf_dir: str, max_shard_bytes: int = MAX_SHARD_BYTES):
         if stale_weights or (name == "model.safetensors.index.json" and len(shard_files) == 1):
             os.remove(os.path.join(hf_dir, name))
     # config.json last: a folder with a config but no weights is what an interrupted save must not leave.
-    config = hf_config(model.config, params["embed.weight"].dtype)
+    config = hf_config(model.config, params["embed.weight"].dtype, tokenizer)
     files.write_json(os.path.join(hf_dir, "config.json"), config)
 
 

@@ -31,7 +31,6 @@ Run `python model.py` to print the parameter and FLOP accounting of every preset
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -571,7 +570,9 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Print parameter and FLOP accounting for each preset.")
+    import cli  # the command line only: the model itself needs no CLI plumbing
+
+    parser = cli.Parser(description="Print parameter and FLOP accounting for each preset.")
     parser.add_argument("--size", default=None, help=f"one preset ({', '.join(PRESETS)}); default: all")
     args = parser.parse_args()
     sizes = [args.size] if args.size else list(PRESETS)

@@ -280,6 +280,33 @@ def memory_plan(
     return plan
 
 
+def available_bytes(device: torch.device) -> float | None:
+    """Memory a rank on `device` can use now: the GPU's free memory, or on a CPU the machine's available
+    memory (Linux's MemAvailable) shared by the ranks on this host. None where it cannot be known."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024 / int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits(needed: float, device: torch.device, what: str, remedy: str) -> None:
+    """Refuse, before anything is allocated, a job whose plan does not fit the device (one line)."""
+    available = available_bytes(device)
+    if available is not None and needed > available:
+        raise ValueError(f"{what} needs {needed / GB:.1f} GB per rank but {torch.device(device).type} has "
+                         f"{available / GB:.1f} GB available; {remedy}")
+
+
+TRAINING_REMEDY = ("lower --batch-size or --seq-len, use more ranks (torchrun --nproc_per_node), "
+                   "--activation-checkpointing or a smaller --size; --dry-run shows the whole plan")
+
+
 def format_plan(plan: dict, gpu_memory_gb: float, activation_checkpointing: bool) -> str:
     """The plan as a table: one column per rank, one for all ranks together, and the verdicts."""
     W = plan["world_size"]

@@ -42,12 +42,8 @@ The algorithm, in prose.
    The pair file is JSON lines in the format dpo.py reads (token ids are authoritative: re-encoding the
    text could merge the prefix and the completion token differently).
 
-Cost, in rollouts: N per question for the filter (the filter's rollouts double as the sampled answers
-that get searched; a finished answer is graded, not rolled out), then per searched answer N for each
-cut the subdivision makes, at most about k log2(answer tokens) for k pivots, plus N per pivot to check
-its alternative. Measured on the toy SFT model (N = 32, ~45-token answers): 2.7 estimates, ~90
-rollouts, per searched answer with the log-prob cut, against 4.3 estimates when cutting in the middle;
-the filter (32 rollouts per question, of which ~1 in 6 is kept) is over half of the bill.
+Cost, in rollouts: `python pts.py --help` spells it out, with what the toy SFT model measured (the log-prob
+cut needs 2.7 estimates per searched answer, cutting in the middle 4.3).
 
 Where this simplifies the report.
 - p(success) is a plain Monte-Carlo fraction from N rollouts at one temperature; the report does not
@@ -85,8 +81,10 @@ import data
 import files
 import toyworld
 import checkpoint
+import cli
 import parallel
-from sample import generate, sample_completions, strip_stop
+import sample
+from sample import sample_completions, strip_stop
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Pivotal tokens by recursive subdivision (model-free: works with any p_success callable)
@@ -141,7 +139,7 @@ def find_pivotal_tokens(
     and both halves are searched, left first. The recursion is unrolled into an explicit stack, so long
     answers whose cuts peel one token at a time cannot hit Python's recursion limit.
     """
-    tokens = [int(t) for t in tokens]
+    tokens = [int(t) for t in tokens]  # tensor or numpy ids -> ints, so the prefixes hash as memo keys
     logprobs = [float(x) for x in logprobs]
     if len(tokens) != len(logprobs):
         raise ValueError(f"{len(tokens)} tokens but {len(logprobs)} log-probs; pass one log-prob per token")
@@ -164,10 +162,10 @@ def find_pivotal_tokens(
     stack = [(0, len(tokens))]
     while stack:
         start, end = stack.pop()
-        if end - start == 1 or abs(p(start) - p(end)) < p_gap:
+        if end - start == 1 or abs(p(start) - p(end)) < p_gap:  # a single token, or p flat across it
             segments.append((start, end))
             continue
-        cut = split_point(logprobs, start, end)
+        cut = split_point(logprobs, start, end)  # half the surprise, not half the length (docstring, 3.)
         # Push the right half first so the left half is searched first: segments come out in order.
         stack.append((cut, end))
         stack.append((start, cut))
@@ -208,7 +206,7 @@ class SuccessEstimator:
         self.sample, self.grade = sample, grade
         self.prompt_ids = prompt_ids or []  # the question's tokens, which every prefix continues
         self.stop_token, self.max_answer_tokens = stop_token, max_answer_tokens
-        self.seed = seed
+        self.seed = seed  # base of the per-prefix seeds; run_search gives each question its own block
         self.memo: dict[tuple[int, ...], Estimate] = {}
         self.rollouts = 0  # continuations sampled: the cost PTS is measured in
         self.tokens = 0  # tokens those continuations hold
@@ -226,7 +224,7 @@ class SuccessEstimator:
         if (key and key[-1] == self.stop_token) or len(key) >= self.max_answer_tokens:
             # Nothing left to sample: the answer is what it is, and the oracle knows p exactly.
             ok = bool(self.grade(list(key)))
-            estimate = Estimate(float(ok), [], [])
+            estimate = Estimate(float(ok), [], [])  # no rollouts, so no alternatives at a finished answer
         else:
             # A new seed per new prefix, in the order they are first asked for: reruns are identical.
             continuations = self.sample(list(key), self.seed + len(self.memo))
@@ -234,7 +232,7 @@ class SuccessEstimator:
             successes = [bool(self.grade(list(key) + c)) for c in continuations]
             self.rollouts += len(continuations)
             self.tokens += sum(len(c) for c in continuations)
-            estimate = Estimate(sum(successes) / max(1, len(successes)), continuations, successes)
+            estimate = Estimate(sum(successes) / max(1, len(successes)), continuations, successes)  # max: no 0/0
         self.memo[key] = estimate
         return estimate
 
@@ -242,7 +240,7 @@ class SuccessEstimator:
 def model_estimator(model, tokenizer: data.Tokenizer, problem: toyworld.Problem, n_rollouts: int,
                     temperature: float, max_answer_tokens: int, seed: int) -> SuccessEstimator:
     """A SuccessEstimator that samples from `model` in Phi-4's chat format and grades with the world's oracle."""
-    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)
+    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)  # ends where the assistant turn opens
     stop = tokenizer.eos_id  # <|im_end|>: the end of the assistant turn
     # An answer may not run past the context either: cap its length so that question + answer fits.
     max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))
@@ -276,7 +274,7 @@ def answer_logprobs(model, prompt_ids: list[int], answer: list[int], temperature
     # The scaling by 1/temperature must match generate's: PTS cuts where the sampler was surprised,
     # and at temperature 1.5 a token's surprise is not the one at temperature 1.
     targets = torch.tensor(answer, device=device)[:, None]  # (n, 1)
-    return logits.log_softmax(dim=-1).gather(-1, targets)[:, 0].tolist()
+    return logits.log_softmax(dim=-1).gather(-1, targets)[:, 0].tolist()  # (n, V) -> (n, 1) -> n floats
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,7 +303,7 @@ def alternative_token(estimate: Estimate, pivot: Pivot) -> int | None:
     counts: dict[int, list[int]] = {}  # first token -> [rollouts starting with it, successes among them]
     for continuation, ok in zip(estimate.continuations, estimate.successes):
         # The pivot itself is no alternative: a pair needs two different tokens.
-        if continuation and continuation[0] != pivot.token:
+        if continuation and continuation[0] != pivot.token:  # empty when no answer budget was left
             tally = counts.setdefault(continuation[0], [0, 0])
             tally[0] += 1
             tally[1] += int(ok)
@@ -315,7 +313,7 @@ def alternative_token(estimate: Estimate, pivot: Pivot) -> int | None:
     else:
         # The best alternative: highest success rate (sorted as its negative), same tie-breaks.
         candidates = [(-s / n, -n, token) for token, (n, s) in counts.items() if s / n > 0.5]
-    return min(candidates)[2] if candidates else None
+    return min(candidates)[2] if candidates else None  # tuples compare rate, then -count, then id
 
 
 def pivot_pair(estimator: SuccessEstimator, answer: list[int], pivot: Pivot) -> TokenPair | None:
@@ -379,7 +377,7 @@ def search_question(
             if pair is None:
                 result.no_pair += 1
                 continue
-            key = (tuple(pair.prefix), pair.chosen, pair.rejected)
+            key = (tuple(pair.prefix), pair.chosen, pair.rejected)  # a tuple: lists cannot go in a set
             if key not in seen:
                 seen.add(key)
                 result.pairs.append(pair)
@@ -411,81 +409,6 @@ def pair_record(tokenizer: data.Tokenizer, prompt_ids: list[int], problem: toywo
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. Benchmark: rollouts from one prefix, with and without the shared-prefix KV cache
-
-
-def rollout_speed(model, idx: torch.Tensor, n: int, budget: int, temperature: float, stop: int,
-                  seed: int, mode: str, vocab_size: int | None = None) -> tuple[float, int]:
-    """(seconds, rollout tokens) for n rollouts of idx (1, T). Tokens count each row up to its stop
-    token, so padding after a stop is not counted as work done.
-
-    mode "shared": prefill once, copy the cache to n rows. "repeat": n copies of the prefix in one
-    batch, prefilled n times (same samples as "shared" for a seed). "serial": one rollout at a time.
-    """
-    options = dict(stop_tokens=(stop,), vocab_size=vocab_size)
-    start = time.perf_counter()
-    if mode == "shared":
-        outs = [generate(model, idx, budget, temperature, seed=seed, num_samples=n, **options)]
-    elif mode == "repeat":
-        outs = [generate(model, idx.repeat(n, 1), budget, temperature, seed=seed, **options)]  # (n, T)
-    else:
-        # Different seeds per rollout, or all n would be the same sample.
-        outs = [generate(model, idx, budget, temperature, seed=seed + r, **options) for r in range(n)]
-    if idx.device.type == "cuda":
-        torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
-    seconds = time.perf_counter() - start
-    tokens = 0
-    for out in outs:
-        for row in out[:, idx.shape[1]:].tolist():
-            tokens += row.index(stop) + 1 if stop in row else len(row)
-    return seconds, tokens
-
-
-def bench(model, tokenizer, problem, n_rollouts, temperature, max_answer_tokens, seed, repeats=3) -> dict:
-    """Rollout tokens/s from prefixes at 0% .. 90% of a sampled answer, three ways, side by side.
-
-    The search asks for prefixes all along an answer, so the overall line (every prefix's tokens over
-    every prefix's time) is the figure that matches a PTS run. Returns {mode: overall tokens/s}.
-    """
-    device = next(model.parameters()).device
-    stop = tokenizer.eos_id
-    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)
-    max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))
-    # One answer of the model's own, so the prefixes are the kind the search really asks about.
-    answer = generate(model, torch.tensor([prompt_ids], device=device), max_answer_tokens, temperature,
-                      stop_tokens=(stop,), seed=seed, vocab_size=tokenizer.vocab_size)[0, len(prompt_ids):].tolist()
-    # The stop token ends the answer: a prefix that contains it is finished and would need no rollouts.
-    answer = answer[: answer.index(stop)] if stop in answer else answer
-    modes = {"shared": "shared prefix", "repeat": "re-run, batched", "serial": "one at a time"}
-    print(f"{n_rollouts} rollouts per prefix, temperature {temperature}, question of {len(prompt_ids)} tokens, "
-          f"sampled answer of {len(answer)} tokens, {device}; tokens/s, median of {repeats} runs")
-    print(f"{'prefix':>16} | " + " | ".join(f"{name:>15}" for name in modes.values()) + " | shared/batched")
-    totals = {mode: [0.0, 0] for mode in modes}  # mode -> [seconds, tokens] over every prefix
-    # The longer the prefix, the more a shared prefill saves, and the fewer tokens are left to decode.
-    for fraction in (0.0, 0.25, 0.5, 0.75, 0.9):
-        prefix = answer[: int(fraction * len(answer))]
-        idx = torch.tensor([prompt_ids + prefix], device=device)  # (1, T)
-        budget = max_answer_tokens - len(prefix)
-        speeds = {}
-        for mode in modes:
-            runs = sorted(rollout_speed(model, idx, n_rollouts, budget, temperature, stop, seed, mode,
-                                        tokenizer.vocab_size) for _ in range(repeats))
-            seconds, tokens = runs[len(runs) // 2]  # the median run (by time)
-            speeds[mode] = tokens / seconds
-            totals[mode][0] += seconds
-            totals[mode][1] += tokens
-        label = f"{idx.shape[1]} tok ({fraction:.0%})"
-        print(f"{label:>16} | " + " | ".join(f"{speeds[m]:>11,.0f} t/s" for m in modes)
-              + f" | {speeds['shared'] / speeds['repeat']:.2f}x")
-    # Summed tokens over summed seconds, not a mean of rates: long prefixes with few tokens left to
-    # decode would otherwise count as much as the short prefixes where most of the time goes.
-    overall = {mode: tokens / seconds for mode, (seconds, tokens) in totals.items()}
-    print(f"{'all prefixes':>16} | " + " | ".join(f"{overall[m]:>11,.0f} t/s" for m in modes)
-          + f" | {overall['shared'] / overall['repeat']:.2f}x")
-    return overall
-
-
-# ----------------------------------------------------------------------------------------------------
 
 HELP_EPILOG = """\
 cost in rollouts: every p(success | prefix) estimate samples --rollouts continuations (one batch).
@@ -500,35 +423,31 @@ CPU core. The summary reports the exact counts.
 def parse_args() -> argparse.Namespace:
     """The command line, with impossible settings rejected before a model is loaded (ValueError naming
     the flag to change): a bad flag should cost a second, not a checkpoint load."""
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         description="Pivotal Token Search: one-token DPO pairs at the tokens that decide success (Phi-4 section 4.3).",
         epilog=HELP_EPILOG,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--init", default="out/sft", help="chat-format checkpoint folder to search (an SFT model)")
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder holding rl.jsonl (the questions)")
     parser.add_argument("--out", default="out/pts/pairs.jsonl", help="pair file (JSON lines); a .summary.json goes beside it")
-    parser.add_argument("--questions", type=int, default=100, help="questions of rl.jsonl to try (the first N)")
-    parser.add_argument("--rollouts", type=int, default=32, help="rollouts per p(success | prefix) estimate")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of rollouts and answers")
-    parser.add_argument("--p-gap", type=float, default=0.2, help="a token is pivotal when it moves p(success) by this much")
-    parser.add_argument("--p-min", type=float, default=0.2, help="search only questions with p(success) >= this")
-    parser.add_argument("--p-max", type=float, default=0.8, help="search only questions with p(success) <= this")
-    parser.add_argument("--answers-per-question", type=int, default=2, help="sampled answers searched per kept question")
-    parser.add_argument("--max-answer-tokens", type=int, default=120, help="longest answer (rollouts stop there)")
+    parser.add_argument("--questions", type=cli.at_least(1), default=100, help="questions of rl.jsonl to try (the first N)")
+    # Two rollouts are the fewest that can estimate a probability; 32 is typical.
+    parser.add_argument("--rollouts", type=cli.at_least(2), default=32, help="rollouts per p(success | prefix) estimate")
+    # Greedy rollouts are all the same answer, so p would be 0 or 1: the temperature must be positive.
+    parser.add_argument("--temperature", type=cli.positive, default=1.0, help="sampling temperature of rollouts and answers")
+    parser.add_argument("--p-gap", type=cli.between(0.0, 1.0, low_open=True), default=0.2,
+                        help="a token is pivotal when it moves p(success) by this much")
+    parser.add_argument("--p-min", type=cli.between(0.0, 1.0), default=0.2, help="search only questions with p(success) >= this")
+    parser.add_argument("--p-max", type=cli.between(0.0, 1.0), default=0.8, help="search only questions with p(success) <= this")
+    parser.add_argument("--answers-per-question", type=cli.at_least(1), default=2, help="sampled answers searched per kept question")
+    parser.add_argument("--max-answer-tokens", type=cli.at_least(1), default=120, help="longest answer (rollouts stop there)")
     parser.add_argument("--seed", type=int, default=1337, help="rollout seed (each prefix gets its own, deterministically)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run")
+    parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     parser.add_argument("--bench", action="store_true",
                         help="measure rollout tokens/s with and without the shared-prefix cache, then exit")
     args = parser.parse_args()
-    if args.rollouts < 2:
-        raise ValueError(f"--rollouts {args.rollouts} cannot estimate a probability; use 2 or more (32 is typical)")
-    if args.temperature <= 0:
-        raise ValueError("--temperature must be > 0: greedy rollouts are all the same answer, so p is 0 or 1")
-    if not 0.0 <= args.p_min <= args.p_max <= 1.0:
-        raise ValueError(f"need 0 <= --p-min <= --p-max <= 1, got {args.p_min} and {args.p_max}")
-    if args.questions < 1 or args.answers_per_question < 1:
-        raise ValueError("--questions and --answers-per-question must be at least 1")
+    if args.p_min > args.p_max:
+        parser.error(f"--p-min {args.p_min} must not exceed --p-max {args.p_max}")
     return args
 
 
@@ -537,7 +456,7 @@ def run_bench(args: argparse.Namespace, model, tokenizer: data.Tokenizer, proble
     """--bench: the rollout speed table on the first question, and the two speed-ups it adds up to."""
     if not problems:
         raise ValueError(f"{problems_file} holds no questions; --bench needs one")
-    overall = bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
+    overall = sample.rollout_bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
                     args.seed)
     print(f"shared prefix vs re-running it: {overall['shared'] / overall['repeat']:.2f}x "
           f"(same samples, same batch), {overall['shared'] / overall['serial']:.1f}x (one rollout at a time)")
@@ -587,12 +506,12 @@ def run_search(args: argparse.Namespace, model, tokenizer: data.Tokenizer,
 def write_results(args: argparse.Namespace, problems: list[toyworld.Problem], records: list[dict], totals: dict,
                   seconds: float) -> None:
     """The pair file, its summary beside it, and the same counts on the terminal."""
-    rollouts_per_pair = round(totals["rollouts"] / len(records)) if records else None
+    rollouts_per_pair = round(totals["rollouts"] / len(records)) if records else None  # None: no pair found
     summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
                    rollouts_per_pair=rollouts_per_pair, config=vars(args))
     # Written only once the search is done, atomically: dpo.py never reads half a file.
     files.write_jsonl(args.out, records)
-    summary_file = os.path.splitext(args.out)[0] + ".summary.json"
+    summary_file = os.path.splitext(args.out)[0] + ".summary.json"  # pairs.jsonl -> pairs.summary.json
     files.atomic_write_text(summary_file, json.dumps(summary, indent=2))
     print(
         f"questions: {len(problems)} tried, {totals['kept']} kept ({args.p_min} <= p <= {args.p_max}; "
@@ -614,7 +533,7 @@ def main() -> None:
     problems_file = os.path.join(args.data, "rl.jsonl")
     if not os.path.exists(problems_file):
         raise ValueError(f"{problems_file} not found; build the data with `python data.py` or pass --data")
-    problems = toyworld.read_problems(problems_file)[: args.questions]
+    problems = toyworld.read_problems(problems_file)[: args.questions]  # the first N: a bigger run extends a smaller
     model, tokenizer = checkpoint.load_model(args.init, device)
     print(f"loaded {args.init}: {model.num_params():,} parameters, on {device}")
     if args.bench:
@@ -627,8 +546,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as error:
-        # Every message names the flag to change; a traceback would bury it.
-        sys.exit(f"error: {error}")
+    cli.main(main)  # every error names the flag or file to change, in one line: a traceback would bury it

@@ -6,6 +6,18 @@ judged against each other. At toy scale the judge is the world's oracle: for eac
 answers n times at temperature 1; correct answers are accepted, and a correct and an incorrect answer to
 the same problem make a pair.
 
+What the summary's two rates mean. Sample accuracy is the share of all n x problems answers that were
+accepted: the model's average success rate. pass@n is the share of problems with at least one accepted
+answer among its n: the problems best-of-n can teach at all. A problem solved with probability q is
+missed by all n answers with probability (1 - q)^n, so pass@n grows with n even when q is small
+(q = 0.2, n = 8: 1 - 0.8^8 = 0.83) while sample accuracy stays at q. The gap between them is the
+headroom: problems the model solves sometimes, whose accepted answer is new training signal.
+
+Simplified from the report: the judge is the world's answer check, not a reward model or a stronger
+LLM. It reads only the final number, so a flawed solution that lands on the right number is accepted,
+as with any outcome-only grader. One answer and one pair are kept per problem, so every problem weighs
+the same in the next round however easy it is.
+
 Commands:
     python rejection_sampling.py --init out/sft --out out/rs          # 1,500 problems x 8 answers
     python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --out out/rs_sft   # second SFT round
@@ -19,6 +31,7 @@ import os
 import sys
 import time
 
+import cli
 import checkpoint
 import data
 import files
@@ -52,29 +65,33 @@ def rejection_sampling(
     """
     # <|im_end|> closes the assistant turn in Phi-4's chat format: the one stop token of an answer.
     stop = (tokenizer.im_end_id,)
+    # The user turn, then an opened assistant header: the model writes only its answer, as at test time.
     prompts = [toyworld.prompt_ids(tokenizer, p, chat=True) for p in problems]
     samples = sample_completions(
         model, prompts, n, max_new_tokens, stop, temperature, top_k, top_p, seed, batch_rows, progress="rejection sampling",
         vocab_size=tokenizer.vocab_size,
-    )
+    )  # [problem][sample] -> token ids, each cut just after its <|im_end|> (or at max_new_tokens)
     sft_records, pairs = [], []
+    # Counters for the summary: correct samples, problems with no wrong answer, problems with no right one.
     n_correct = n_all_right = n_all_wrong = 0
     for problem, prompt, group in zip(problems, prompts, samples):
         # Accepted: finished (last token <|im_end|>) and right; the oracle reads the text without <|im_end|>.
+        # bool(s) first: an empty completion has no last token to look at, and is rejected.
         verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
-        good = [s for s, ok in zip(group, verdicts) if ok]
-        bad = [s for s, ok in zip(group, verdicts) if not ok]
+        good = [s for s, ok in zip(group, verdicts) if ok]  # accepted, in sample order
+        bad = [s for s, ok in zip(group, verdicts) if not ok]  # wrong, or unfinished
         n_correct += len(good)
-        n_all_right += not bad
-        n_all_wrong += not good
+        n_all_right += not bad  # too easy: no pair, and the accepted answer is one the model already gives
+        n_all_wrong += not good  # too hard for best-of-n: nothing to accept (pass@n misses it)
         if good:
             # Samples are i.i.d., so the first accepted one is a uniform pick among the accepted.
-            answer = tokenizer.decode(good[0][:-1])
+            answer = tokenizer.decode(good[0][:-1])  # [:-1]: train.py's chat template adds <|im_end|> itself
             sft_records.append({"messages": [{"role": "user", "content": problem.question},
                                              {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
         # A pair needs both verdicts: a problem the model always solves (or never) teaches no preference.
         # The chosen/rejected ids keep <|im_end|>, so DPO also learns to stop.
         if good and bad:
+            # One pair per problem, the first of each kind: more would be near-copies of one preference.
             pairs.append({
                 "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(good[0]), "rejected": tokenizer.decode(bad[0]),
                 "prompt_ids": prompt, "chosen_ids": good[0], "rejected_ids": bad[0],
@@ -84,9 +101,9 @@ def rejection_sampling(
     # answers can teach the model when it trains on them.
     summary = {
         "problems": len(problems), "samples_per_problem": n, "temperature": temperature,
-        "sample_accuracy": n_correct / max(1, n * len(problems)),
-        "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),
-        "all_correct": n_all_right, "all_wrong": n_all_wrong,
+        "sample_accuracy": n_correct / max(1, n * len(problems)),  # mean success rate q over problems
+        "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),  # share of problems with >= 1 accepted answer
+        "all_correct": n_all_right, "all_wrong": n_all_wrong,  # the problems that gave no pair, by cause
         "sft_records": len(sft_records), "pairs": len(pairs),
     }
     return sft_records, pairs, summary
@@ -94,8 +111,7 @@ def rejection_sampling(
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line; impossible values fail here, naming the flag, before a model is loaded."""
-    parser = argparse.ArgumentParser(description="Best-of-n sampling graded by the oracle -> SFT data and DPO pairs.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.Parser(description="Best-of-n sampling graded by the oracle -> SFT data and DPO pairs.")
     parser.add_argument("--init", required=True, help="checkpoint folder of the model to sample from (an SFT model)")
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with rl.jsonl (problems for this stage)")
     parser.add_argument("--out", default="out/rs", help="output folder: sft.jsonl, pairs.jsonl, summary.json")
@@ -108,12 +124,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens per answer")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argv=None reads sys.argv; tests pass a list
     if args.samples < 2:
         parser.error(f"--samples must be at least 2 to choose among answers and form pairs, got {args.samples}")
     if args.temperature <= 0:
         parser.error(f"--temperature must be > 0 (rejection sampling needs diverse answers), got {args.temperature}")
-    for flag in ("problems", "max_new_tokens", "top_k"):
+    for flag in ("problems", "max_new_tokens", "top_k"):  # None (top_k not given) is allowed
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -126,15 +142,18 @@ if __name__ == "__main__":
     args = parse_args()
     try:
         model, tokenizer = checkpoint.load_model(args.init, parallel.resolve_device(args.device))
+        # rl.jsonl, not sft.jsonl: problems kept apart from the SFT conversations, so accepted answers add
+        # chat examples SFT did not hold. --skip lets a later round use problems this one did not.
         rl_file = os.path.join(args.data, "rl.jsonl")
         problems = toyworld.read_problems(rl_file)[args.skip : args.skip + args.problems]
         if not problems:
             raise ValueError(f"{rl_file} has no problems after --skip {args.skip}")
-        start = time.perf_counter()
+        start = time.perf_counter()  # wall time of sampling and grading, recorded in the summary
         sft_records, pairs, summary = rejection_sampling(model, tokenizer, problems, args.samples, args.max_new_tokens,
                                                          args.temperature, args.top_k, args.top_p, args.seed)
         # The summary names the model the data came from, so each file can be traced to its round.
         summary.update(init=args.init, seconds=time.perf_counter() - start)
+        # Written after all sampling is done: an interrupted run leaves no half file for train.py to read.
         files.write_jsonl(os.path.join(args.out, "sft.jsonl"), sft_records)
         files.write_jsonl(os.path.join(args.out, "pairs.jsonl"), pairs)
         files.write_json(os.path.join(args.out, "summary.json"), summary)

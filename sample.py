@@ -20,6 +20,9 @@ Commands:
 
 Simplified: prompts in one batch have the same length (left padding is not needed by this repo's
 callers: rollouts repeat one prompt), and there is no speculative decoding or paged cache.
+
+Shapes use model.py's legend: B rows, T prompt tokens, S cached tokens, C d_model, K key/value heads,
+D head dim, V vocabulary; n is num_samples, t the sequence length so far.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import cli
 import checkpoint
 import data
 import hf
@@ -58,20 +62,21 @@ def sample_next(
     small model come from. They compose: top-k first, then top-p within what is left.
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+        return logits.argmax(dim=-1)  # (B,); no randomness, so the generator is not touched
+    # Dividing by temperature before the softmax: below 1 sharpens toward argmax, above 1 flattens.
+    logits = logits.float() / temperature  # float32: a bf16 softmax loses the tail the filters act on
     if top_k is not None and top_k < logits.shape[-1]:
         kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))  # ties with the k-th best all stay
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # (B, V), rising to 1 along V
         # Drop a token when the tokens before it already reach top_p; the first token always stays.
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    probs = logits.softmax(dim=-1)  # (B, V); a token masked to -inf gets probability exactly 0
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,14 +120,22 @@ def generate(
     limit = model.config.max_seq_len
     if T >= limit:
         raise ValueError(f"prompt of {T} tokens does not fit the model's context of {limit}; shorten the prompt")
-    max_new_tokens = min(max_new_tokens, limit - T)  # never run past the RoPE table
+    if T + max_new_tokens > limit:
+        # Never run past the RoPE table; say so, or an answer cut at the context looks like a model's choice.
+        print(f"note: generation stops at the model's context of {limit} tokens ({limit - T} new tokens "
+              f"instead of {max_new_tokens})", file=sys.stderr)
+        max_new_tokens = limit - T
     device = idx.device
+    # On idx's device: torch.multinomial needs a generator of the device its probabilities live on.
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    dtype = next(model.parameters()).dtype
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)  # (n_stop,), for torch.isin
+    dtype = next(model.parameters()).dtype  # the cache stores keys/values in the weights' dtype
+    # Allocated once for prompt + every new token: decoding then only writes into it, never reallocates.
+    # Sized for B rows; with num_samples it is expanded after the prefill, never prefilled n times.
     cache = KVCache(model.config, B, T + max_new_tokens, device=device, dtype=dtype) if use_cache else None
 
     def last_logits(tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of the next token after `tokens` (B, t): the new tokens when cached, else everything."""
         # Only the last position's logits are needed: skip the LM head (the largest matmul) elsewhere.
         hidden = model.hidden_states(tokens, cache)  # (B, t, C)
         return model.lm_head(hidden[:, -1])[:, :vocab_size]  # (B, V), or (B, vocab_size)
@@ -134,19 +147,21 @@ def generate(
             cache.expand(num_samples)  # (L, B, K, S, D) -> (L, B * n, K, S, D)
         logits = logits.repeat_interleave(num_samples, dim=0)  # (B, V) -> (B * n, V)
         idx = idx.repeat_interleave(num_samples, dim=0)  # (B, T) -> (B * n, T)
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)
-    out = idx
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)  # (B * n,): rows past a stop token
+    out = idx  # (B * n, t): prompt, then each new column appended
     for _ in range(max_new_tokens):
         next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         # Rows that already stopped repeat their stop token instead of generating more.
-        next_token = torch.where(finished, out[:, -1], next_token)
+        next_token = torch.where(finished, out[:, -1], next_token)  # (B,): the tensor stays rectangular
         out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
         if on_token is not None:
             on_token(next_token)
         if len(stop):
-            finished |= torch.isin(next_token, stop)
+            finished |= torch.isin(next_token, stop)  # a row stays finished once it has stopped
             if bool(finished.all()):
                 break
+        # With the cache, only the new column (B, 1) runs; without it, the whole sequence (B, t) again:
+        # one position's forward per token against t positions', the gap `--bench` measures.
         logits = last_logits(next_token[:, None] if use_cache else out)
     return out
 
@@ -181,6 +196,7 @@ def sample_completions(
     is worth (the oracle usually rejects it, as it ends before "Answer:").
     """
     device = next(model.parameters()).device
+    # Prompt length -> prompt indices: generate takes rectangular (B, T) input, and there is no left padding.
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)
@@ -190,17 +206,93 @@ def sample_completions(
         for length, indices in sorted(by_length.items())
         for start in range(0, len(indices), per_batch)
     ]
-    results: list[list[list[int]]] = [[] for _ in prompts]
-    stop = set(stop_tokens)
+    results: list[list[list[int]]] = [[] for _ in prompts]  # in the caller's prompt order, not batch order
+    stop = set(stop_tokens)  # a set: membership is tested for every generated token
     for b, (length, chunk) in enumerate(tqdm(batches, desc=progress, unit="batch", disable=progress is None)):
         idx = torch.tensor([prompts[i] for i in chunk], device=device)  # (len(chunk), length)
         # Seed per batch: the samples do not depend on what ran before (resumable, comparable).
         out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed=seed + b,
                        num_samples=n, vocab_size=vocab_size)  # (len(chunk) * n, length + new)
-        for row, ids in enumerate(out[:, length:].tolist()):
+        for row, ids in enumerate(out[:, length:].tolist()):  # (len(chunk) * n, new): the prompt dropped
+            # j + 1 keeps the stop token and cuts the stop-token padding generate puts after it.
             end = next((j + 1 for j, token in enumerate(ids) if token in stop), len(ids))
-            results[chunk[row // n]].append(ids[:end])
+            results[chunk[row // n]].append(ids[:end])  # rows b*n .. b*n+n-1 continue prompt b of the chunk
     return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollout speed (pts.py --bench): rollouts from one prefix, with and without the shared-prefix KV cache
+
+
+def rollout_speed(model, idx: torch.Tensor, n: int, budget: int, temperature: float, stop: int,
+                  seed: int, mode: str, vocab_size: int | None = None) -> tuple[float, int]:
+    """(seconds, rollout tokens) for n rollouts of idx (1, T). Tokens count each row up to its stop
+    token, so padding after a stop is not counted as work done.
+
+    mode "shared": prefill once, copy the cache to n rows. "repeat": n copies of the prefix in one
+    batch, prefilled n times (same samples as "shared" for a seed). "serial": one rollout at a time.
+    """
+    options = dict(stop_tokens=(stop,), vocab_size=vocab_size)
+    start = time.perf_counter()
+    if mode == "shared":
+        outs = [generate(model, idx, budget, temperature, seed=seed, num_samples=n, **options)]  # (n, <= T + budget)
+    elif mode == "repeat":
+        outs = [generate(model, idx.repeat(n, 1), budget, temperature, seed=seed, **options)]  # (n, T)
+    else:
+        # Different seeds per rollout, or all n would be the same sample.
+        outs = [generate(model, idx, budget, temperature, seed=seed + r, **options) for r in range(n)]
+    if idx.device.type == "cuda":
+        torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
+    seconds = time.perf_counter() - start
+    tokens = 0
+    for out in outs:
+        for row in out[:, idx.shape[1]:].tolist():  # (rows, <= budget): sampled tokens, prefix dropped
+            tokens += row.index(stop) + 1 if stop in row else len(row)  # + 1: the stop token was sampled too
+    return seconds, tokens
+
+
+def rollout_bench(model, tokenizer, problem, n_rollouts, temperature, max_answer_tokens, seed, repeats=3) -> dict:
+    """Rollout tokens/s from prefixes at 0% .. 90% of a sampled answer, three ways, side by side.
+
+    The search asks for prefixes all along an answer, so the overall line (every prefix's tokens over
+    every prefix's time) is the figure that matches a PTS run. Returns {mode: overall tokens/s}.
+    """
+    device = next(model.parameters()).device
+    stop = tokenizer.eos_id
+    prompt_ids = toyworld.prompt_ids(tokenizer, problem, chat=True)
+    max_answer_tokens = min(max_answer_tokens, model.config.max_seq_len - len(prompt_ids))  # fit the context
+    # One answer of the model's own, so the prefixes are the kind the search really asks about.
+    answer = generate(model, torch.tensor([prompt_ids], device=device), max_answer_tokens, temperature,
+                      stop_tokens=(stop,), seed=seed, vocab_size=tokenizer.vocab_size)[0, len(prompt_ids):].tolist()
+    # The stop token ends the answer: a prefix that contains it is finished and would need no rollouts.
+    answer = answer[: answer.index(stop)] if stop in answer else answer
+    modes = {"shared": "shared prefix", "repeat": "re-run, batched", "serial": "one at a time"}
+    print(f"{n_rollouts} rollouts per prefix, temperature {temperature}, question of {len(prompt_ids)} tokens, "
+          f"sampled answer of {len(answer)} tokens, {device}; tokens/s, median of {repeats} runs")
+    print(f"{'prefix':>16} | " + " | ".join(f"{name:>15}" for name in modes.values()) + " | shared/batched")
+    totals = {mode: [0.0, 0] for mode in modes}  # mode -> [seconds, tokens] over every prefix
+    # The longer the prefix, the more a shared prefill saves, and the fewer tokens are left to decode.
+    for fraction in (0.0, 0.25, 0.5, 0.75, 0.9):
+        prefix = answer[: int(fraction * len(answer))]
+        idx = torch.tensor([prompt_ids + prefix], device=device)  # (1, T)
+        budget = max_answer_tokens - len(prefix)  # the prefix counts toward the answer's length, as in PTS
+        speeds = {}
+        for mode in modes:
+            runs = sorted(rollout_speed(model, idx, n_rollouts, budget, temperature, stop, seed, mode,
+                                        tokenizer.vocab_size) for _ in range(repeats))
+            seconds, tokens = runs[len(runs) // 2]  # the median run (by time)
+            speeds[mode] = tokens / seconds
+            totals[mode][0] += seconds
+            totals[mode][1] += tokens
+        label = f"{idx.shape[1]} tok ({fraction:.0%})"
+        print(f"{label:>16} | " + " | ".join(f"{speeds[m]:>11,.0f} t/s" for m in modes)
+              + f" | {speeds['shared'] / speeds['repeat']:.2f}x")
+    # Summed tokens over summed seconds, not a mean of rates: long prefixes with few tokens left to
+    # decode would otherwise count as much as the short prefixes where most of the time goes.
+    overall = {mode: tokens / seconds for mode, (seconds, tokens) in totals.items()}
+    print(f"{'all prefixes':>16} | " + " | ".join(f"{overall[m]:>11,.0f} t/s" for m in modes)
+          + f" | {overall['shared'] / overall['repeat']:.2f}x")
+    return overall
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -214,7 +306,7 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
     open assistant header; the reply stops at <|im_end|> and joins the history for the next turn.
     """
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    turn = 0
+    turn = 0  # seeds differ per turn: the same question asked twice may get a different reply
     while True:
         if args.prompt is not None:
             user = args.prompt
@@ -230,9 +322,9 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
         ids = tokenizer.render_prompt(messages)
         # A long chat outgrows the context: forget the oldest exchange (never the system prompt) until
         # the rest fits; a single message that is too long still fails with generate's clear error.
-        first = 1 if args.system else 0
+        first = 1 if args.system else 0  # the index of the oldest message that may be forgotten
         while len(ids) >= model.config.max_seq_len and len(messages) > first + 1:
-            del messages[first : first + 2]
+            del messages[first : first + 2]  # one user message and the assistant reply to it
             ids = tokenizer.render_prompt(messages)
             print("[the conversation outgrew the context: forgot the oldest exchange]", file=sys.stderr)
         idx = torch.tensor([ids], device=device)  # (1, T)
@@ -241,8 +333,9 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
         def show(next_token: torch.Tensor):
-            token = int(next_token[0])
-            if token != tokenizer.im_end_id:
+            """generate's on_token: print each new token's text as soon as it is chosen."""
+            token = int(next_token[0])  # (1,): one conversation, one row
+            if token != tokenizer.im_end_id:  # the turn's end marker is structure, not text to print
                 print(utf8.decode(tokenizer.encoding.decode_single_token_bytes(token)), end="", flush=True)
 
         if args.prompt is None:
@@ -252,9 +345,10 @@ def chat(model: Phi4, tokenizer: data.Tokenizer, args, device):
             model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
             stop_tokens=(tokenizer.im_end_id,), seed=args.seed + turn, on_token=show, vocab_size=tokenizer.vocab_size,
         )
-        print(utf8.decode(b"", final=True))
-        n_new = out.shape[1] - idx.shape[1]
+        print(utf8.decode(b"", final=True))  # flush any bytes still held back, then end the line
+        n_new = out.shape[1] - idx.shape[1]  # out (1, T + n_new)
         print(f"[{n_new} tokens, {n_new / (time.perf_counter() - start):.1f} tokens/s]", file=sys.stderr)
+        # The history stores text; render_prompt adds <|im_end|> back when it renders the next turn.
         reply = tokenizer.decode(strip_stop(out[0, idx.shape[1]:].tolist(), (tokenizer.im_end_id,)))
         messages.append({"role": "assistant", "content": reply})
         turn += 1
@@ -267,13 +361,16 @@ def decode_speed(model, prompt: torch.Tensor, n_tokens: int, use_cache: bool) ->
     start = time.perf_counter()
     generate(model, prompt, n_tokens, temperature=0, use_cache=use_cache)
     if prompt.device.type == "cuda":
-        torch.cuda.synchronize()
-    return n_tokens * prompt.shape[0] / (time.perf_counter() - start)
+        torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
+    return n_tokens * prompt.shape[0] / (time.perf_counter() - start)  # every row's tokens count
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Generate text from a checkpoint or a Hugging Face Phi-4 folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The command line; argv=None reads sys.argv, a list lets tests parse flags without a process.
+
+    Impossible values stop here with a usage message naming the flag, before any model is loaded.
+    """
+    parser = cli.Parser(description="Generate text from a checkpoint or a Hugging Face Phi-4 folder.")
     parser.add_argument("--init", default=None, help="checkpoint folder (default: the newest under out/)")
     parser.add_argument("--hf", default=None, metavar="DIR",
                         help="chat with a Hugging Face Phi-4 folder (config.json, *.safetensors, tokenizer.json)")
@@ -314,13 +411,16 @@ def bench(model: Phi4, tokenizer: data.Tokenizer, max_new_tokens: int, device) -
     prompt = torch.tensor([tokenizer.encode("Problem: Mia has 3 apples.")], device=device)  # (1, T)
     n = min(max_new_tokens, model.config.max_seq_len - prompt.shape[1] - 1)
     for use_cache in (True, False):
+        # The first run pays for warm-up (allocation, kernel selection); the median of 3 ignores it.
         speeds = sorted(decode_speed(model, prompt, n, use_cache) for _ in range(3))
         print(f"decode {'with' if use_cache else 'without'} KV cache: {speeds[1]:,.0f} tokens/s ({n} tokens, batch 1)")
 
 
 def show_samples(model: Phi4, tokenizer: data.Tokenizer, args, device) -> None:
     """Print completions of --prompt, or of the first held-out problems with the oracle's verdict."""
-    problems = None
+    problems = None  # set only for held-out problems, which the oracle can grade
+    # The stop token follows the format: <|im_end|> ends a chat turn, <|endoftext|> (bos_id) starts the
+    # next document, after which a pretrained model would write an unrelated one.
     if args.prompt is not None and args.chat:
         prompts, stop = [tokenizer.render_prompt([{"role": "user", "content": args.prompt}])] * args.num_samples, (tokenizer.im_end_id,)
     elif args.prompt is not None:
@@ -331,15 +431,16 @@ def show_samples(model: Phi4, tokenizer: data.Tokenizer, args, device) -> None:
             raise ValueError(f"{eval_file} not found; pass --prompt or build data with `python data.py`")
         problems = toyworld.read_problems(eval_file)[: args.num_samples]
         prompts = [toyworld.prompt_ids(tokenizer, p, args.chat) for p in problems]  # --chat: as a user turn
-        stop = (tokenizer.bos_id, tokenizer.im_end_id)
+        stop = (tokenizer.bos_id, tokenizer.im_end_id)  # either format: --chat or not
     for i, prompt in enumerate(prompts):
         idx = torch.tensor([prompt], device=device)  # (1, T)
         out = generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, stop_tokens=stop,
                        seed=args.seed + i, use_cache=not args.no_cache, vocab_size=tokenizer.vocab_size)
-        new = out[0, idx.shape[1]:].tolist()
+        new = out[0, idx.shape[1]:].tolist()  # (1, T + new) -> the new ids only
         text = tokenizer.decode(strip_stop(new, stop))
         print("-" * 80)
         print(tokenizer.decode(prompt) + text)
+        # Say why an answer ended without a stop token, so a cut-off answer is not read as the model's.
         if len(new) == args.max_new_tokens and new[-1] not in stop:
             print(f"[stopped after --max-new-tokens {args.max_new_tokens} tokens]")
         elif idx.shape[1] + len(new) >= model.config.max_seq_len and new[-1] not in stop:
@@ -360,7 +461,7 @@ if __name__ == "__main__":
             print(f"loaded {args.hf} in {time.perf_counter() - start:.1f}s: {model.num_params():,} parameters, "
                   f"{next(model.parameters()).dtype}, context {model.config.max_seq_len}", file=sys.stderr)
             chat(model, tokenizer, args, device)
-            sys.exit(0)
+            sys.exit(0)  # the released model speaks chat only: no toy held-out set, no --bench
         path = args.init or checkpoint.newest_checkpoint()
         if path is None:
             raise ValueError("no checkpoint under out/; train one with `python train.py` or pass --init DIR")

@@ -39,8 +39,10 @@ import files
 CL100K_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+# A rank file that differs by one entry would encode the same text to different ids than the released
+# model saw, without any error: the hash turns that into a failure at load time.
 CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-CL100K_N_RANKS = 100256
+CL100K_N_RANKS = 100256  # 256 single bytes + 100,000 merges
 
 
 def _phi4_special_names() -> list[str]:
@@ -67,22 +69,25 @@ class Tokenizer:
     """
 
     def __init__(self, name: str, mergeable_ranks: dict[bytes, int], pattern: str = CL100K_PATTERN):
+        """mergeable_ranks: token bytes -> rank, ranks 0..n-1 (a token's rank is its id); the 96 special
+        tokens take ids n..n+95, so no special id can collide with a learned one."""
         self.name = name
         self.pattern = pattern
         self.mergeable_ranks = mergeable_ranks
         n_ranks = len(mergeable_ranks)
         self.special_tokens = {token: n_ranks + i for i, token in enumerate(PHI4_SPECIAL_NAMES)}
+        # tiktoken runs the BPE in Rust: the toy tokenizer gets the real one's speed and exact semantics.
         self.encoding = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=self.special_tokens
         )
-        self.vocab_size = n_ranks + len(PHI4_SPECIAL_NAMES)
+        self.vocab_size = n_ranks + len(PHI4_SPECIAL_NAMES)  # the model may pad V further (sample.py)
         # The ids the rest of the code needs by name.
         self.bos_id = self.special_tokens["<|endoftext|>"]  # also the document separator in shards
         self.im_start_id = self.special_tokens["<|im_start|>"]
         self.im_sep_id = self.special_tokens["<|im_sep|>"]
         self.im_end_id = self.special_tokens["<|im_end|>"]  # Phi-4's eos: generation stops here
-        self.eos_id = self.im_end_id
-        self.pad_id = self.special_tokens[PAD_TOKEN]
+        self.eos_id = self.im_end_id  # the name generation code uses for "the answer is over"
+        self.pad_id = self.special_tokens[PAD_TOKEN]  # never in real text, so padding cannot pass for it
 
     # -- constructors --------------------------------------------------------------------------
 
@@ -98,13 +103,14 @@ class Tokenizer:
             if not os.path.exists(path):
                 raise FileNotFoundError(f"tokenizer rank file not found: {path} (set --tokenizer-path)")
             with open(path, "rb") as f:
-                digest = hashlib.sha256(f.read()).hexdigest()
+                digest = hashlib.sha256(f.read()).hexdigest()  # 1.7 MB: hashed whole, in well under a second
             if digest != CL100K_SHA256:
                 raise ValueError(f"{path} is not cl100k_base.tiktoken (sha256 {digest[:12]}... differs)")
             ranks = tiktoken.load.load_tiktoken_bpe(path)
         else:
+            # A private attribute, but tiktoken offers no public way to get an encoding's ranks back.
             ranks = tiktoken.get_encoding("cl100k_base")._mergeable_ranks
-        assert len(ranks) == CL100K_N_RANKS, "cl100k_base should have 100,256 ranks"
+        assert len(ranks) == CL100K_N_RANKS, "cl100k_base should have 100,256 ranks"  # or special ids shift
         return cls("phi4", ranks)
 
     @classmethod
@@ -117,14 +123,14 @@ class Tokenizer:
         natural text repeats words a lot; (2) after each merge we update pair counts only for the
         words that contain the merged pair, found through an index pair -> words.
         """
-        n_merges = vocab_size - len(PHI4_SPECIAL_NAMES) - 256
+        n_merges = vocab_size - len(PHI4_SPECIAL_NAMES) - 256  # vocab = 256 bytes + merges + 96 special
         if n_merges < 0:
             raise ValueError(f"vocab_size must be at least {256 + len(PHI4_SPECIAL_NAMES)}, got {vocab_size}")
-        word_counts = Counter(regex.findall(CL100K_PATTERN, text))
+        word_counts = Counter(regex.findall(CL100K_PATTERN, text))  # unique pre-tokenized words -> count
         if not word_counts:
             raise ValueError("cannot train a tokenizer on empty text")
         words = [list(w.encode("utf-8")) for w in word_counts]  # each word as a list of token ids
-        freqs = list(word_counts.values())
+        freqs = list(word_counts.values())  # freqs[w]: how often word w occurs; its pairs count that often
         token_bytes = [bytes([i]) for i in range(256)]  # id -> the bytes it stands for
 
         pair_counts: Counter = Counter()
@@ -139,15 +145,16 @@ class Tokenizer:
                 break  # every word is a single token already: the corpus is too small for this vocab
             # Most frequent pair; ties broken by the pair itself so training is deterministic.
             best = max(pair_counts.items(), key=lambda item: (item[1], item[0]))[0]
-            new_id = len(token_bytes)
+            new_id = len(token_bytes)  # merge k gets id 256 + k: its rank, so tiktoken applies it k-th
             token_bytes.append(token_bytes[best[0]] + token_bytes[best[1]])
-            for w in pair_words.pop(best, ()):
+            for w in pair_words.pop(best, ()):  # popped: once merged, no word holds `best` any more
                 ids, freq = words[w], freqs[w]
                 # Remove this word's old pairs from the counts, merge, then add its new pairs back.
                 for pair in zip(ids, ids[1:]):
                     pair_counts[pair] -= freq
                     if pair_counts[pair] <= 0:
                         del pair_counts[pair]
+                # Left to right, non-overlapping: "aaa" with best = (a, a) becomes [aa, a], as tiktoken does.
                 merged, i = [], 0
                 while i < len(ids):
                     if i + 1 < len(ids) and (ids[i], ids[i + 1]) == best:
@@ -158,6 +165,7 @@ class Tokenizer:
                         i += 1
                 words[w] = merged
                 for pair in zip(merged, merged[1:]):
+                    # Stale entries (pairs the word lost) stay in pair_words; they only cost a visit later.
                     pair_counts[pair] += freq
                     pair_words.setdefault(pair, set()).add(w)
         # tiktoken applies merges by rank: the earlier a token was learned, the lower its rank.
@@ -167,18 +175,22 @@ class Tokenizer:
     # -- saving and loading (plain JSON, no pickled code) --------------------------------------
 
     def save(self, path: str):
-        ranks = [None] * len(self.mergeable_ranks)
+        """Write the tokenizer as JSON: name, pattern, and the token bytes in rank order."""
+        ranks = [None] * len(self.mergeable_ranks)  # index = rank, so the ranks need not be stored
         for token, rank in self.mergeable_ranks.items():
+            # base64: a token can be any bytes (half a UTF-8 character), which JSON text cannot hold.
             ranks[rank] = base64.b64encode(token).decode("ascii")
+        # The special names are written for readers of the file; load() takes them from PHI4_SPECIAL_NAMES.
         payload = {"name": self.name, "pattern": self.pattern, "ranks": ranks, "special_tokens": PHI4_SPECIAL_NAMES}
         files.atomic_write_text(path, json.dumps(payload))
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
+        """A tokenizer written by save(); a missing or malformed file raises ValueError naming it."""
         try:
             with open(path) as f:
                 payload = json.load(f)
-            ranks = {base64.b64decode(token): rank for rank, token in enumerate(payload["ranks"])}
+            ranks = {base64.b64decode(token): rank for rank, token in enumerate(payload["ranks"])}  # bytes -> rank
             return cls(payload["name"], ranks, payload["pattern"])
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"cannot read tokenizer file {path}: {error}") from error
@@ -196,6 +208,8 @@ class Tokenizer:
         return self.encoding.encode(text, disallowed_special=())
 
     def decode(self, ids) -> str:
+        """Ids (any iterable of ints) -> text. Bytes that do not form whole UTF-8 characters, as when a
+        cut falls inside one, decode to U+FFFD instead of raising."""
         return self.encoding.decode(list(ids))
 
     def render_chat(self, messages: list[dict]) -> tuple[list[int], list[int]]:
@@ -209,10 +223,10 @@ class Tokenizer:
             role, content = message["role"], message["content"]
             if role not in ("system", "user", "assistant"):
                 raise ValueError(f"unknown chat role {role!r}")
-            header = [self.im_start_id] + self.encode(role) + [self.im_sep_id]
+            header = [self.im_start_id] + self.encode(role) + [self.im_sep_id]  # special ids, never text
             body = self.encode(content) + [self.im_end_id]
             ids += header + body
-            mask += [0] * len(header) + [int(role == "assistant")] * len(body)
+            mask += [0] * len(header) + [int(role == "assistant")] * len(body)  # one flag per id in `ids`
         return ids, mask
 
     def render_prompt(self, messages: list[dict]) -> list[int]:

@@ -30,7 +30,7 @@ import files
 from tokenization import Tokenizer
 
 # ----------------------------------------------------------------------------------------------------
-# 2. The synthetic world
+# 1. The synthetic world
 #
 # A problem is a person with some items, then a chain of 1-4 operations (buy more, give away, double),
 # then a question. The worked solution states the start and one equation per operation, and ends with
@@ -46,6 +46,8 @@ ITEMS = (
     "plums eggs kites candles rocks ribbons lemons cupcakes feathers acorns crayons balloons"
 ).split()
 PLACES = "market fair library park bakery school garden harbor museum station".split()
+# Pronouns follow the name, so "she" in a sentence always refers back to the right person: a model
+# cannot learn coreference from text that gets it wrong.
 FEMALE = set("Mia Ava Emma Zoe Ivy Nora Lily Ruby Iris Maya Clara Hana Vera Lena Sofia Nina Tara Julia Ada Yara".split())
 
 
@@ -59,24 +61,25 @@ class Problem:
     level: int  # number of operations, 1..4: the difficulty
 
     def to_dict(self) -> dict:
+        """The JSONL record of data.py's splits; Problem(**record) reads it back (read_problems)."""
         return asdict(self)
 
 
 def make_problem(rng: random.Random, level: int) -> Problem:
     """Draw one problem with `level` operations from the world (deterministic given rng's state)."""
-    name, friend = rng.sample(NAMES, 2)
+    name, friend = rng.sample(NAMES, 2)  # two different people: "Mia gives Mia 3 apples" would read as nonsense
     item, place = rng.choice(ITEMS), rng.choice(PLACES)
     he, his = ("she", "her") if name in FEMALE else ("he", "his")
-    value = rng.randint(2, 20)
+    value = rng.randint(2, 20)  # at least 2, so a first "sub" step is always possible
     sentences = [f"{name} has {value} {item}."]
     steps = [f"{name} starts with {value} {item}."]
     for _ in range(level):
-        kinds = ["add", "sub"] + (["double"] if value <= 15 else [])
+        kinds = ["add", "sub"] + (["double"] if value <= 15 else [])  # doubling stays <= 30
         if value <= 1:
-            kinds = ["add"]
+            kinds = ["add"]  # taking 1 or more from 1 would leave nothing: nobody ends with zero items
         kind = rng.choice(kinds)
         if kind == "add":
-            n = rng.randint(1, min(9, 99 - value))
+            n = rng.randint(1, min(9, 99 - value))  # a one-digit step whose result stays <= 99
             sentence = rng.choice([
                 f"Then {he} buys {n} more {item} at the {place}.",
                 f"Then {friend} gives {name} {n} more {item}.",
@@ -85,7 +88,7 @@ def make_problem(rng: random.Random, level: int) -> Problem:
             steps.append(f"{name} gets {n} more: {value} + {n} = {value + n}.")
             value += n
         elif kind == "sub":
-            n = rng.randint(1, min(9, value - 1))
+            n = rng.randint(1, min(9, value - 1))  # the result stays >= 1
             sentence = rng.choice([
                 f"Then {he} gives {n} {item} to {friend}.",
                 f"Then {he} loses {n} {item} on the way to the {place}.",
@@ -102,7 +105,7 @@ def make_problem(rng: random.Random, level: int) -> Problem:
             value *= 2
         sentences.append(sentence)
     sentences.append(f"How many {item} does {name} have now?")
-    steps.append(f"Answer: {value}")
+    steps.append(f"Answer: {value}")  # its own last line: the format ANSWER_RE and the oracle read
     return Problem(" ".join(sentences), "\n".join(steps), value, level)
 
 
@@ -112,6 +115,7 @@ def problem_document(problem: Problem) -> str:
 
 
 def problem_prompt(problem: Problem) -> str:
+    """problem_document cut after "Solution:": a pretrained model continues it with the solution."""
     return f"Problem: {problem.question}\nSolution:\n"
 
 
@@ -131,16 +135,16 @@ def drill_document(rng: random.Random, n_lines: int = 12) -> str:
     """Arithmetic drill lines ("7 + 5 = 12"): the facts every solution step relies on."""
     lines = []
     for _ in range(n_lines):
-        a = rng.randint(1, 90)
+        a = rng.randint(1, 90)  # ranges like the solution steps' (one-digit steps, results <= 99)
         op = rng.choice("+-*")
         if op == "+":
             b = rng.randint(1, min(9, 99 - a))
             lines.append(f"{a} + {b} = {a + b}")
         elif op == "-":
-            b = rng.randint(1, 9) if a > 9 else rng.randint(1, a)
+            b = rng.randint(1, 9) if a > 9 else rng.randint(1, a)  # no negative results
             lines.append(f"{a} - {b} = {a - b}")
         else:
-            a = rng.randint(1, 49)
+            a = rng.randint(1, 49)  # doubled: at most 98
             lines.append(f"{a} * 2 = {a * 2}")
     return "Practice:\n" + "\n".join(lines)
 
@@ -154,26 +158,34 @@ def extract_answer(text: str) -> int | None:
     matches = ANSWER_RE.findall(text)
     if not matches:
         return None
-    digits = matches[-1].replace(",", "")
+    # The last one: a model that writes "Answer: 5" mid-solution and then corrects itself is graded on
+    # its final word, the way a reader would grade it.
+    digits = matches[-1].replace(",", "")  # "1,000" -> "1000"
     try:
         return int(digits)
     except ValueError:
-        return None
+        return None  # the pattern also matches a bare "," (or "-,"): no number, not a crash
 
 
 def check(problem: Problem, completion: str) -> bool:
-    """The oracle: does the completion's final answer equal the problem's? (Only the answer counts.)"""
-    return extract_answer(completion) == problem.answer
+    """The oracle: does the completion's final answer equal the problem's? (Only the answer counts.)
+
+    Pitfall: the steps are not checked, so a wrong derivation that lands on the right number passes.
+    Rejection sampling and PTS inherit this, as every recipe graded on outcomes alone does.
+    """
+    return extract_answer(completion) == problem.answer  # None (no answer) never equals an int
 
 
 def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
     """n problems with levels cycling through `levels`, deterministic in seed."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # its own generator: the split never depends on what else was drawn
+    # Cycling, not drawing, the levels: each level gets n / len(levels) problems, so per-level accuracy
+    # compares groups of equal size.
     return [make_problem(rng, levels[i % len(levels)]) for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2b. Long documents (report section 3: midtraining on 30% long-context data)
+# 2. Long documents (report section 3: midtraining on 30% long-context data)
 #
 # Phi-4 extended its context from 4K to 16K tokens on documents that are genuinely long: text whose
 # later parts need facts from far earlier. Short documents glued together do not teach that (nothing
@@ -215,8 +227,8 @@ class LongDocument:
     """
 
     ids: list[int]
-    text: str
-    answers: list[dict]
+    text: str  # the same document as text: what the 13-gram check reads
+    answers: list[dict]  # sorted by position
 
 
 def draw_problem(rng: random.Random, level: int, key_people: set[str], banned_ngrams: set | None,
@@ -225,10 +237,11 @@ def draw_problem(rng: random.Random, level: int, key_people: set[str], banned_ng
     held-out question. A key problem (one that states a fact) adds its people to key_people, so that
     no later problem, filler included, mentions them and gives an answer away from nearby."""
     names = set(NAMES)
+    # Redraw until both hold: a problem is never edited, so its solution stays consistent with it.
     while True:
         problem = make_problem(rng, level)
-        people = set(regex.findall(r"\p{L}+", problem.question)) & names
-        clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)
+        people = set(regex.findall(r"\p{L}+", problem.question)) & names  # the words that are names
+        clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)  # report section 2
         if clean and not (people & key_people):
             if is_key:
                 key_people.update(people)
@@ -245,11 +258,11 @@ def add_problem_facts(rng: random.Random, facts: list[dict], questions: list[dic
     two (the rest of the question and its worked solution) is the question that needs it."""
     for k in range(n_problems):
         problem = draw_problem(rng, rng.randint(1, 3), key_people, banned_ngrams, is_key=True)
-        first, rest = problem.question.split(". ", 1)
+        first, rest = problem.question.split(". ", 1)  # "Mia has 12 apples" | "Then she buys ... now?"
         facts.append({"pieces": [(f"Problem: {first}.\n", None)]})
         if k < n_problems_asked:
             opening, *steps = problem.solution.split("\n")
-            name, start, item = SOLUTION_START_RE.match(opening).groups()
+            name, start, item = SOLUTION_START_RE.match(opening).groups()  # "Mia starts with 12 apples."
             answer = {"kind": "problem", "answer": int(start)}
             # The answer is the number copied from part one, alone in its piece so its position is exact.
             pieces = [
@@ -270,6 +283,7 @@ def add_ledger_facts(rng: random.Random, facts: list[dict], questions: list[dict
         raise ValueError(f"{n_ledger} ledger entries and {n_problems} problems need more than {len(NAMES)} names")
     people = rng.sample(free, n_ledger)
     key_people.update(people)
+    # Distinct values (sampled without replacement): copying another entry's number is always wrong.
     for k, (name, value) in enumerate(zip(people, rng.sample(LEDGER_VALUES, n_ledger))):
         item = rng.choice(ITEMS)
         facts.append({"pieces": [(f"{name} has {value} {item}.\n", None)]})
@@ -294,6 +308,8 @@ def filler_blocks(rng: random.Random, tokenizer: Tokenizer, room: int, key_peopl
     otherwise) until at most `room` tokens are used, topped up with the longest drill that fits."""
     filler = []
     while room > 0:
+        # Both kinds are pretraining text, so the filler costs the model nothing to read: what is new
+        # in a long document is only the distance between a fact and its question.
         if rng.random() < 0.6:
             problem = draw_problem(rng, rng.randint(1, 4), key_people, banned_ngrams, is_key=False)
             block = {"pieces": [(problem_document(problem) + "\n", None)]}
@@ -307,7 +323,7 @@ def filler_blocks(rng: random.Random, tokenizer: Tokenizer, room: int, key_peopl
             else:
                 break
         filler.append(block)
-        room -= block_tokens(tokenizer, block)
+        room -= block_tokens(tokenizer, block)  # stays >= 0: a block larger than room was replaced above
     return filler
 
 
@@ -315,6 +331,7 @@ def arrange_blocks(rng: random.Random, layout: str, facts: list[dict], filler: l
                    questions: list[dict]) -> list[dict]:
     """The order of the blocks for a layout (see long_document); every question comes after its fact."""
     if layout == "recall":
+        # rng.sample of the whole list is a shuffled copy: the callers' lists keep their order.
         return rng.sample(facts, len(facts)) + filler + rng.sample(questions, len(questions))
     if layout == "near":
         asked = {question["fact"] for question in questions}
@@ -322,6 +339,7 @@ def arrange_blocks(rng: random.Random, layout: str, facts: list[dict], filler: l
         for question in rng.sample(questions, len(questions)):
             order += [facts[question["fact"]], question]
         return order
+    # "mixed": questions are inserted one at a time into the shuffled facts and filler.
     order = rng.sample(facts + filler, len(facts) + len(filler))
     for question in rng.sample(questions, len(questions)):
         fact = facts[question["fact"]]
@@ -336,14 +354,15 @@ def assemble_document(tokenizer: Tokenizer, order: list[dict], facts: list[dict]
                       questions: list[dict]) -> LongDocument:
     """Concatenate the blocks' ids after <|endoftext|>, recording where each fact starts and where each
     answer sits; the answers come back sorted by position."""
-    ids, texts, fact_positions = [tokenizer.bos_id], [], {}
+    ids, texts, fact_positions = [tokenizer.bos_id], [], {}  # fact_positions: index in facts -> index in ids
     for block in order:
+        # Blocks are compared by identity: two facts with equal text are still two different facts.
         if any(block is fact for fact in facts):
             fact_positions[next(i for i, fact in enumerate(facts) if fact is block)] = len(ids)
         for text, answer in block["pieces"]:
-            piece = tokenizer.encode(text)
+            piece = tokenizer.encode(text)  # equals this text's slice of encode(whole text): see the section comment
             if answer is not None:
-                answer.update(position=len(ids), n_tokens=len(piece))
+                answer.update(position=len(ids), n_tokens=len(piece))  # fills in the question's own dict
             ids += piece
             texts.append(text)
     answers = []
@@ -382,7 +401,8 @@ def long_document(
     if not (0 <= n_ledger_asked <= n_ledger and 0 <= n_problems_asked <= n_problems):
         raise ValueError("cannot ask about more facts than the document states")
     key_people: set[str] = set()  # every person a fact is about: filler must not mention them
-    facts, questions = [], []
+    facts, questions = [], []  # blocks; each question names its fact by index in facts
+    # Problem facts first: they draw their people freely, and the ledger takes names from those left.
     add_problem_facts(rng, facts, questions, n_problems, n_problems_asked, key_people, banned_ngrams)
     add_ledger_facts(rng, facts, questions, n_ledger, n_ledger_asked, n_problems, key_people)
     room = n_tokens - 1 - sum(block_tokens(tokenizer, block) for block in facts + questions)  # 1: <|endoftext|>
@@ -415,6 +435,7 @@ def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: i
 
 def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
     """Word n-grams of lowercased text with punctuation dropped."""
+    # Lowercased, punctuation dropped: a copy that only changes case, commas or line breaks still matches.
     words = regex.findall(r"\p{L}+|\p{N}+", text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
@@ -426,13 +447,27 @@ def decontaminate(texts: list[str], eval_texts: list[str], n: int = 13) -> tuple
     ("12 + 5 = 17.") shared by thousands of unrelated problems, so their n-grams say nothing about
     leakage, whereas a shared 13-word stretch of question text means the problem itself leaked.
     """
+    # One set of every eval n-gram: each training text then costs one hash lookup per n-gram, not a
+    # comparison with every eval text (60,000 x 500 pairs at toy scale).
     banned = set()
     for text in eval_texts:
         banned |= ngrams(text, n)
-    kept = [text for text in texts if not (ngrams(text, n) & banned)]
+    kept = [text for text in texts if not (ngrams(text, n) & banned)]  # text shorter than n words: kept
     return kept, len(texts) - len(kept)
 
 
 def read_problems(path: str) -> list[Problem]:
-    """The problems of a JSONL split (eval.jsonl, sft.jsonl), as written by data.py."""
-    return [Problem(**record) for record in files.read_jsonl(path)]
+    """The problems of a JSONL split (eval.jsonl, sft.jsonl), as written by data.py.
+
+    Each record is checked field by field (the inverse of Problem.to_dict), so a hand-edited file fails
+    with its name and line instead of a TypeError deep inside an evaluation.
+    """
+    kinds = {"question": str, "solution": str, "answer": int, "level": int}
+    problems = []
+    for line_no, record in files.iter_jsonl(path):
+        wrong = [name for name, kind in kinds.items() if type(record.get(name)) is not kind]  # bool is no int here
+        if wrong or set(record) - set(kinds):
+            raise files.DataError(f"{path}, line {line_no}: a problem needs exactly question and solution (text), "
+                                  f"answer and level (integers); wrong or missing: {', '.join(wrong or sorted(set(record) - set(kinds)))}")
+        problems.append(Problem(**record))
+    return problems

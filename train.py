@@ -36,7 +36,6 @@ import json
 import math
 import os
 import random
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 import checkpoint
+import cli
 import data
 import parallel
 import trainer
@@ -122,6 +122,11 @@ class TrainConfig(trainer.RunConfig):
         "world_size": "number of ranks --dry-run plans for (default: torchrun's WORLD_SIZE, else 1)",
         "gpu_memory_gb": "GPU memory in GB that --dry-run checks the plan against",
     }
+    LIMITS = {
+        "seq_len": cli.at_least(1), "batch_tokens": cli.at_least(1), "eval_every": cli.at_least(0),
+        "eval_batches": cli.at_least(0), "rope_theta": cli.positive, "long_fraction": cli.between(0.0, 1.0),
+        "n_layer": cli.at_least(1), "world_size": cli.at_least(1), "gpu_memory_gb": cli.positive,
+    }
 
 
 def resolve_stage(cfg: TrainConfig) -> TrainConfig:
@@ -180,9 +185,15 @@ def midtrain_changes(record: dict, config: ModelConfig, cfg: TrainConfig) -> lis
     ]
 
 def parse_args(argv=None) -> TrainConfig:
-    choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": ["naive", "sdpa", "triton"]}
-    parser = trainer.config_parser(TrainConfig, __doc__.split("\n")[0], choices)
-    return TrainConfig(**vars(parser.parse_args(argv)))  # stage defaults are filled in by resolve_stage()
+    choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": ["naive", "sdpa", "triton"],
+               "device": list(parallel.DEVICES)}
+    parser = cli.config_parser(TrainConfig, __doc__.split("\n")[0], choices, epilog=CHECKPOINT_TRUST)
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))  # stage defaults are filled in by resolve_stage()
+    return trainer.with_given(cfg, cli.given_flags(parser, argv))
+
+
+CHECKPOINT_TRUST = ("A checkpoint folder is code: its shard metadata is a pickle, so open (--init, --resume) only "
+                    "folders you made. Share models as safetensors: model.save_pretrained(DIR), read by sample.py --hf.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,11 +273,17 @@ def build_model(cfg: TrainConfig, tokenizer, world: parallel.Distributed) -> tup
     """The model for this run, sharded with FSDP2: fresh from the preset, from --init, or from --resume.
     Returns (model, the checkpoint record read for --init/--resume, or None)."""
     record = checkpoint.read_checkpoint(cfg.out if cfg.resume else cfg.init) if (cfg.resume or cfg.init) else None
+    config = model_config(cfg, tokenizer, record)
+    plan = parallel.memory_plan(config, world.world_size, cfg.batch_size, cfg.seq_len or config.max_seq_len,
+                                mixed_precision=world.device.type == "cuda")
+    parallel.check_fits(plan["total_checkpointed" if cfg.activation_checkpointing else "total"], world.device,
+                        f"training --size {cfg.size} at --batch-size {cfg.batch_size} x {plan['seq_len']} tokens",
+                        parallel.TRAINING_REMEDY)
 
     def shard(model):  # FSDP2 on every run (a world of one included); bf16 on GPUs, fp32 on CPUs
         parallel.parallelize(model, world.mesh, cfg.activation_checkpointing, cfg.compile, world.device.type == "cuda")
 
-    model = checkpoint.build_model(model_config(cfg, tokenizer, record), world.device, record, shard, cfg.seed)
+    model = checkpoint.build_model(config, world.device, record, shard, cfg.seed)
     if cfg.stage == "midtrain" and not cfg.resume:
         # Context extension: the same weights with RoPE tables for the longer context and the new base.
         # set_rope records both in model.config, so every checkpoint of this run carries them.
@@ -414,6 +431,10 @@ def lm_step(model, loader, grad_accum: int, world: parallel.Distributed):
 def train(cfg: TrainConfig) -> list[dict]:
     """Run one training job as this process's rank; returns the logged records (rank 0 also writes
     them to out/log.jsonl). `python train.py` is a world of one, through the same code."""
+    if cfg.resume:  # the saved run's settings, before any stage default could replace them
+        out = cfg.out or os.path.join("out", cfg.stage)
+        cfg = trainer.resume_settings(trainer.with_given(dataclasses.replace(cfg, out=out), getattr(cfg, "given", None)),
+                                      checkpoint.read_checkpoint(out), int(os.environ.get("WORLD_SIZE", 1)))
     cfg = resolve_stage(cfg)
     if cfg.dry_run:
         print(plan_memory(cfg))
@@ -500,7 +521,4 @@ def summary_line(records: list[dict], cfg: TrainConfig) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        train(parse_args())
-    except ValueError as error:
-        sys.exit(f"error: {error}")
+    cli.main(lambda: train(parse_args()))

@@ -4,7 +4,8 @@ train.py (pretraining, midtraining, SFT) and dpo.py differ only in what one step
 loss on a batch of rows, or the DPO loss on a batch of preference pairs. Everything around that is the
 same and lives here, once:
 
-    RunConfig + config_parser   the flags both scripts share, each help text written once
+    RunConfig                   the flags both scripts share, each help text and range written once
+    resume_settings             --resume continues the saved run: its settings, not today's defaults
     learning_rate               linear warm-up, then linear decay (the shape Phi-4 reports, section 3)
     make_optimizer              AdamW, weight decay on matrices only
     run_loop                    for each step: set the LR, call the stage's step (forward + backward),
@@ -17,7 +18,6 @@ does its own cross-rank sums, so the records are global.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint
+import cli
 import files
 import parallel
 from model import peak_flops
@@ -77,24 +78,69 @@ class RunConfig:
         "save_every": "steps between checkpoints, plus one at the end (0: no checkpoints, for benchmarks)",
         "device": "auto (cuda if available, else cpu), cpu or cuda",
     }
+    # The valid range of each numeric flag, checked while parsing (cli.config_parser).
+    LIMITS = {
+        "steps": cli.at_least(1), "stop_at": cli.at_least(1), "batch_size": cli.at_least(1),
+        "lr": cli.at_least(0.0, float), "min_lr_ratio": cli.between(0.0, 1.0), "warmup_steps": cli.at_least(0),
+        "weight_decay": cli.at_least(0.0, float), "beta1": cli.between(0.0, 1.0, high_open=True),
+        "beta2": cli.between(0.0, 1.0, high_open=True), "grad_clip": cli.at_least(0.0, float),
+        "save_every": cli.at_least(0),
+    }
 
 
-def config_parser(config_class, description: str, choices: dict | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per field of a config dataclass (underscores become dashes), its default
-    and help text (RunConfig.HELP merged with the subclass's HELP); bool fields are switches."""
-    helps = {**RunConfig.HELP, **getattr(config_class, "HELP", {})}
-    choices = {"device": list(parallel.DEVICES), **(choices or {})}
-    parser = argparse.ArgumentParser(description=description, epilog=epilog,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for field in dataclasses.fields(config_class):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=helps[field.name])
+# What --resume lets a user change: where and how often to save, evaluate and stop, and how to run
+# (device, compilation, checkpointing). Everything else shapes the run itself (its schedule, batches,
+# data, model), so a resumed run takes it from its checkpoint and refuses a different value.
+SAFE_ON_RESUME = ("resume", "out", "stop_at", "save_every", "eval_every", "eval_batches", "device", "compile",
+                  "activation_checkpointing", "dry_run", "world_size", "gpu_memory_gb")
+
+
+def resume_settings(cfg: RunConfig, record: dict, world_size: int | None = None) -> RunConfig:
+    """The settings of the run a checkpoint belongs to, for --resume.
+
+    Flags the user typed (cfg.given, from cli.given_flags; for a config built in code, every field that
+    differs from its default) must agree with the saved run unless they are in SAFE_ON_RESUME.
+    With `world_size` (train.py, where --batch-size counts rows per rank), the batch that must agree is
+    the global one, batch_size x ranks: a 2-rank run with --batch-size 2 resumes in one process at 4.
+    """
+    saved = record.get("train_config") or {}
+    given = getattr(cfg, "given", None)
+    if given is None:
+        given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default}
+    restored = {}
+    for field in dataclasses.fields(cfg):
+        if field.name in SAFE_ON_RESUME or field.name not in saved:
             continue
-        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
-        parser.add_argument(flag, type=kind, default=field.default, help=helps[field.name],
-                            choices=choices.get(field.name))
-    return parser
+        mine, theirs = getattr(cfg, field.name), saved[field.name]
+        if field.name == "batch_size" and world_size is not None:
+            restored["batch_size"] = global_batch(mine if field.name in given else None, theirs,
+                                                  record.get("world_size", 1), world_size)
+            continue
+        if field.name in given and mine != theirs:
+            flag = "--" + field.name.replace("_", "-")
+            raise ValueError(f"{flag} {mine} differs from the run being resumed ({flag} {theirs}); a resumed run keeps "
+                             f"its settings (only {', '.join('--' + n.replace('_', '-') for n in SAFE_ON_RESUME[2:])} "
+                             "may change): drop the flag, or start a new run with another --out")
+        restored[field.name] = theirs
+    return with_given(dataclasses.replace(cfg, **restored), given)
+
+
+def global_batch(mine: int | None, saved: int, saved_ranks: int, ranks: int) -> int:
+    """--batch-size per rank for a resumed run: the saved global micro-batch split over today's ranks."""
+    rows = saved * saved_ranks  # rows per micro-step over all ranks: what the data order depends on
+    if mine is not None and mine * ranks != rows:
+        raise ValueError(f"--batch-size {mine} x {ranks} rank(s) = {mine * ranks} rows differs from the run being "
+                         f"resumed ({saved} x {saved_ranks} = {rows}); drop --batch-size or match it")
+    if rows % ranks:
+        raise ValueError(f"the resumed run reads {rows} rows per micro-step, which {ranks} ranks cannot share; "
+                         f"resume on a number of ranks that divides {rows}")
+    return rows // ranks
+
+
+def with_given(cfg: RunConfig, given: set[str] | None) -> RunConfig:
+    """Attach the set of typed flags to a config (not a dataclass field: it is not saved)."""
+    cfg.given = given
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -50,6 +50,58 @@ def cl100k_path():
     return path
 
 
+# A tiny Phi-4: GQA (6 query heads on 2 KV heads), 2 blocks, a 61-token vocabulary. The large init
+# (std 0.2) separates the logits, so greedy choices are stable and comparisons are not ties.
+TINY_MODEL = dict(vocab_size=61, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96, max_seq_len=64, init_std=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The one tiny-model factory of the tests: tiny_model(seed=0, **config_overrides) -> Phi4 in eval mode."""
+    from model import ModelConfig, Phi4
+
+    def make(seed: int = 0, **overrides) -> "Phi4":
+        model = Phi4(ModelConfig(**{**TINY_MODEL, **overrides}))
+        model.init_weights(torch.Generator().manual_seed(seed))
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def toy_run(toy_data_dir):
+    """The one toy-run builder: toy_run(out, **overrides) -> TrainConfig of a seconds-long run on the
+    session's toy data (sequences of 64 tokens, batches of 4, no periodic eval, one save at the end)."""
+    from train import TrainConfig
+
+    def make(out, **overrides) -> "TrainConfig":
+        fields = dict(data=toy_data_dir, out=str(out), steps=2, batch_size=4, seq_len=64, warmup_steps=1,
+                      eval_every=0, eval_batches=1, save_every=1000, seed=3, device="cpu")
+        return TrainConfig(**{**fields, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, toy_data_dir):
+    """tiny_checkpoint(folder, seed=0, **overrides) -> Tokenizer: a tiny model saved as train.py saves
+    one, sized to the toy tokenizer, with that tokenizer beside it."""
+    import math
+
+    import checkpoint
+    import data
+
+    def make(folder, seed: int = 0, **overrides):
+        tokenizer = data.Tokenizer.load(os.path.join(toy_data_dir, "tokenizer.json"))
+        fields = dict(vocab_size=64 * math.ceil(tokenizer.vocab_size / 64), **overrides)
+        model = tiny_model(seed, **fields)
+        checkpoint.save_checkpoint(str(folder), model, None, 0, None, None)
+        checkpoint.save_tokenizer(os.path.join(toy_data_dir, "tokenizer.json"), str(folder))
+        return tokenizer
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def toy_data_dir(tmp_path_factory):
     """A small copy of the toy world (tokenizer, shards, eval split), built once per test session."""

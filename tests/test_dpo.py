@@ -13,15 +13,9 @@ import torch
 import data
 import dpo
 import checkpoint
-from model import ModelConfig, Phi4
 
-
-def tiny_model(seed=0, vocab_size=61, max_seq_len=48) -> Phi4:
-    config = ModelConfig(vocab_size=vocab_size, n_layer=2, d_model=32, n_head=4, n_kv_head=2, ffn_dim=64,
-                         max_seq_len=max_seq_len, init_std=0.1)
-    model = Phi4(config)
-    model.init_weights(torch.Generator().manual_seed(seed))
-    return model
+# The DPO tests' tiny model: narrower than the shared default, with a milder init (std 0.1).
+DPO_MODEL = dict(n_layer=2, d_model=32, n_head=4, n_kv_head=2, ffn_dim=64, max_seq_len=48, init_std=0.1)
 
 
 def naive_logprobs(model, prompt: list[int], completion: list[int]) -> float:
@@ -80,8 +74,8 @@ def test_a_non_positive_beta_is_refused_naming_the_flag():
 # Sequence log-probs
 
 
-def test_summed_logprobs_match_a_naive_per_token_loop_on_padded_rows():
-    model = tiny_model().eval()
+def test_summed_logprobs_match_a_naive_per_token_loop_on_padded_rows(tiny_model):
+    model = tiny_model(**DPO_MODEL).eval()
     pairs = [dpo.Pair([1, 5, 9], [4, 4, 7, 2], [3]), dpo.Pair([8, 2, 2, 6, 1, 1], [5], [9, 9, 9, 9, 3])]
     ids, mask = dpo.collate(pairs, pad_id=0, device="cpu")
     with torch.no_grad():
@@ -97,8 +91,8 @@ def test_the_completion_mask_of_a_batch_covers_exactly_the_completion_tokens():
     assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]]
 
 
-def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length():
-    model = tiny_model().eval()
+def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length(tiny_model):
+    model = tiny_model(**DPO_MODEL).eval()
     ids, mask = dpo.collate([dpo.Pair([1, 2], [3, 4, 5], [6])], pad_id=0, device="cpu")
     with torch.no_grad():
         sums = dpo.sequence_logprobs(model, ids, mask)
@@ -106,8 +100,8 @@ def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length():
     assert means.tolist() == pytest.approx([sums[0].item() / 3, sums[1].item() / 1], rel=1e-6)
 
 
-def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt():
-    model = tiny_model().eval()
+def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt(tiny_model):
+    model = tiny_model(**DPO_MODEL).eval()
     prompt = [3, 1, 4, 1, 5]
     ids, mask = dpo.collate([dpo.Pair(prompt, [9], [2])], pad_id=0, device="cpu")
     with torch.no_grad():
@@ -117,8 +111,8 @@ def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocast(dtype):
-    model = tiny_model()
+def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocast(dtype, tiny_model):
+    model = tiny_model(**DPO_MODEL)
     with torch.no_grad():
         model.lm_head.weight.mul_(60.0)  # logits of several hundred: a naive half-precision softmax overflows
     ids, mask = dpo.collate([dpo.Pair([1, 2, 3], [4, 5, 6, 7, 8, 9], [10])], pad_id=0, device="cpu")
@@ -134,8 +128,8 @@ def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocas
     assert torch.allclose(half, reference, rtol=0.05)
 
 
-def test_a_completion_on_the_first_position_is_refused():
-    model = tiny_model().eval()
+def test_a_completion_on_the_first_position_is_refused(tiny_model):
+    model = tiny_model(**DPO_MODEL).eval()
     with pytest.raises(ValueError, match="first token"):
         dpo.sequence_logprobs(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 1]]))
 
@@ -167,15 +161,6 @@ def test_token_ids_in_a_pair_record_win_over_its_text(toy_data_dir, tmp_path):
     assert (pairs[0].prompt, pairs[0].chosen, pairs[0].rejected) == ([5, 6], [7], [8])
 
 
-def make_checkpoint(folder, toy_data_dir, seed=0):
-    """A tiny model saved as train.py saves one, with the toy tokenizer beside it."""
-    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
-    model = tiny_model(seed, vocab_size=64 * math.ceil(tokenizer.vocab_size / 64), max_seq_len=64)
-    checkpoint.save_checkpoint(str(folder), model, None, 0, None, None)
-    (folder / "tokenizer.json").write_text(open(f"{toy_data_dir}/tokenizer.json").read())
-    return tokenizer
-
-
 def preference_pairs(tokenizer, n=48):
     """Pairs with one known preference: after any prompt, the token for "7" beats the token for "3"."""
     seven, three = tokenizer.encode("7"), tokenizer.encode("3")
@@ -188,8 +173,8 @@ def preference_pairs(tokenizer, n=48):
     return records
 
 
-def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_dir, tmp_path):
-    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_dir, tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer))
     cfg = dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=25,
                         batch_size=8, lr=3e-3, warmup_steps=2, device="cpu", beta=0.5)
@@ -198,8 +183,8 @@ def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_d
     assert records[-1]["accuracy"] == 1.0 and records[-1]["margin"] > 1.0 and records[-1]["loss"] < 0.4
 
 
-def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_with_the_pairs(toy_data_dir, tmp_path, monkeypatch):
-    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_with_the_pairs(toy_data_dir, tmp_path, monkeypatch, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
     built = []
     original = checkpoint.build_model
@@ -217,8 +202,8 @@ def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_w
     assert [r["ref_rejected_logp"] for r in stored] == pytest.approx(expected[16:].tolist(), abs=1e-5)
 
 
-def test_resuming_dpo_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path):
-    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+def test_resuming_dpo_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=24))
     base = dict(init=str(tmp_path / "init"), pairs=pairs_file, steps=6, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu")
     full = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "a"), **base))
@@ -233,9 +218,9 @@ def test_dpo_without_init_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--init" in result.stderr
 
 
-def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_data_dir, tmp_path):
+def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_data_dir, tmp_path, tiny_checkpoint):
     """The FSDP2 path of train.py, reused: each rank takes half of every batch of pairs."""
-    tokenizer = make_checkpoint(tmp_path / "init", toy_data_dir)
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=24))
     flags = dict(init=str(tmp_path / "init"), pairs=pairs_file, steps=4, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu")
     single = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "one"), **flags))

@@ -26,20 +26,10 @@ from train import TrainConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_run(toy_data_dir, out, **overrides) -> TrainConfig:
-    """A seconds-long toy run: pretraining at 64 tokens, so midtraining extends it to 256."""
-    fields = dict(
-        data=toy_data_dir, out=str(out), steps=2, batch_size=4, seq_len=64, warmup_steps=1,
-        eval_every=0, eval_batches=1, save_every=1000, seed=3, device="cpu",
-    )
-    fields.update(overrides)
-    return TrainConfig(**fields)
-
-
 @pytest.fixture(scope="module")
-def pretrained(toy_data_dir, tmp_path_factory):
+def pretrained(toy_data_dir, tmp_path_factory, toy_run):
     out = tmp_path_factory.mktemp("pretrain")
-    train.train(tiny_run(toy_data_dir, out))
+    train.train(toy_run(out))
     # Long documents for midtraining's rows of 4 x 64 + 1 tokens; fewer than the default keeps this fast.
     data.ensure_long_documents(toy_data_dir, 257, n_train=300, n_val=16)
     return str(out)
@@ -65,11 +55,11 @@ def reference_tables(n_positions: int, head_dim: int, theta: float) -> tuple[tor
 
 
 @pytest.mark.parametrize("theta", [250_000.0, 10_000.0])  # the recipe, and the ablation that keeps the base
-def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, theta, capsys):
+def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, theta, capsys, toy_run):
     flags = dict(stage="midtrain", init=pretrained, seq_len=None, batch_size=2, eval_batches=1)
     if theta != 250_000.0:
         flags["rope_theta"] = theta  # --rope-theta 10000
-    train.train(tiny_run(toy_data_dir, tmp_path, **flags))
+    train.train(toy_run(tmp_path, **flags))
     printed = capsys.readouterr().out
     state = checkpoint.read_checkpoint(str(tmp_path))
     assert state["model_config"]["max_seq_len"] == 4 * 64 and state["model_config"]["rope_theta"] == theta
@@ -85,12 +75,12 @@ def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_ba
     torch.testing.assert_close(model.rope_sin.double(), sin, atol=2e-5, rtol=0)
 
 
-def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir, pretrained, tmp_path):
+def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir, pretrained, tmp_path, toy_run):
     flags = dict(stage="midtrain", seq_len=None, batch_size=2, steps=3)
-    straight = train.train(tiny_run(toy_data_dir, tmp_path / "a", init=pretrained, **flags))
-    first = train.train(tiny_run(toy_data_dir, tmp_path / "b", init=pretrained, stop_at=1, **flags))
+    straight = train.train(toy_run(tmp_path / "a", init=pretrained, **flags))
+    first = train.train(toy_run(tmp_path / "b", init=pretrained, stop_at=1, **flags))
     # --resume alone: the context, base and LR come back from the run's own checkpoint.
-    resumed = train.train(tiny_run(toy_data_dir, tmp_path / "b", resume=True, **flags))
+    resumed = train.train(toy_run(tmp_path / "b", resume=True, **flags))
     assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
     assert checkpoint.read_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
 

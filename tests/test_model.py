@@ -9,19 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_MODEL
 from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, get_config, rope_tables
 
 
+# The shared tiny model (conftest.py) with a 97-token vocabulary and Phi-4's init std of 0.02.
+MODEL_TEST = dict(vocab_size=97, init_std=0.02)
+
+
 def tiny_config(**overrides) -> ModelConfig:
-    base = dict(vocab_size=97, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96, max_seq_len=64)
-    base.update(overrides)
-    return ModelConfig(**base)
-
-
-def tiny_model(seed=0, **overrides) -> Phi4:
-    model = Phi4(tiny_config(**overrides))
-    model.init_weights(torch.Generator().manual_seed(seed))
-    return model.eval()
+    """The shared tiny model's shape, for tests that build (or fail to build) a config themselves."""
+    return ModelConfig(**{**TINY_MODEL, **MODEL_TEST, **overrides})
 
 
 def test_14b_preset_on_the_meta_device_has_exactly_phi4s_parameter_count():
@@ -76,11 +74,11 @@ def kernel_can_run() -> bool:
 
 
 @pytest.mark.parametrize("other", ["sdpa", "triton"])
-def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other):
+def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other, tiny_model):
     if other == "triton" and not kernel_can_run():
         pytest.skip("needs triton (pip install triton; on CPU the tests run it under TRITON_INTERPRET=1)")
     # head_dim 16: the smallest the kernel takes. GQA (4 query heads on 2 KV heads), odd length 29.
-    model = tiny_model(d_model=64, n_head=4, n_kv_head=2, attn_impl="naive")
+    model = tiny_model(d_model=64, n_head=4, n_kv_head=2, attn_impl="naive", **MODEL_TEST)
     idx = torch.randint(0, 97, (2, 29), generator=torch.Generator().manual_seed(1))
     naive = model(idx)
     model.config.attn_impl = other  # the blocks share this config object: the same weights, another attention
@@ -88,8 +86,8 @@ def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_th
     torch.testing.assert_close(model(idx), naive, atol=1e-5, rtol=1e-5)
 
 
-def test_gqa_equals_mha_with_each_kv_head_repeated():
-    gqa = tiny_model(attn_impl="naive")
+def test_gqa_equals_mha_with_each_kv_head_repeated(tiny_model):
+    gqa = tiny_model(attn_impl="naive", **MODEL_TEST)
     mha = Phi4(tiny_config(n_kv_head=6, attn_impl="naive")).eval()
     state = gqa.state_dict()
     group = 6 // 2
@@ -105,8 +103,8 @@ def test_gqa_equals_mha_with_each_kv_head_repeated():
 
 
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
-def test_changing_future_tokens_never_changes_earlier_logits(attn_impl):
-    model = tiny_model(attn_impl=attn_impl)
+def test_changing_future_tokens_never_changes_earlier_logits(attn_impl, tiny_model):
+    model = tiny_model(attn_impl=attn_impl, **MODEL_TEST)
     idx = torch.randint(0, 97, (2, 30))
     changed = idx.clone()
     changed[:, 17:] = torch.randint(0, 97, (2, 13))
@@ -115,8 +113,8 @@ def test_changing_future_tokens_never_changes_earlier_logits(attn_impl):
 
 
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
-def test_kv_cache_prefill_then_decode_matches_full_recompute(attn_impl):
-    model = tiny_model(attn_impl=attn_impl)
+def test_kv_cache_prefill_then_decode_matches_full_recompute(attn_impl, tiny_model):
+    model = tiny_model(attn_impl=attn_impl, **MODEL_TEST)
     idx = torch.randint(0, 97, (2, 25))
     full = model(idx)  # (B, T, V) without a cache
     cache = KVCache(model.config, batch_size=2, max_len=25)
@@ -149,8 +147,8 @@ def test_rope_scores_depend_only_on_relative_position():
     assert (qs[7] @ ks[3]).item() == pytest.approx((qs[30] @ ks[26]).item(), rel=1e-4)
 
 
-def test_set_rope_rebuilds_tables_for_a_new_length_and_base():
-    model = tiny_model()
+def test_set_rope_rebuilds_tables_for_a_new_length_and_base(tiny_model):
+    model = tiny_model(**MODEL_TEST)
     model.set_rope(max_seq_len=256, rope_theta=250_000.0)
     cos, sin = rope_tables(256, model.config.head_dim, 250_000.0)
     assert model.config.max_seq_len == 256 and model.config.rope_theta == 250_000.0
@@ -160,14 +158,14 @@ def test_set_rope_rebuilds_tables_for_a_new_length_and_base():
     model(torch.zeros(1, 200, dtype=torch.long))  # positions past the old 64 now work
 
 
-def test_positions_beyond_the_rope_table_raise_a_clear_error():
-    model = tiny_model()
+def test_positions_beyond_the_rope_table_raise_a_clear_error(tiny_model):
+    model = tiny_model(**MODEL_TEST)
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient():
-    model = tiny_model()
+def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient(tiny_model):
+    model = tiny_model(**MODEL_TEST)
     idx = torch.randint(0, 97, (2, 33))
     targets = torch.randint(0, 97, (2, 33))
     targets[0, :5] = -100  # ignored positions must not count
@@ -181,31 +179,31 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient():
     torch.testing.assert_close(chunked_grad, model.lm_head.weight.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_meta_construction_then_init_weights_is_reproducible():
+def test_meta_construction_then_init_weights_is_reproducible(tiny_model):
     with torch.device("meta"):
         a = Phi4(tiny_config())
     a.to_empty(device="cpu")
     a.init_weights(torch.Generator().manual_seed(3))
-    b = tiny_model(seed=3)
+    b = tiny_model(seed=3, **MODEL_TEST)
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(pa, pb, msg=name)
     idx = torch.randint(0, 97, (1, 9))
     torch.testing.assert_close(a(idx), b(idx))
 
 
-def test_init_gives_std_0_02_weights_and_unit_norm_gains():
-    model = tiny_model(d_model=96, n_head=6, ffn_dim=192)
+def test_init_gives_std_0_02_weights_and_unit_norm_gains(tiny_model):
+    model = tiny_model(d_model=96, n_head=6, ffn_dim=192, **MODEL_TEST)
     assert model.blocks[0].mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert torch.all(model.blocks[1].attn_norm.weight == 1)
 
 
-def test_flops_per_token_matches_the_matmuls_counted_in_a_forward_pass():
+def test_flops_per_token_matches_the_matmuls_counted_in_a_forward_pass(tiny_model):
     """The oracle is torch's FLOP counter on a real forward (naive attention: the full T x T products,
     as the PaLM convention counts them), times 3 for forward + backward. It sees only matmuls, so the
     RMSNorm gains (in N, but not matmuls) are the whole difference."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = tiny_model(attn_impl="naive")
+    model = tiny_model(attn_impl="naive", **MODEL_TEST)
     T = 64
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, T, dtype=torch.long))

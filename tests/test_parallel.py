@@ -46,9 +46,9 @@ def read_log(out) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def one_process(data_dir, out, **overrides) -> list[dict]:
+def one_process(toy_run, out, **overrides) -> list[dict]:
     """The same run in this process, world size 1: the 4 rows two ranks read per micro-step, twice."""
-    return train.train(TrainConfig(data=data_dir, out=str(out), **dict(RUN, batch_size=4, **overrides)))
+    return train.train(toy_run(out, **{**RUN, "batch_size": 4, **overrides}))
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def two_rank_runs(toy_data_dir, tmp_path_factory):
 # -- data parallelism and sharded checkpoints ---------------------------------------------------
 
 
-def test_two_ranks_give_the_same_losses_as_one_process_with_the_same_global_batch(two_rank_runs, toy_data_dir, tmp_path):
-    single = one_process(toy_data_dir, tmp_path)
+def test_two_ranks_give_the_same_losses_as_one_process_with_the_same_global_batch(two_rank_runs, toy_data_dir, tmp_path, toy_run):
+    single = one_process(toy_run, tmp_path)
     ranks = two_rank_runs["straight"]
     assert [r["step"] for r in ranks] == [1, 2, 3, 4]
     # Same rows per step, same token weighting: only the order of float additions differs.
@@ -83,12 +83,12 @@ def test_a_sharded_checkpoint_resumes_to_the_same_losses_as_an_uninterrupted_run
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 
-def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_dir, tmp_path):
+def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_dir, tmp_path, toy_run):
     out = tmp_path / "run"
     shutil.copytree(two_rank_runs["stopped_at_2"], out)
     record = checkpoint.read_checkpoint(str(out))
     assert record["world_size"] == 2 and len(record["ranks"]) == 2 and record["step"] == 2
-    resumed = one_process(toy_data_dir, out, resume=True)
+    resumed = one_process(toy_run, out, resume=True)
     assert [r["step"] for r in resumed] == [3, 4]
     # DCP reshards weights and optimizer state; the data position is global, so the run goes on.
     straight = two_rank_runs["straight"]
@@ -106,15 +106,15 @@ def test_initial_weights_are_the_same_at_any_world_size(toy_data_dir, tmp_path):
     assert all(torch.equal(sharded[name], reference[name]) for name in reference)
 
 
-def test_activation_checkpointing_changes_memory_not_the_losses(toy_data_dir, tmp_path):
-    plain = one_process(toy_data_dir, tmp_path / "plain", steps=2, eval_batches=0)
-    recomputed = one_process(toy_data_dir, tmp_path / "ac", steps=2, eval_batches=0, activation_checkpointing=True)
+def test_activation_checkpointing_changes_memory_not_the_losses(toy_data_dir, tmp_path, toy_run):
+    plain = one_process(toy_run, tmp_path / "plain", steps=2, eval_batches=0)
+    recomputed = one_process(toy_run, tmp_path / "ac", steps=2, eval_batches=0, activation_checkpointing=True)
     assert [r["loss"] for r in recomputed] == [r["loss"] for r in plain]
 
 
-def test_a_global_batch_that_the_ranks_cannot_share_evenly_is_refused_naming_the_flags(toy_data_dir, tmp_path):
+def test_a_global_batch_that_the_ranks_cannot_share_evenly_is_refused_naming_the_flags(toy_data_dir, tmp_path, toy_run):
     with pytest.raises(ValueError, match="--batch-tokens 320 .* --batch-size 4"):
-        one_process(toy_data_dir, tmp_path, batch_tokens=320)
+        one_process(toy_run, tmp_path, batch_tokens=320)
 
 
 # -- the memory plan ----------------------------------------------------------------------------

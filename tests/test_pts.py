@@ -21,7 +21,7 @@ import torch
 
 import data
 import toyworld
-from model import KVCache, ModelConfig, Phi4
+from model import KVCache, ModelConfig
 from pts import (
     Estimate,
     Pivot,
@@ -144,16 +144,8 @@ def test_mismatched_inputs_and_a_bad_gap_fail_with_a_clear_message():
 # Rollouts from a shared prefix
 
 
-def tiny_model(seed=0, attn_impl="sdpa", vocab_size=61) -> Phi4:
-    config = ModelConfig(vocab_size=vocab_size, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96,
-                         max_seq_len=64, init_std=0.2, attn_impl=attn_impl)
-    model = Phi4(config)
-    model.init_weights(torch.Generator().manual_seed(seed))
-    return model.eval()
-
-
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
-def test_rollouts_from_a_shared_prefix_equal_rollouts_that_rerun_the_prefix(attn_impl):
+def test_rollouts_from_a_shared_prefix_equal_rollouts_that_rerun_the_prefix(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
     prefix = torch.randint(0, 61, (1, 11), generator=torch.Generator().manual_seed(1))  # (1, T)
     for seed in range(2):
@@ -164,7 +156,7 @@ def test_rollouts_from_a_shared_prefix_equal_rollouts_that_rerun_the_prefix(attn
         assert len({tuple(row) for row in shared.tolist()}) > 1  # real samples, not one answer copied
 
 
-def test_rollouts_never_sample_ids_past_the_tokenizer_vocabulary():
+def test_rollouts_never_sample_ids_past_the_tokenizer_vocabulary(tiny_model):
     # The toy model's vocabulary is padded past the tokenizer's last id; those ids have no text.
     model = tiny_model()
     prefix = torch.zeros(1, 4, dtype=torch.long)  # (1, T)
@@ -185,7 +177,7 @@ def test_expanding_the_cache_copies_each_row_next_to_itself():
     assert cache.k[0, 1, 0, 0, 0] == 1.0
 
 
-def test_answer_logprobs_equal_a_step_by_step_float32_reference():
+def test_answer_logprobs_equal_a_step_by_step_float32_reference(tiny_model):
     model = tiny_model()
     prompt, answer = [5, 9, 2, 40], [7, 7, 30, 1, 59]
     got = answer_logprobs(model, prompt, answer, temperature=0.7)
@@ -197,7 +189,7 @@ def test_answer_logprobs_equal_a_step_by_step_float32_reference():
     assert got == pytest.approx(expected, abs=1e-5)
 
 
-def test_the_model_estimator_counts_rollouts_and_grades_a_finished_answer_without_any():
+def test_the_model_estimator_counts_rollouts_and_grades_a_finished_answer_without_any(tiny_model):
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Then she buys 2 more. Answer: 5\n" * 20, 400)
     model = tiny_model(vocab_size=tokenizer.vocab_size)
     problem = toyworld.Problem("Mia has 3 apples. Then she buys 2 more. How many?", "Answer: 5", 5, 1)

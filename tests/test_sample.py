@@ -4,22 +4,12 @@ their definitions, stop tokens, seeding, and clear errors for prompts that do no
 import pytest
 import torch
 
-from model import ModelConfig, Phi4
 from sample import generate, sample_next
 
 
-def trained_looking_model(seed=0, attn_impl="sdpa") -> Phi4:
-    """A random model with a large init, so logits are well separated and greedy choices are stable."""
-    config = ModelConfig(vocab_size=61, n_layer=2, d_model=48, n_head=6, n_kv_head=2, ffn_dim=96, max_seq_len=64,
-                         init_std=0.2, attn_impl=attn_impl)
-    model = Phi4(config)
-    model.init_weights(torch.Generator().manual_seed(seed))
-    return model.eval()
-
-
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
-def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl):
-    model = trained_looking_model(attn_impl=attn_impl)
+def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl, tiny_model):
+    model = tiny_model(attn_impl=attn_impl)
     idx = torch.randint(0, 61, (3, 7), generator=torch.Generator().manual_seed(1))
     cached = generate(model, idx, 40, temperature=0, use_cache=True)
     uncached = generate(model, idx, 40, temperature=0, use_cache=False)
@@ -27,24 +17,24 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl
     assert torch.equal(cached, uncached)
 
 
-def test_seeded_sampling_with_the_cache_equals_sampling_without_it():
-    model = trained_looking_model()
+def test_seeded_sampling_with_the_cache_equals_sampling_without_it(tiny_model):
+    model = tiny_model()
     idx = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(2))
     a = generate(model, idx, 30, temperature=1.0, top_k=20, seed=9, use_cache=True)
     b = generate(model, idx, 30, temperature=1.0, top_k=20, seed=9, use_cache=False)
     assert torch.equal(a, b)
 
 
-def test_the_same_seed_gives_the_same_samples_and_another_seed_differs():
-    model = trained_looking_model()
+def test_the_same_seed_gives_the_same_samples_and_another_seed_differs(tiny_model):
+    model = tiny_model()
     idx = torch.zeros(4, 3, dtype=torch.long)
     a = generate(model, idx, 25, temperature=1.5, seed=1)
     assert torch.equal(a, generate(model, idx, 25, temperature=1.5, seed=1))
     assert not torch.equal(a, generate(model, idx, 25, temperature=1.5, seed=2))
 
 
-def test_rows_stop_at_a_stop_token_and_are_padded_with_it():
-    model = trained_looking_model()
+def test_rows_stop_at_a_stop_token_and_are_padded_with_it(tiny_model):
+    model = tiny_model()
     idx = torch.randint(0, 61, (4, 3), generator=torch.Generator().manual_seed(3))
     free = generate(model, idx, 20, temperature=0)
     stop = int(free[0, 6])  # a token row 0 is known to produce at its 4th generated step
@@ -71,14 +61,14 @@ def test_top_p_samples_only_from_the_smallest_set_reaching_p():
     assert share == pytest.approx(0.5 / 0.8, abs=0.04)  # renormalised within the kept set
 
 
-def test_a_prompt_longer_than_the_context_raises_a_clear_error():
-    model = trained_looking_model()
+def test_a_prompt_longer_than_the_context_raises_a_clear_error(tiny_model):
+    model = tiny_model()
     with pytest.raises(ValueError, match="context"):
         generate(model, torch.zeros(1, 64, dtype=torch.long), 5)
 
 
-def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping():
-    model = trained_looking_model()
+def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping(tiny_model):
+    model = tiny_model()
     out = generate(model, torch.zeros(1, 60, dtype=torch.long), 50, temperature=0)
     assert out.shape == (1, 64)
 
@@ -94,7 +84,7 @@ import rejection_sampling  # noqa: E402
 import sample  # noqa: E402
 
 
-def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch):
+def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch, tiny_model):
     """A fake generator that answers correctly exactly for odd-indexed problems must score 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     problems = toyworld.make_split(99, 40)
@@ -111,7 +101,7 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
         return torch.tensor([r + [tokenizer.bos_id] * (width - len(r)) for r in rows])
 
     monkeypatch.setattr(sample, "generate", fake_generate)
-    model = trained_looking_model()
+    model = tiny_model()
     result = evaluation.evaluate_problems(model, tokenizer, problems, batch_size=3)
     assert result["n"] == 40 and result["correct"] == 20 and result["accuracy"] == 0.5
 
@@ -138,8 +128,8 @@ def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
 # Batched sampling, maj@k and rejection sampling
 
 
-def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end_after_the_stop_token():
-    model = trained_looking_model()
+def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end_after_the_stop_token(tiny_model):
+    model = tiny_model()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11]]
     stop = (5, 17)
     groups = sample.sample_completions(model, prompts, n=3, max_new_tokens=12, stop_tokens=stop, temperature=0, batch_rows=4)
@@ -149,8 +139,8 @@ def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end
         assert group == [out[:end]] * 3
 
 
-def test_sampled_completions_are_reproducible_and_differ_across_samples():
-    model = trained_looking_model()
+def test_sampled_completions_are_reproducible_and_differ_across_samples(tiny_model):
+    model = tiny_model()
     first = sample.sample_completions(model, [[1, 2, 3]], n=6, max_new_tokens=10, stop_tokens=(), temperature=1.0, seed=3)
     again = sample.sample_completions(model, [[1, 2, 3]], n=6, max_new_tokens=10, stop_tokens=(), temperature=1.0, seed=3)
     assert first == again and len({tuple(s) for s in first[0]}) > 1

@@ -19,28 +19,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden_loss.json")
 
 
-def small_run(toy_data_dir, out, **overrides) -> TrainConfig:
-    """A seconds-long run of the toy preset: short sequences, small batches, no periodic eval."""
-    fields = dict(
-        data=toy_data_dir, out=str(out), steps=8, batch_size=4, seq_len=64, batch_tokens=512,
-        warmup_steps=2, eval_every=0, eval_batches=2, save_every=1000, seed=7, device="cpu",
-    )
-    fields.update(overrides)
-    return TrainConfig(**fields)
+# The runs of these tests: 8 steps of 512 tokens (two micro-batches of 4 x 64), seed 7.
+SMALL = dict(steps=8, batch_tokens=512, warmup_steps=2, eval_batches=2, seed=7)
 
 
-def test_resuming_from_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path):
-    straight = train.train(small_run(toy_data_dir, tmp_path / "a"))
-    first = train.train(small_run(toy_data_dir, tmp_path / "b", stop_at=3))
-    resumed = train.train(small_run(toy_data_dir, tmp_path / "b", resume=True))
+def test_resuming_from_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path, toy_run):
+    straight = train.train(toy_run(tmp_path / "a", **SMALL))
+    first = train.train(toy_run(tmp_path / "b", **SMALL | dict(stop_at=3)))
+    resumed = train.train(toy_run(tmp_path / "b", **SMALL | dict(resume=True)))
     assert [r["step"] for r in first + resumed] == list(range(1, 9))
     # Identical on CPU: same weights, optimizer moments, data position and schedule after the restart.
     assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
 
 
-def test_gradient_accumulation_matches_one_big_micro_batch(toy_data_dir, tmp_path):
-    one = train.train(small_run(toy_data_dir, tmp_path / "a", steps=3, batch_size=8))
-    accumulated = train.train(small_run(toy_data_dir, tmp_path / "b", steps=3, batch_size=2))  # 4 x 2 rows
+def test_gradient_accumulation_matches_one_big_micro_batch(toy_data_dir, tmp_path, toy_run):
+    one = train.train(toy_run(tmp_path / "a", **SMALL | dict(steps=3, batch_size=8)))
+    accumulated = train.train(toy_run(tmp_path / "b", **SMALL | dict(steps=3, batch_size=2)))  # 4 x 2 rows
     for a, b in zip(one, accumulated):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
@@ -61,10 +55,10 @@ def test_overfitting_one_batch_drives_the_loss_near_zero(toy_data_dir):
     assert first > 5.0 and loss.item() < 0.05
 
 
-def test_the_first_steps_of_the_toy_run_follow_the_golden_loss_curve(toy_data_dir, tmp_path):
+def test_the_first_steps_of_the_toy_run_follow_the_golden_loss_curve(toy_data_dir, tmp_path, toy_run):
     """Guards against silent changes to init, data order, loss or optimizer. Regenerate the golden file
     with REGENERATE_GOLDEN=1 only after a deliberate change, and say why in the commit."""
-    losses = [r["loss"] for r in train.train(small_run(toy_data_dir, tmp_path, steps=6))]
+    losses = [r["loss"] for r in train.train(toy_run(tmp_path, **SMALL | dict(steps=6)))]
     if os.environ.get("REGENERATE_GOLDEN"):
         with open(GOLDEN, "w") as f:
             json.dump({"losses": losses}, f, indent=2)
@@ -91,10 +85,10 @@ def test_weight_decay_applies_to_matrices_and_not_to_norm_gains(toy_data_dir):
 
 
 @pytest.mark.parametrize("crash_in", ["shards", "record"])
-def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir, tmp_path, monkeypatch, crash_in):
+def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir, tmp_path, monkeypatch, crash_in, toy_run):
     """A checkpoint is a folder of tensor shards (written through torch.save streams by every rank) and
     the ckpt.pt record naming it (a file written last); the power may go out during either."""
-    cfg = small_run(toy_data_dir, tmp_path, steps=2)
+    cfg = toy_run(tmp_path, **SMALL | dict(steps=2))
     train.train(cfg)
     good = checkpoint.read_checkpoint(str(tmp_path))
     model, _ = checkpoint.load_model(str(tmp_path))
@@ -119,8 +113,8 @@ def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in good_weights.items())
 
 
-def test_a_checkpoint_records_the_resolved_configs(toy_data_dir, tmp_path):
-    train.train(small_run(toy_data_dir, tmp_path, steps=1))
+def test_a_checkpoint_records_the_resolved_configs(toy_data_dir, tmp_path, toy_run):
+    train.train(toy_run(tmp_path, **SMALL | dict(steps=1)))
     state = checkpoint.read_checkpoint(str(tmp_path))
     assert state["model_config"]["max_seq_len"] == 64
     assert state["train_config"]["seq_len"] == 64 and state["ranks"][0]["loader"]["position"] > 0
@@ -159,15 +153,15 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
 
 
-def test_a_sequence_longer_than_the_data_is_refused_before_training_naming_the_flag(tmp_path, toy_data_dir):
+def test_a_batch_too_large_for_memory_is_refused_before_training_naming_the_flags(tmp_path, toy_data_dir):
     result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--seq-len" in result.stderr
 
 
-def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path):
-    train.train(small_run(toy_data_dir, tmp_path / "pre", steps=2))
-    cfg = small_run(toy_data_dir, tmp_path / "sft", stage="sft", init=str(tmp_path / "pre"), steps=1, seq_len=None, batch_tokens=256, lr=0.0)
+def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path, toy_run):
+    train.train(toy_run(tmp_path / "pre", **SMALL | dict(steps=2)))
+    cfg = toy_run(tmp_path / "sft", **SMALL | dict(stage="sft", init=str(tmp_path / "pre"), steps=1, seq_len=None, batch_tokens=256, lr=0.0))
     records = train.train(cfg)
     # Oracle: the same first batch, scored by hand with the init weights and the render mask.
     cfg = train.resolve_stage(cfg)
