@@ -1,0 +1,233 @@
+"""Safe by default: bad input gets one line, files are never trusted, nothing non-finite is saved.
+
+- A table of bad inputs to the scripts: each exits non-zero with one line `error: ...` that names the
+  flag, file or line at fault, prints no traceback, and changes no file that existed before.
+- A crafted checkpoint record carrying a pickle payload is refused without running it; a flipped bit in
+  a shard is caught by its checksum; NaN weights are refused by name (our checkpoints and HF folders).
+- --resume keeps the saved run's settings and refuses a different schedule; its log has one record
+  per step.
+- DPO never trusts reference log-probs written for another model: the first step's loss is ln 2.
+- A non-finite loss stops training before the optimizer step, and nothing is saved.
+- config.json's special-token ids come from the tokenizer, also when the vocabulary is padded.
+"""
+
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+import dpo
+import hf
+import parallel
+import train
+import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def snapshot(folder) -> dict:
+    """Every file under folder with its bytes: what a failed command must leave as it found it."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                found[path] = f.read()
+    return found
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_checkpoint, toy_data_dir):
+    """A folder holding a tiny checkpoint (ckpt/), an eval.json beside it, and malformed inputs."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    tiny_checkpoint(root / "ckpt")
+    (root / "ckpt" / "eval.json").write_text('{"accuracy": 0.5}\n')  # a real score no failed run may replace
+    lines = {
+        "bad_json.jsonl": '{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": [\n',
+        "no_content.jsonl": '{"messages": [{"role": "user"}]}\n',
+        "float_ids.jsonl": '{"prompt_ids": [1, 2], "chosen_ids": [3.0], "rejected_ids": [4]}\n',
+        "huge_ids.jsonl": '{"prompt_ids": [1, 2], "chosen_ids": [99999999], "rejected_ids": [4]}\n',
+        "not_object.jsonl": '[1, 2, 3]\n',
+    }
+    for name, text in lines.items():
+        (root / name).write_text(text)
+    (root / "texts").mkdir()
+    (root / "texts" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
+    (root / "problems").mkdir()
+    (root / "problems" / "eval.jsonl").write_text('{"question": "q", "solution": "s", "answer": "7", "level": 1}\n')
+    return root
+
+
+# (name, argv, what the error line must contain). {ws} is the workspace, {data} the toy data folder.
+BAD_INPUTS = [
+    ("batch size 0", ["train.py", "--batch-size", "0"], "--batch-size"),
+    ("no steps", ["train.py", "--steps", "0"], "--steps"),
+    ("sequence length 0", ["train.py", "--seq-len", "0"], "--seq-len"),
+    ("a NaN learning rate", ["train.py", "--lr", "nan"], "--lr"),
+    ("negative world size", ["train.py", "--dry-run", "--world-size", "-2"], "--world-size"),
+    ("dpo saving every -1 steps", ["dpo.py", "--save-every", "-1"], "--save-every"),
+    ("dpo beta 0", ["dpo.py", "--beta", "0"], "--beta"),
+    ("top-k 0", ["sample.py", "--top-k", "0"], "--top-k"),
+    ("top-p 0", ["sample.py", "--top-p", "0"], "--top-p"),
+    ("negative new tokens", ["sample.py", "--max-new-tokens", "-5"], "--max-new-tokens"),
+    ("an empty prompt", ["sample.py", "--prompt", ""], "--prompt"),
+    ("eval limit 0 (eval.json must survive)", ["eval.py", "--init", "{ws}/ckpt", "--limit", "0"], "--limit"),
+    ("one rejection sample", ["rejection_sampling.py", "--init", "{ws}/ckpt", "--samples", "1"], "--samples"),
+    ("pts with one rollout", ["pts.py", "--rollouts", "1"], "--rollouts"),
+    ("14b on this machine", ["train.py", "--size", "14b", "--data", "random", "--out", "{ws}/big"], "GB per rank"),
+    ("SFT data that is not JSON", ["train.py", "--stage", "sft", "--init", "{ws}/ckpt", "--data", "{data}",
+                                   "--sft-data", "{ws}/bad_json.jsonl", "--out", "{ws}/o"], "bad_json.jsonl, line 2"),
+    ("a message without content", ["train.py", "--stage", "sft", "--init", "{ws}/ckpt", "--data", "{data}",
+                                   "--sft-data", "{ws}/no_content.jsonl", "--out", "{ws}/o"], "no_content.jsonl, line 1"),
+    ("float token ids", ["dpo.py", "--init", "{ws}/ckpt", "--pairs", "{ws}/float_ids.jsonl", "--out", "{ws}/d"],
+     "float_ids.jsonl, line 1"),
+    ("ids past the vocabulary", ["dpo.py", "--init", "{ws}/ckpt", "--pairs", "{ws}/huge_ids.jsonl", "--out", "{ws}/d"],
+     "huge_ids.jsonl, line 1"),
+    ("a pair that is not an object", ["dpo.py", "--init", "{ws}/ckpt", "--pairs", "{ws}/not_object.jsonl", "--out",
+                                      "{ws}/d"], "not_object.jsonl, line 1"),
+    ('{"text": 5}', ["data.py", "--input-dir", "{ws}/texts", "--out", "{ws}/shards"], "docs.jsonl, line 2"),
+    ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_file(workspace, toy_data_dir, argv, expected):
+    argv = [arg.format(ws=workspace, data=toy_data_dir) for arg in argv]
+    before = snapshot(workspace)
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("note:")]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert expected in lines[0]
+    after = snapshot(workspace)
+    assert {path: data for path, data in after.items() if path in before} == before  # nothing overwritten
+
+
+# -- checkpoints are data, not code ---------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs os.system: what a crafted ckpt.pt would do to whoever opens it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_record_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path, tiny_checkpoint):
+    tiny_checkpoint(tmp_path / "ckpt")
+    marker = tmp_path / "payload-ran"
+    record = torch.load(tmp_path / "ckpt" / "ckpt.pt", weights_only=True)
+    record["step"] = Payload(marker)  # smuggled inside an otherwise valid record
+    with open(tmp_path / "ckpt" / "ckpt.pt", "wb") as f:
+        pickle.dump(record, f)  # a plain pickle, as torch.save(weights_only=False) would read it
+    with pytest.raises(ValueError, match="corrupt or not ours"):
+        checkpoint.read_checkpoint(str(tmp_path / "ckpt"))
+    assert not marker.exists()
+
+
+def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_checkpoint):
+    tiny_checkpoint(tmp_path / "ckpt")
+    record = checkpoint.read_checkpoint(str(tmp_path / "ckpt"))
+    data_file = next(name for name in sorted(os.listdir(record["shard_dir"])) if name.endswith(".distcp"))
+    path = os.path.join(record["shard_dir"], data_file)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x04]))  # one bit: the weights would still be finite numbers
+    with pytest.raises(ValueError, match=f"{data_file} is corrupt"):
+        checkpoint.load_model(str(tmp_path / "ckpt"))
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_model):
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[1].mlp.up_proj.weight[3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.up_proj\.weight"):
+        checkpoint.check_finite(model.named_parameters(), "here")
+    model.save_pretrained(str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        hf.load_phi4(str(tmp_path / "hf"))
+
+
+def test_config_json_takes_its_special_token_ids_from_the_tokenizer_on_a_padded_vocabulary(tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "ckpt")
+    model, _ = checkpoint.load_model(str(tmp_path / "ckpt"))
+    assert model.config.vocab_size > tokenizer.vocab_size  # padded to a multiple of 64
+    model.save_pretrained(str(tmp_path / "hf"), tokenizer=tokenizer)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (
+        tokenizer.special_tokens["<|endoftext|>"], tokenizer.special_tokens["<|im_end|>"], tokenizer.special_tokens["<|dummy_85|>"])
+    model.save_pretrained(str(tmp_path / "hf2"))  # without the tokenizer: no guess from the padded size
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["eos_token_id"] is None
+
+
+# -- resume continues the saved run ----------------------------------------------------------------
+
+
+def test_resume_with_a_changed_schedule_flag_is_refused_naming_it(toy_run, tmp_path):
+    train.train(toy_run(tmp_path, steps=4, stop_at=2))
+    cfg = trainer.with_given(toy_run(tmp_path, steps=6, resume=True), {"steps", "resume", "out"})
+    with pytest.raises(ValueError, match=r"--steps 6 differs from the run being resumed \(--steps 4\)"):
+        train.train(cfg)
+
+
+def test_resume_takes_the_saved_schedule_and_logs_each_step_once(toy_run, tmp_path):
+    """The stage defaults (steps 1200, warm-up 50) must not replace the saved run's 4 and 1 on resume."""
+    straight = train.train(toy_run(tmp_path / "a", steps=4, save_every=1))
+    train.train(toy_run(tmp_path / "b", steps=4, save_every=1, stop_at=3))
+    # The last save was at step 3; pretend the run died during step 4's log line, then resume bare.
+    resumed = train.train(trainer.with_given(toy_run(tmp_path / "b", resume=True, steps=None, warmup_steps=None),
+                                             {"resume", "out"}))
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in straight[3:]]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[3:]]
+    logged = [json.loads(line)["step"] for line in open(tmp_path / "b" / "log.jsonl")]
+    assert logged == [1, 2, 3, 4]
+
+
+# -- DPO and non-finite values ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stale", ["another model", "NaN values"])
+def test_dpo_with_untrustworthy_reference_logprobs_recomputes_them_and_starts_at_ln_2(tmp_path, tiny_checkpoint, stale):
+    tokenizer = tiny_checkpoint(tmp_path / "a", seed=1)
+    tiny_checkpoint(tmp_path / "b", seed=2)
+    seven, three = tokenizer.encode("7"), tokenizer.encode("3")
+    # Reference log-probs scored by model "a", or by "b" itself but NaN: neither may be used from "b".
+    source = "a" if stale == "another model" else "b"
+    value = float("nan") if stale == "NaN values" else -9.0
+    pairs = [{"prompt_ids": [20 + i, 30, 40], "chosen_ids": seven, "rejected_ids": three,
+              "ref_chosen_logp": -1.0 - i, "ref_rejected_logp": value,
+              "ref_fingerprint": dpo.reference_fingerprint(str(tmp_path / source))} for i in range(8)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    records = dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "b"), pairs=str(tmp_path / "pairs.jsonl"),
+                                          out=str(tmp_path / "dpo"), steps=1, batch_size=8, device="cpu"))
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_a_non_finite_loss_stops_training_before_the_step_and_saves_nothing(toy_run, tmp_path, tiny_model):
+    model = tiny_model()
+    cfg = toy_run(tmp_path, steps=3, save_every=1, lr=1e-3, warmup_steps=1)
+    world = parallel.Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), mesh=None, owns_group=False)
+    optimizer = trainer.make_optimizer(model, cfg, world.device)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def step():
+        loss = model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)) * float("nan")
+        loss.backward()
+        return {"loss": loss.item(), "n_tokens": 4}
+
+    with pytest.raises(ValueError, match="step 1: loss nan"):
+        trainer.run_loop(cfg, world, model, optimizer, None, 0, "test", step, show={})
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert not os.path.exists(tmp_path / "ckpt.pt")
