@@ -8,8 +8,8 @@ one question, and a cache must tell them apart. Each teacher also has a `name`, 
 
     HTTPTeacher   any OpenAI-compatible chat-completions server (vLLM, llama.cpp's server, a hosted API),
                   through urllib only: retries with backoff, Retry-After, an on-disk reply cache, and a
-                  timeout that bounds the whole reply body (a server that drips bytes is cut off at
-                  the deadline); the connect and the status line and headers are bounded per read
+                  timeout that bounds the whole request, from the connect to the last byte of the body
+                  (a server that drips its headers or its reply is cut off at the deadline)
     LocalTeacher  this project's own checkpoint in-process, through sample.generate
 
 Simplified: one request at a time (a real run would keep many in flight); no streaming; the cache is one
@@ -27,6 +27,8 @@ import http.client
 import json
 import os
 import random
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -151,12 +153,8 @@ class HTTPTeacher:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
                                          method="POST")
-        deadline = time.monotonic() + self.timeout  # one budget for the whole request, not per read
         try:
-            # urlopen's timeout bounds the connect and each read of the status line and headers;
-            # read_before bounds the body, where a slow server spends its time, by the deadline.
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = read_before(response, deadline)
+            raw = post_with_deadline(request, self.timeout)
         except urllib.error.HTTPError as error:
             # Rate limits and server errors are worth another try; anything else (400 bad request, 401 bad
             # key, 404 wrong model) fails the same way every time, so we stop at once with the server's words.
@@ -177,25 +175,52 @@ class HTTPTeacher:
         return reply
 
 
-def read_before(response, deadline: float, chunk_size: int = 16384) -> bytes:
-    """The response body, read in chunks; TimeoutError once time.monotonic() passes `deadline`.
+def post_with_deadline(request: urllib.request.Request, timeout: float) -> bytes:
+    """Send the request and read the whole reply within `timeout` seconds, or raise TimeoutError.
 
-    A socket timeout alone bounds each read, so a server that sends one byte every second never trips a
-    10-second timeout. Before each chunk the socket's timeout is set to the time left, so a stalled read
-    also ends at the deadline rather than one full timeout later.
+    A socket timeout bounds each read, not the request: a server that drips one byte a second never
+    trips a 10-second socket timeout, in its status line, its headers or its body. So a watchdog timer
+    shuts the connection's socket down when the deadline passes, wherever the reply is stuck; the
+    blocked read then fails at once. The connection classes below only record their socket for it.
     """
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)  # None: no socket to tune
-    chunks = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out: the reply did not arrive within --timeout")
-        if sock is not None:
-            sock.settimeout(remaining)
-        chunk = response.read1(chunk_size)  # whatever has arrived, up to chunk_size; b"" at the end
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    sockets, expired = [], threading.Event()
+
+    def record(connection_class):
+        class Recorded(connection_class):
+            def connect(self):
+                super().connect()
+                sockets.append(self.sock)
+
+        return Recorded
+
+    class Handler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(record(http.client.HTTPConnection), req)
+
+    class SecureHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(record(http.client.HTTPSConnection), req, context=self._context)
+
+    def expire():
+        expired.set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes up the blocked read with an error
+            except OSError:
+                pass  # already closed: the request finished just in time
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        with urllib.request.build_opener(Handler, SecureHandler).open(request, timeout=timeout) as response:
+            return response.read()
+    except (OSError, http.client.HTTPException) as error:
+        if expired.is_set() and not isinstance(error, urllib.error.HTTPError):
+            raise TimeoutError(f"timed out: the reply did not arrive within --timeout {timeout:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
 
 
 # ----------------------------------------------------------------------------------------------------

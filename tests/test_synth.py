@@ -16,10 +16,8 @@ import http.server
 import json
 import re
 import socket
-import sys
 import threading
 import time
-import types
 
 import pytest
 
@@ -360,28 +358,34 @@ def test_a_persistent_timeout_ends_in_one_error(server, tmp_path):
     assert len(server.requests) == 2
 
 
-def test_the_timeout_bounds_the_whole_request_when_a_server_drips_its_reply():
-    # One byte every 0.2 s: each socket read succeeds well within the 1 s timeout, but the whole 60-byte
-    # body would take 12 s. The request must fail at about 1 s, as a timeout.
-    class Dripping(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "60")
-            self.end_headers()
-            try:
-                for _ in range(60):
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                pass  # the client hung up, as it should
+class Dripping(http.server.BaseHTTPRequestHandler):
+    """A server that sends its reply one byte every 0.2 s: each socket read succeeds well within a 1 s
+    timeout, but the whole reply takes 12 s. `where` says what drips: the headers or the body."""
 
-        def log_message(self, *args):
-            pass
+    where = "body"
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n"
+        reply = (head if self.where == "headers" else b"") + b" " * (60 if self.where == "body" else 0)
+        if self.where == "body":
+            self.wfile.write(head)
+        try:
+            for byte in reply:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass  # the client hung up, as it should
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_the_timeout_bounds_the_whole_request_when_a_server_drips_its_reply(where):
+    handler = type("Drip", (Dripping,), {"where": where})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     teacher = teachers.HTTPTeacher(model="m", base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
                                    timeout=1.0, retries=0)
@@ -525,7 +529,7 @@ def test_reverse_code_drops_regenerated_code_that_misbehaves(regenerated, reason
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def tiny_teacher_model():
     """A random 1-layer Phi4 and a BPE trained on a few sentences: a teacher that needs no network."""
     torch = pytest.importorskip("torch")
     import data
@@ -538,14 +542,15 @@ def tiny_model():
     return model.Phi4(config), tokenizer
 
 
-def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_model, tmp_path, monkeypatch):
+def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_teacher_model, tmp_path, monkeypatch):
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
     loaded = []
-    # --local goes through checkpoint.load_model; a stand-in module replaces it here so the test does not
+    # --local goes through checkpoint.load_model; a stand-in replaces it here so the test does not
     # depend on the checkpoint layout, and records which folder it was asked for.
-    fake = types.SimpleNamespace(load_model=lambda path, device="cpu": loaded.append(path) or tiny_model)
-    monkeypatch.setitem(sys.modules, "checkpoint", fake)
+    import checkpoint as checkpoints
+
+    monkeypatch.setattr(checkpoints, "load_model", lambda path, device="cpu": loaded.append(path) or tiny_teacher_model)
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "mid", "question": MID}])
     out = tmp_path / "questions.jsonl"
     assert synth.main(["plurality", "--in", questions, "--out", str(out), "--k", "3", "--local", str(checkpoint),
@@ -556,8 +561,8 @@ def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_model, 
     assert len(record["votes"]) == 3 and record["pipeline"] == "plurality"
 
 
-def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_model):
-    teacher = teachers.LocalTeacher(*tiny_model, max_new_tokens=16, temperature=1.0)
+def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_teacher_model):
+    teacher = teachers.LocalTeacher(*tiny_teacher_model, max_new_tokens=16, temperature=1.0)
     replies = [teacher.complete(synth.solve_messages(MID), sample_index=i) for i in range(3)]
     again = teacher.complete(synth.solve_messages(MID), sample_index=0)
     assert len(set(replies)) > 1 and again == replies[0]  # distinct seeds, each reproducible
