@@ -34,6 +34,7 @@ import checkpoint
 import data
 import files
 import parallel
+import stats
 import toyworld
 from model import CONTEXT_EXTENSION, PRESETS, Phi4
 from sample import sample_completions, strip_stop
@@ -111,25 +112,6 @@ def evaluate_problems(
     return result
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% confidence interval of a binomial proportion (Wilson score: sane at 0% and 100%, unlike +-2se).
-
-    Each held-out problem is a coin flip with the model's unknown accuracy p; the interval holds every p
-    for which the observed p_hat = successes / n is within z standard errors, with the standard error
-    sqrt(p (1 - p) / n) taken at that p, not at p_hat. Solving that quadratic for p gives the centre and
-    half-width below. The textbook p_hat +- z sqrt(p_hat (1 - p_hat) / n) has zero width at 0 of 10
-    (as if 0% were certain) and can leave [0, 1]; Wilson's centre is pulled toward 1/2 by z^2 / 2n.
-    Examples: 0 of 10 -> (0.0, 0.28); 5 of 10 -> (0.24, 0.76); 41 of 100 -> (0.32, 0.51).
-    Two stages whose intervals overlap widely are not shown apart by this many problems: use more.
-    """
-    if n == 0:
-        return 0.0, 1.0  # no evidence: every accuracy is possible
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)  # p_hat shrunk toward 1/2, more so for small n
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)  # clamps only float rounding at 0 and n
-
-
 # ----------------------------------------------------------------------------------------------------
 # Long-context evaluation: what midtraining did (Phi-4 report section 3, context extension)
 #
@@ -194,7 +176,7 @@ def retrieval_accuracy(model: Phi4, documents: list[toyworld.LongDocument], pad_
     for kind in ("all", "ledger", "problem"):
         chosen = [ok for k, ok, _ in answers if kind in ("all", k)]  # "all" pools both kinds
         entry[f"{kind}_accuracy"] = sum(chosen) / len(chosen)
-        entry[f"{kind}_ci95"] = wilson_interval(sum(chosen), len(chosen))
+        entry[f"{kind}_ci95"] = stats.wilson_interval(sum(chosen), len(chosen))
     return entry
 
 
@@ -426,13 +408,13 @@ def run_heldout(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None
     start = time.perf_counter()
     result = evaluate_problems(model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens,
                                maj_k=args.maj_k, temperature=args.maj_temperature, seed=args.seed)
-    low, high = wilson_interval(result["correct"], result["n"])  # n = 500 puts +-4 points around 50%
+    low, high = stats.wilson_interval(result["correct"], result["n"])  # n = 500 puts +-4 points around 50%
     result.update(ci95=[low, high], format="chat" if args.chat else "document", seconds=time.perf_counter() - start)
     levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())  # "L1 80%, L2 55%, ..."
     print(f"held-out pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
           f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {result['seconds']:.1f}s")
     if args.maj_k:
-        result["maj_ci95"] = wilson_interval(result["maj_correct"], result["n"])
+        result["maj_ci95"] = stats.wilson_interval(result["maj_correct"], result["n"])
         low, high = result["maj_ci95"]
         print(f"held-out maj@{args.maj_k} (T={result['maj_temperature']}): {100 * result['maj_accuracy']:.1f}% "
               f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)")

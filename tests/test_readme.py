@@ -33,10 +33,36 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci_lines
 
 
-@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "synth.py", "dpo.py", "pts.py"])
+@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "eval.py", "rejection_sampling.py",
+                                    "dpo.py", "pts.py", "synth.py", "benchmarks.py", "kernels/flash_attention.py"])
 def test_every_script_answers_help(script):
     result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_the_sizes_table_matches_what_model_py_prints():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        section = f.read().split("## Sizes", 1)[1].split("\n## ", 1)[0]
+    rows = {cells[0]: cells for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")
+    )}
+    printed = subprocess.run([sys.executable, "model.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in printed.splitlines():
+        # "  toy:       1,049,728 params (918,656 without embedding), 0.01 GFLOP/token at T=256"
+        match = re.match(r"\s*(\w+):\s+([\d,]+) params .*?, ([\d.,]+) GFLOP/token at T=(\d+)", line)
+        name, params, gflops, context = match.groups()
+        assert rows[name][6] == params, name
+        assert rows[name][7] == f"{gflops} at T={context}", name
+
+
+def test_the_file_tree_lists_exactly_the_tracked_python_files():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        tree = f.read().split("## Files", 1)[1].split("```", 2)[1]
+    listed = {line.split()[0] for line in tree.splitlines() if line.strip()}
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    assert {name for name in tracked if not name.startswith("tests/")} <= listed
 
 
 @pytest.mark.slow

@@ -82,6 +82,7 @@ import toyworld
 import eval as evaluation  # noqa: E402
 import rejection_sampling  # noqa: E402
 import sample  # noqa: E402
+import stats  # noqa: E402
 
 
 def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch, tiny_model):
@@ -107,9 +108,9 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
 
 
 def test_wilson_interval_matches_known_values():
-    low, high = evaluation.wilson_interval(50, 100)
+    low, high = stats.wilson_interval(50, 100)
     assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
-    assert evaluation.wilson_interval(0, 10)[0] == 0.0 and evaluation.wilson_interval(10, 10)[1] == 1.0
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
 
 
 def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
