@@ -203,24 +203,21 @@ def test_query_heads_not_a_multiple_of_kv_heads_raise_value_error():
         flash_attention(q, k, v)
 
 
-def test_mismatched_head_dims_raise_value_error():
-    q = torch.randn(1, 2, 8, 32, device=DEVICE)
-    k = v = torch.randn(1, 2, 8, 64, device=DEVICE)
-    with pytest.raises(ValueError, match="head dim differs"):
-        flash_attention(q, k, v)
+@pytest.mark.parametrize("q_shape, kv_shape, causal, message", [
+    ((1, 2, 8, 32), (1, 2, 8, 64), False, "head dim differs"),  # q and k/v must share D
+    ((1, 2, 9, 32), (1, 2, 8, 32), True, "T <= S"),  # bottom-right causal needs no more queries than keys
+])
+def test_inconsistent_shapes_raise_value_error_saying_why(q_shape, kv_shape, causal, message):
+    q = torch.randn(*q_shape, device=DEVICE)
+    k = v = torch.randn(*kv_shape, device=DEVICE)
+    with pytest.raises(ValueError, match=message):
+        flash_attention(q, k, v, causal=causal)
 
 
 def test_unsupported_head_dim_raises_value_error():
     q = k = v = torch.randn(1, 2, 8, 48, device=DEVICE)
     with pytest.raises(ValueError, match="not supported"):
         flash_attention(q, k, v)
-
-
-def test_causal_with_more_queries_than_keys_raises_value_error():
-    q = torch.randn(1, 2, 9, 32, device=DEVICE)
-    k = v = torch.randn(1, 2, 8, 32, device=DEVICE)
-    with pytest.raises(ValueError, match="T <= S"):
-        flash_attention(q, k, v, causal=True)
 
 
 def test_calling_without_triton_raises_runtime_error(monkeypatch):

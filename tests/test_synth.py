@@ -22,6 +22,7 @@ import time
 import pytest
 
 import sandbox
+import prompts
 import synth
 import teacher as teachers
 
@@ -78,7 +79,7 @@ CODE_CASES = {
 def scripted_reply(messages: list[dict], seed: int) -> str:
     """Answer a chat request the way a cooperative teacher model would, for each of synth's prompts."""
     system, last = messages[0]["content"], messages[-1]["content"]
-    if system == synth.CURATE_SYSTEM:
+    if system == prompts.CURATE_SYSTEM:
         if GOOD_PASSAGE in last:
             return "A classic proof that builds a contradiction step by step.\nScore: 9"
         if OKAY_PASSAGE in last:
@@ -86,26 +87,26 @@ def scripted_reply(messages: list[dict], seed: int) -> str:
         if JUNK_PASSAGE in last:
             return "Navigation links only.\n**Score:** 1"
         return "I would rather not rate this passage."
-    if system == synth.REWRITE_SYSTEM.format(n_exercises=2):
+    if system == prompts.REWRITE_SYSTEM.format(n_exercises=2):
         return REWRITE_REPLY
-    if system == synth.SOLVE_SYSTEM:
+    if system == prompts.SOLVE_SYSTEM:
         answer = SOLVE_SCRIPT[last][seed]
         return "Let me think step by step.\n" + (f"Answer: {answer}" if answer else "I am not sure.")
     if system.startswith("You are a curious student"):
         return f"Student question after {len(messages) - 2} turns: why is that so?"
     if system.startswith("You are a patient teacher"):
         return f"Teacher answer after {len(messages) - 1} turns: because of the definition."
-    if system == synth.DRAFT_SYSTEM:
+    if system == prompts.DRAFT_SYSTEM:
         return "2 + 2 = 5" if "2 + 2" in last else "The sky is green."
-    if system == synth.CRITIQUE_SYSTEM:
+    if system == prompts.CRITIQUE_SYSTEM:
         wrong = "= 5" in last or "green" in last
         return "Factual accuracy: the result is wrong.\nVerdict: REVISE" if wrong else "No problems.\nVerdict: PASS"
-    if system == synth.REVISE_SYSTEM:
+    if system == prompts.REVISE_SYSTEM:
         return "2 + 2 = 4" if "2 + 2" in last else "The sky is green, really."  # the second one never improves
-    if system == synth.CODE_TO_INSTRUCTION_SYSTEM:
+    if system == prompts.CODE_TO_INSTRUCTION_SYSTEM:
         name = re.search(r"def (\w+)", last).group(1)
         return f"Write a function named {name}."
-    if system == synth.INSTRUCTION_TO_CODE_SYSTEM:
+    if system == prompts.INSTRUCTION_TO_CODE_SYSTEM:
         name = re.search(r"named (\w+)", last).group(1)
         return f"Here you go:\n```python\n{CODE_CASES[name][2]}```"
     raise AssertionError(f"unscripted request: {system[:60]!r}")
@@ -317,7 +318,7 @@ def test_api_key_comes_from_the_variable_named_by_api_key_env(server, tmp_path, 
 # ----------------------------------------------------------------------------------------------------
 # Faults: retries, one clear error, nothing lost, cache on rerun
 
-SOLVE_EASY = synth.solve_messages(EASY)
+SOLVE_EASY = prompts.solve_messages(EASY)
 
 
 @pytest.mark.parametrize("fault", ["500", "timeout", "malformed"])
@@ -432,8 +433,8 @@ def test_an_interrupted_run_keeps_its_records_and_a_rerun_resumes_then_hits_the_
 
 def test_samples_with_different_indices_are_cached_separately(server, tmp_path):
     teacher = quick_teacher(server, tmp_path)
-    answers = [teacher.complete(synth.solve_messages(HARD), sample_index=i) for i in range(5)]
-    again = [teacher.complete(synth.solve_messages(HARD), sample_index=i) for i in range(5)]
+    answers = [teacher.complete(prompts.solve_messages(HARD), sample_index=i) for i in range(5)]
+    again = [teacher.complete(prompts.solve_messages(HARD), sample_index=i) for i in range(5)]
     assert answers == again and len(set(answers)) == 4 and len(server.requests) == 5
 
 
@@ -517,7 +518,7 @@ def test_reverse_code_drops_regenerated_code_that_misbehaves(regenerated, reason
         name = "fixed"
 
         def complete(self, messages, sample_index=0):
-            return "Write add(a, b)." if messages[0]["content"] == synth.CODE_TO_INSTRUCTION_SYSTEM else regenerated
+            return "Write add(a, b)." if messages[0]["content"] == prompts.CODE_TO_INSTRUCTION_SYSTEM else regenerated
 
     item = {"id": "add", "code": CODE_CASES["add"][0], "tests": CODE_CASES["add"][1]}
     [record] = synth.reverse_code(FixedTeacher(), item, limits=limits)
@@ -563,6 +564,6 @@ def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_teacher
 
 def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_teacher_model):
     teacher = teachers.LocalTeacher(*tiny_teacher_model, max_new_tokens=16, temperature=1.0)
-    replies = [teacher.complete(synth.solve_messages(MID), sample_index=i) for i in range(3)]
-    again = teacher.complete(synth.solve_messages(MID), sample_index=0)
+    replies = [teacher.complete(prompts.solve_messages(MID), sample_index=i) for i in range(3)]
+    again = teacher.complete(prompts.solve_messages(MID), sample_index=0)
     assert len(set(replies)) > 1 and again == replies[0]  # distinct seeds, each reproducible
