@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -59,6 +60,11 @@ def workspace(tmp_path_factory, tiny_checkpoint, toy_data_dir):
         (root / name).write_text(text)
     (root / "texts").mkdir()
     (root / "texts" / "docs.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "ckpt.pt").write_bytes(b"not a checkpoint at all")
+    shutil.copytree(root / "ckpt", root / "no_shards")
+    for shards in (root / "no_shards").glob("shards-*"):
+        shutil.rmtree(shards)
     (root / "problems").mkdir()
     (root / "problems" / "eval.jsonl").write_text('{"question": "q", "solution": "s", "answer": "7", "level": 1}\n')
     return root
@@ -93,6 +99,11 @@ BAD_INPUTS = [
                                       "{ws}/d"], "not_object.jsonl, line 1"),
     ('{"text": 5}', ["data.py", "--input-dir", "{ws}/texts", "--out", "{ws}/shards"], "docs.jsonl, line 2"),
     ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
+    ("sample from a corrupt checkpoint", ["sample.py", "--init", "{ws}/corrupt"], "corrupt"),
+    ("evaluate a checkpoint without shards", ["eval.py", "--init", "{ws}/no_shards"], "missing"),
+    ("PTS on a corrupt checkpoint", ["pts.py", "--init", "{ws}/corrupt", "--data", "{data}"], "corrupt"),
+    ("DPO from a checkpoint without shards", ["dpo.py", "--init", "{ws}/no_shards", "--pairs", "{ws}/float_ids.jsonl",
+                                              "--out", "{ws}/d"], "missing"),
 ]
 
 
