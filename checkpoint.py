@@ -68,14 +68,15 @@ READ_ERRORS = (Exception, CheckpointException)
 
 def rng_state() -> dict:
     """Every random stream this process draws from, as tensors and numbers (no pickled objects)."""
-    version, mt_state, gauss = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    version, mt_state, gauss = random.getstate()  # Mersenne Twister: 625 ints, and a cached normal draw
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # 624 uint32 keys, position, cache
     return {
         "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
+        # int64 holds every uint32 exactly, in a dtype weights_only loading accepts.
         "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
                   "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this process's GPU only
     }
 
 
@@ -85,7 +86,7 @@ def set_rng_state(state: dict):
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
     np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
-    torch.set_rng_state(state["torch"].cpu())
+    torch.set_rng_state(state["torch"].cpu())  # it takes a CPU byte tensor, wherever the record was loaded to
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
 
@@ -106,7 +107,7 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
     # A fresh folder per save, never the one the current record points to; rank 0 names it.
     names = [f"shards-{step:07d}-{uuid.uuid4().hex[:6]}"]
     if distributed:
-        dist.broadcast_object_list(names, src=0)
+        dist.broadcast_object_list(names, src=0)  # one folder for all ranks: each uuid4() would differ
     shard_dir = os.path.join(out_dir, names[0])
     if optimizer is not None:
         # FQN-keyed state dicts of sharded tensors (DTensors): each rank contributes its pieces.
@@ -114,11 +115,11 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
         tensors = {"model": model_state, "optimizer": optimizer_state}
     else:
         tensors = {"model": get_model_state_dict(model)}
-    dcp.save(tensors, checkpoint_id=shard_dir)
+    dcp.save(tensors, checkpoint_id=shard_dir)  # collective: each rank writes its pieces, rank 0 the .metadata
     rank_state = {"loader": loader.state_dict() if loader is not None else None, "rng": rng_state()}
-    rank_states = [None] * world_size if rank == 0 else None
+    rank_states = [None] * world_size if rank == 0 else None  # gather_object fills this list on rank 0 only
     if distributed:
-        dist.gather_object(rank_state, rank_states, dst=0)
+        dist.gather_object(rank_state, rank_states, dst=0)  # data positions and RNG differ per rank: keep all
     else:
         rank_states = [rank_state]
     if rank == 0:
@@ -130,8 +131,10 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
             "world_size": world_size,
             "ranks": rank_states,  # per rank: {"loader": ..., "rng": ...}
             "model_config": model.config.to_dict(),
+            # What --resume restores, and checks the flags typed today against.
             "train_config": dataclasses.asdict(run_config) if run_config is not None else None,
         }
+        # The commit point: until this rename, the old record and the shard folder it names still stand.
         files.atomic_write(os.path.join(out_dir, CHECKPOINT), lambda f: torch.save(record, f), binary=True)
         # Committed: older shard folders (and any left by an interrupted save) are now garbage.
         for stale in glob.glob(os.path.join(out_dir, "shards-*")):
@@ -199,7 +202,7 @@ def read_checkpoint(path: str) -> dict:
 def check_finite(named_tensors, where: str):
     """Refuse weights with NaN or infinity, naming the first such tensor (flipped bits, a diverged run)."""
     for name, tensor in named_tensors:
-        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor  # this rank's shard: nothing gathered
         if local.is_floating_point() and not bool(torch.isfinite(local).all()):
             raise ValueError(f"{where}: tensor {name} holds NaN or infinite values")
 
@@ -219,7 +222,7 @@ def load_weights(record: dict, model: torch.nn.Module):
 
 def load_optimizer(record: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
     """Restore AdamW's moments and step counts, resharded to this run's world size if it changed."""
-    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    optimizer_state = get_optimizer_state_dict(model, optimizer)  # laid out as this run's shards; DCP fills it
     try:
         dcp.load({"optimizer": optimizer_state}, checkpoint_id=record["shard_dir"])
     except READ_ERRORS as error:
@@ -258,10 +261,10 @@ def build_model(config: ModelConfig, device, record: dict | None = None, shard=N
         model = Phi4(config)
     if shard is not None:
         shard(model)
-    model.to_empty(device=device)
+    model.to_empty(device=device)  # real but uninitialised memory, for this rank's shards only
     if record is not None:
         load_weights(record, model)
-        model.set_rope()
+        model.set_rope()  # the tables are non-persistent buffers: to_empty left them as garbage
     else:
         # Seeded generator: the same weights on any device and any number of ranks.
         model.init_weights(torch.Generator().manual_seed(seed))
@@ -274,9 +277,9 @@ def load_model(path: str, device="cpu") -> tuple[Phi4, Tokenizer]:
     tokenizer = load_tokenizer(path)
     config = ModelConfig.from_dict(record["model_config"])
     with torch.device("meta"):
-        n_params = Phi4(config).num_params()
+        n_params = Phi4(config).num_params()  # on the meta device: counting costs no memory
     parallel.check_fits(4 * n_params, device, f"the model of {path} (float32)", "use a machine with more memory")
-    model = build_model(config, torch.device(device), record)
+    model = build_model(config, torch.device(device), record)  # no shard function: one process holds it all
     return model.eval(), tokenizer
 
 

@@ -61,7 +61,7 @@ MGSM_INSTRUCTIONS = {
 }
 MGSM_ANSWER_PREFIX = {'bn': 'উত্তর', 'de': 'Antwort', 'en': 'Answer', 'es': 'Respuesta', 'fr': 'Réponse', 'ja': '答え',
                       'ru': 'Ответ', 'sw': 'Jibu', 'te': 'సమాధానం', 'th': 'คำตอบ', 'zh': '答案'}
-MGSM_LANGUAGES = tuple(MGSM_INSTRUCTIONS)
+MGSM_LANGUAGES = tuple(MGSM_INSTRUCTIONS)  # dicts keep insertion order: simple-evals' language order
 
 # common.py ANSWER_PATTERN (MATH): the rest of the first line that follows "Answer:".
 MATH_ANSWER = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
@@ -81,8 +81,9 @@ MMLU_ANSWER_LABELS = [
     r"Jawaban\s*:", r"Réponse\s*:", r"Resposta\s*:", r"Jibu\s*:", r"Idahun\s*:", r"Ìdáhùn\s*:", r"Idáhùn\s*:",
     r"Àmọ̀nà\s*:", r"Àdáhùn\s*:", r"Ànúgọ\s*:", r"Àṣàyàn\s*:",
 ]
+# One bracket per character, as upstream writes it; with (?i), A-D also matches a-d.
 MMLU_LETTER = r"\s*([A-D]|[أ-د]|[অ]|[ব]|[ড]|[ঢ]|[Ａ]|[Ｂ]|[Ｃ]|[Ｄ])"
-MMLU_ANSWERS = [re.compile("(?i)" + label + MMLU_LETTER) for label in MMLU_ANSWER_LABELS]
+MMLU_ANSWERS = [re.compile("(?i)" + label + MMLU_LETTER) for label in MMLU_ANSWER_LABELS]  # compiled once, used per reply
 # common.py normalize_response: markdown and LaTeX that would hide "Answer: B", removed in this order.
 MMLU_REPLY_CLUTTER = ("**", "$\\boxed{", "}$", "\\$", "$\\text{", "$", "\\mathrm{", "\\{", "\\text", "\\(",
                       "\\mathbf{", "{", "\\boxed")
@@ -98,25 +99,25 @@ def multichoice_prompt(question: str, options: list[str]) -> str:
 
 def extract_math(reply: str) -> str | None:
     """MATH: whatever follows the first "Answer:" up to the end of its line (math_eval.py)."""
-    match = MATH_ANSWER.search(reply)
+    match = MATH_ANSWER.search(reply)  # the first "Answer:" wins, even when a reply revises itself later
     return match.group(1) if match else None
 
 
 def extract_gpqa(reply: str) -> str | None:
     """GPQA: the letter after the first "Answer:" (gpqa_eval.py)."""
-    match = GPQA_ANSWER.search(reply)
+    match = GPQA_ANSWER.search(reply)  # the first: "Answer: A ... Answer: C" scores A, as upstream
     return match.group(1) if match else None
 
 
 def extract_mmlu(reply: str) -> str | None:
     """MMLU: strip markdown/LaTeX clutter, then the letter after the first label that matches (mmlu_eval.py)."""
-    for clutter in MMLU_REPLY_CLUTTER:
+    for clutter in MMLU_REPLY_CLUTTER:  # in order: "$\\boxed{" must go before its "$" and "{" do
         reply = reply.replace(clutter, "")
     for pattern in MMLU_ANSWERS:
         match = pattern.search(reply)
         if match:
             letter = match.group(1)
-            return MMLU_LETTER_NAMES.get(letter, letter).strip()
+            return MMLU_LETTER_NAMES.get(letter, letter).strip()  # a lower-case "b" stays "b" and scores wrong
     return None
 
 
@@ -129,14 +130,14 @@ def extract_mgsm(reply: str, language: str) -> str:
     prefix = MGSM_ANSWER_PREFIX[language]
     if prefix not in reply:
         return ""
-    after = reply.split(prefix)[-1].strip().replace(",", "")
-    numbers = re.findall(r"\d+\.?\d*", after)
+    after = reply.split(prefix)[-1].strip().replace(",", "")  # after the last prefix: a restated answer wins
+    numbers = re.findall(r"\d+\.?\d*", after)  # no sign: "-5" reads as "5", as upstream
     return numbers[-1].rstrip(".") if numbers else ""
 
 
 def mgsm_correct(target: str, extracted: str) -> bool:
     """mgsm_eval.py score_mgsm: "18.00" counts as 18; commas never matter."""
-    if "." in extracted:
+    if "." in extracted:  # the guard matters: "100".rstrip("0") would be "1"
         extracted = extracted.rstrip("0").rstrip(".")
     return target.replace(",", "") == extracted.replace(",", "")
 
@@ -149,9 +150,9 @@ def extract_code(reply: str) -> str:
     the problem's own signature and docstring. Upstream quirk, kept so scores compare: a reply with no
     such signature loses its first character (find() returns -1, and -1 + 2 = 1).
     """
-    block = re.search(r"```python\n(.*?)```", reply, re.DOTALL)
+    block = re.search(r"```python\n(.*?)```", reply, re.DOTALL)  # non-greedy: the first block only
     code = block.group(1) if block else reply
-    return code[code.find(":\n    ") + 2 :]
+    return code[code.find(":\n    ") + 2 :]  # + 2 skips ":\n": the body keeps its four-space indent
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def strip_wrapper(text: str, command: str) -> str:
                 break
         else:
             return text.replace(command + "{", "", 1)  # unbalanced: drop the opening only
-        text = text[:start] + text[start + len(command) + 1 : i] + text[i + 1 :]
+        text = text[:start] + text[start + len(command) + 1 : i] + text[i + 1 :]  # X without `command{` and `}`
     return text
 
 
@@ -187,17 +188,19 @@ def normalise_math(answer: str) -> str:
     text = answer.strip()
     for command in ("\\boxed", "\\fbox", "\\text", "\\textbf", "\\mathrm", "\\mathbf", "\\mbox"):
         text = strip_wrapper(text, command)
+    # Fraction styles, sizing, degrees, percent, dollars, math delimiters and spacing change no value;
+    # the judge would ignore them too.
     for old, new in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
                      ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("\\degree", ""), ("\\%", ""), ("%", ""),
                      ("\\$", ""), ("$", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
                      ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("\\quad", " "), ("~", " ")):
         text = text.replace(old, new)
-    text = " ".join(text.split()).rstrip(".").strip()
+    text = " ".join(text.split()).rstrip(".").strip()  # a sentence's full stop is not part of the answer
     if unit := UNIT_WORDS.match(text):
         text = unit.group(1)  # a number followed by words: the words are a unit (the judge ignores units)
     if re.fullmatch(r"[a-zA-Z]\s*=\s*[^=]+", text):
         text = text.split("=", 1)[1]  # "x = 5" -> "5"
-    text = text.replace(" ", "")
+    text = text.replace(" ", "")  # only now: the unit check above needs the space before the word
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
         text = text.replace(",", "")  # 1,000 -> 1000 (a list "1,000" of two numbers is unlikely)
     if re.fullmatch(r"\(([A-Ea-e])\)", text):
@@ -211,7 +214,7 @@ def unreduced_fraction(text: str) -> bool:
     if not match:
         return False
     numerator, denominator = int(match.group(1)), int(match.group(2))
-    return denominator != 0 and (denominator == 1 or math.gcd(numerator, denominator) > 1)
+    return denominator != 0 and (denominator == 1 or math.gcd(numerator, denominator) > 1)  # 8/1 is 8 unsimplified
 
 
 def split_top_level(text: str) -> list[str]:
@@ -232,7 +235,7 @@ def bracketed(text: str) -> bool:
     depth = 0
     for i, char in enumerate(text):
         depth += 1 if char in "([{" else -1 if char in ")]}" else 0
-        if depth == 0 and i < len(text) - 1:
+        if depth == 0 and i < len(text) - 1:  # the first bracket closed before the end
             return False
     return True
 
@@ -253,6 +256,7 @@ def math_equal(reference: str, candidate: str | None) -> bool:
     if reference == candidate:
         return True
     if bracketed(reference) or bracketed(candidate):
+        # Both bracketed, with the same brackets: the interval [1,2) is not the tuple (1,2).
         if not (bracketed(reference) and bracketed(candidate)) or (reference[0], reference[-1]) != (candidate[0], candidate[-1]):
             return False
         inner_ref, inner_cand = split_top_level(reference[1:-1]), split_top_level(candidate[1:-1])
@@ -270,7 +274,7 @@ def math_equal(reference: str, candidate: str | None) -> bool:
             match = next((c for c in unused if single_equal(part, c)), None)
             if match is None:
                 return False
-            unused.remove(match)
+            unused.remove(match)  # each part pairs once: "2, 2" does not match "2, -3"
         return True
     return single_equal(reference, candidate)
 
@@ -281,7 +285,7 @@ def single_equal(reference: str, candidate: str) -> bool:
         return True
     if unreduced_fraction(reference) or unreduced_fraction(candidate):
         return False  # the judge's "3245/5 is not 649"
-    ref_tree, cand_tree = parse_math(reference), parse_math(candidate)
+    ref_tree, cand_tree = parse_math(reference), parse_math(candidate)  # None outside the grammar below: wrong
     if ref_tree is None or cand_tree is None:
         return False
     try:
@@ -295,7 +299,7 @@ def single_equal(reference: str, candidate: str) -> bool:
 # pi, + - * / ^, sqrt and nth roots. Nothing from the model's reply is ever eval()'d (sympy's own
 # parse_expr would): the tree is walked by our code below.
 LATEX_COMMANDS = {"pi": "pi", "cdot": "*", "times": "*", "div": "/"}
-FUNCTIONS = ("sqrt", "root")
+FUNCTIONS = ("sqrt", "root")  # root(x, n) is \\sqrt[n]{x}
 
 
 class NotMath(ValueError):
@@ -306,7 +310,7 @@ def latex_argument(text: str, i: int) -> tuple[str, int]:
     """The argument of a LaTeX command at text[i]: {...} with nesting, or one character (\\frac12)."""
     if i >= len(text):
         raise NotMath("missing argument")
-    if text[i] != "{":
+    if text[i] != "{":  # \\frac12: an unbraced argument is one character
         return text[i], i + 1
     depth = 0
     for j in range(i, len(text)):
@@ -321,11 +325,11 @@ def latex_to_python(text: str) -> str:
     out, i = [], 0
     while i < len(text):
         if text.startswith("\\frac", i):
-            numerator, i = latex_argument(text, i + 5)
+            numerator, i = latex_argument(text, i + 5)  # 5 = len("\\frac")
             denominator, i = latex_argument(text, i)
             out.append(f"(({latex_to_python(numerator)})/({latex_to_python(denominator)}))")
         elif text.startswith("\\sqrt", i):
-            i += 5
+            i += 5  # len("\\sqrt")
             index = None
             if i < len(text) and text[i] == "[":
                 close = text.find("]", i)
@@ -342,18 +346,19 @@ def latex_to_python(text: str) -> str:
             out.append(LATEX_COMMANDS[name.group(1)])
             i += len(name.group(0))
         else:
-            out.append({"{": "(", "}": ")", "^": "**"}.get(text[i], text[i]))
+            out.append({"{": "(", "}": ")", "^": "**"}.get(text[i], text[i]))  # grouping braces -> parentheses
             i += 1
     return "".join(out)
 
 
+# Numbers (1, 1.5, .5), names, then operators: "**" before "*", so x**2 is one power, not two products.
 TOKEN = re.compile(r"\d+\.?\d*|\.\d+|[A-Za-z]+|\*\*|[-+*/(),]")
 
 
 def insert_products(expression: str) -> str:
     """Write implicit products out: 2sqrt(2) -> 2*sqrt(2), 2x -> 2*x, )( -> )*(. Words are refused."""
     tokens = TOKEN.findall(expression)
-    if "".join(tokens) != expression.replace(" ", ""):
+    if "".join(tokens) != expression.replace(" ", ""):  # findall skips what no token covers (=, <, !): refuse it
         raise NotMath("characters outside numbers, letters and + - * / ^ ( )")
     out = []
     for token in tokens:
@@ -361,6 +366,8 @@ def insert_products(expression: str) -> str:
             raise NotMath(f"word {token!r}")  # "Monday" is text, not M*o*n*d*a*y
         if out:
             before = out[-1]
+            # A number, ")" or a variable (not a function name, which "(" must follow) then an operand:
+            # two operands side by side, which mathematics writes for a product.
             ends_operand = before[0].isdigit() or before[0] == "." or before == ")" or (before.isalpha() and before not in FUNCTIONS)
             starts_operand = token[0].isdigit() or token[0] == "." or token == "(" or token.isalpha()
             if ends_operand and starts_operand:
@@ -374,14 +381,15 @@ def parse_math(text: str) -> ast.expr | None:
     try:
         expression = insert_products(latex_to_python(text))
         tree = ast.parse(expression, mode="eval").body  # parsing only: nothing is executed
-    except (NotMath, SyntaxError, RecursionError):
+    except (NotMath, SyntaxError, RecursionError):  # RecursionError: thousands of nested brackets
         return None
     return tree if all(allowed_node(node) for node in ast.walk(tree)) else None
 
 
 def allowed_node(node: ast.AST) -> bool:
+    """The whitelist: numbers, one-letter variables, pi, sqrt/root calls, + - * / ** and signs."""
     if isinstance(node, ast.Constant):
-        return isinstance(node.value, (int, float)) and len(str(node.value)) <= 40
+        return isinstance(node.value, (int, float)) and len(str(node.value)) <= 40  # no real answer is longer; sympy would grind on one
     if isinstance(node, ast.Name):
         return len(node.id) == 1 or node.id == "pi" or node.id in FUNCTIONS  # the last only as a call's name
     if isinstance(node, ast.Call):
@@ -401,7 +409,7 @@ def evaluate_tree(node: ast.expr, number, variable, functions, power):
         return variable(node.id)
     if isinstance(node, ast.UnaryOp):
         value = walk(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
+        return -value if isinstance(node.op, ast.USub) else value  # unary plus changes nothing
     if isinstance(node, ast.Call):
         return functions[node.func.id](*[walk(argument) for argument in node.args])
     left, right = walk(node.left), walk(node.right)
@@ -413,7 +421,7 @@ def evaluate_tree(node: ast.expr, number, variable, functions, power):
         return left * right
     if isinstance(node.op, ast.Div):
         return left / right
-    return power(left, right)
+    return power(left, right)  # the one operator left: allowed_node admits no other
 
 
 def symbolically_equal(reference: ast.expr, candidate: ast.expr, sympy) -> bool:
@@ -424,11 +432,13 @@ def symbolically_equal(reference: ast.expr, candidate: ast.expr, sympy) -> bool:
             raise NotMath("exponent too large")
         return base**exponent
 
+    # str first: Rational(0.1) is the double nearest 0.1 (3602879701896397/2**55), Rational("0.1") is 1/10.
     build = dict(number=lambda value: sympy.Rational(str(value)),
                  variable=lambda name: sympy.pi if name == "pi" else sympy.Symbol(name),
                  functions={"sqrt": sympy.sqrt, "root": sympy.root}, power=power)
     try:
         difference = evaluate_tree(reference, **build) - evaluate_tree(candidate, **build)
+        # simplify can miss a zero (equality of expressions is undecidable in general): then it scores wrong.
         return bool(sympy.simplify(difference) == 0)
     except (NotMath, ZeroDivisionError, TypeError, ValueError, AttributeError, RecursionError):
         return False
@@ -440,11 +450,11 @@ def numerically_equal(reference: ast.expr, candidate: ast.expr) -> bool:
         if abs(exponent) > 1000:
             raise OverflowError
         value = base**exponent
-        if isinstance(value, complex):
+        if isinstance(value, complex):  # (-8) ** (1/3) is complex in Python: no real value to compare
             raise ValueError
         return value
 
-    for point in range(3):
+    for point in range(3):  # two different expressions rarely agree at three unrelated points
         # A fixed, irregular value per letter and point, so that x and y never coincide by accident.
         build = dict(number=float, variable=lambda name: math.pi if name == "pi" else 0.5 + 0.137 * (ord(name) % 29) + 0.711 * point,
                      functions={"sqrt": math.sqrt, "root": lambda x, n: x ** (1 / n)}, power=power)
@@ -452,7 +462,7 @@ def numerically_equal(reference: ast.expr, candidate: ast.expr) -> bool:
             a, b = evaluate_tree(reference, **build), evaluate_tree(candidate, **build)
         except (ZeroDivisionError, OverflowError, ValueError, TypeError):
             return False
-        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):
+        if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12):  # abs_tol: for answers that are 0
             return False
     return True
 

@@ -82,7 +82,7 @@ class TrainConfig(trainer.RunConfig):
     seq_len: int | None = None  # tokens per sequence; default: the model's max_seq_len
     batch_tokens: int | None = None  # tokens per optimizer step (global); default: one micro-batch per rank
     eval_every: int = 200  # steps between held-out loss measurements (0: only at the end)
-    eval_batches: int = 8
+    eval_batches: int = 8  # micro-batches per rank per evaluation (toy: 8 x 16 x 256 = 32K target tokens)
     compile: bool = False  # torch.compile each block (GPU; slow to start on CPU)
     attn_impl: str | None = None  # override the preset's attention: naive | sdpa | triton
     rope_theta: float | None = None  # RoPE base: of a fresh model, or the new one of midtraining (250K)
@@ -122,6 +122,7 @@ class TrainConfig(trainer.RunConfig):
         "world_size": "number of ranks --dry-run plans for (default: torchrun's WORLD_SIZE, else 1)",
         "gpu_memory_gb": "GPU memory in GB that --dry-run checks the plan against",
     }
+    # Each numeric flag's valid range, checked while parsing: a typo fails before any data is built.
     LIMITS = {
         "seq_len": cli.at_least(1), "batch_tokens": cli.at_least(1), "eval_every": cli.at_least(0),
         "eval_batches": cli.at_least(0), "rope_theta": cli.positive, "long_fraction": cli.between(0.0, 1.0),
@@ -132,16 +133,16 @@ class TrainConfig(trainer.RunConfig):
 def resolve_stage(cfg: TrainConfig) -> TrainConfig:
     """Fill the flags left unset with the stage's defaults, and check the stage has what it needs."""
     defaults = STAGE_DEFAULTS[cfg.stage]
-    updates = {k: v for k, v in defaults.items() if k != "what" and getattr(cfg, k) is None}
+    updates = {k: v for k, v in defaults.items() if k != "what" and getattr(cfg, k) is None}  # a typed flag wins
     if cfg.out is None:
         updates["out"] = os.path.join("out", cfg.stage)
     if cfg.stage == "sft" and not (cfg.init or cfg.resume):
         raise ValueError("--stage sft fine-tunes a trained model: pass --init out/pretrain (or --resume)")
-    if cfg.stage == "sft" and cfg.rope_theta:
+    if cfg.stage == "sft" and cfg.rope_theta:  # a new base moves every rotation the model learned; SFT keeps it
         raise ValueError("--rope-theta changes the RoPE base only in --stage pretrain or midtrain, not sft")
     cfg = dataclasses.replace(cfg, **updates)
     if cfg.stage == "midtrain":
-        cfg = dataclasses.replace(cfg, **midtrain_settings(cfg))
+        cfg = dataclasses.replace(cfg, **midtrain_settings(cfg))  # after the replace above: it needs --out
     return cfg
 
 
@@ -154,13 +155,14 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
     Without either (only for --dry-run) the preset stands in for the pretrained model.
     """
     if cfg.resume:
+        # The run's own record: its model is already extended, so 4x its max_seq_len would be 16x the original.
         started = checkpoint.read_checkpoint(cfg.out).get("train_config") or {}
         return {"seq_len": cfg.seq_len or started.get("seq_len"), "lr": cfg.lr or started.get("lr")}
     if cfg.init:
         record = checkpoint.read_checkpoint(cfg.init)
         pretrained = ModelConfig.from_dict(record["model_config"])
         pretrain_lr = (record.get("train_config") or {}).get("lr")
-    elif cfg.dry_run:
+    elif cfg.dry_run:  # a memory plan needs shapes only, so no pretrained checkpoint has to exist yet
         pretrained, pretrain_lr = get_config(cfg.size), None
     else:
         raise ValueError("--stage midtrain extends a pretrained model: pass --init out/pretrain (or --resume)")
@@ -185,6 +187,7 @@ def midtrain_changes(record: dict, config: ModelConfig, cfg: TrainConfig) -> lis
     ]
 
 def parse_args(argv=None) -> TrainConfig:
+    """train.py's flags as a TrainConfig; `given` records which were typed, for --resume to check."""
     choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": ["naive", "sdpa", "triton"],
                "device": list(parallel.DEVICES)}
     parser = cli.config_parser(TrainConfig, __doc__.split("\n")[0], choices, epilog=CHECKPOINT_TRUST)
@@ -192,6 +195,7 @@ def parse_args(argv=None) -> TrainConfig:
     return trainer.with_given(cfg, cli.given_flags(parser, argv))
 
 
+# Printed at the end of --help, where someone about to pass a downloaded folder to --init will read it.
 CHECKPOINT_TRUST = ("A checkpoint folder is code: its shard metadata is a pickle, so open (--init, --resume) only "
                     "folders you made. Share models as safetensors: model.save_pretrained(DIR), read by sample.py --hf.")
 
@@ -207,16 +211,16 @@ def evaluate(model, loader: data.TokenLoader, n_batches: int, device) -> float:
     Under torchrun each rank scores its own rows of every batch; the sums are added over ranks.
     """
     model.eval()
-    loader.load_state_dict({"position": 0, "epoch": 0})
+    loader.load_state_dict({"position": 0, "epoch": 0})  # rewind: val_loss changes only when the model does
     total, count = 0.0, 0
     for _ in range(n_batches):
         inputs, targets = loader.next_batch()
         inputs, targets = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
-        total += model(inputs, targets, reduction="sum").item()
-        count += int((targets != -100).sum())
+        total += model(inputs, targets, reduction="sum").item()  # a sum, so every target token weighs the same
+        count += int((targets != -100).sum())  # -100: padding, or a non-assistant token in SFT; not scored
     model.train()
     if dist.is_initialized():
-        sums = torch.tensor([total, count], dtype=torch.float64, device=device)
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)  # float64: counts past 2^24 stay exact
         dist.all_reduce(sums)
         total, count = sums.tolist()
     return total / count
@@ -230,6 +234,7 @@ def prepare_data(cfg: TrainConfig) -> data.Tokenizer | None:
     """Build the toy data the first time; otherwise check the data folder is usable."""
     if cfg.data == "random":
         return None  # RandomTokens: no tokenizer, no files
+    # Only the default folder is built on demand; an empty folder the user named is a mistake to report.
     if cfg.data == data.TOY_DATA_DIR and not data.shard_paths(cfg.data, "train"):
         print(f"no data in {cfg.data}: building the toy synthetic world first (python data.py)")
         data.build_toy_dataset(cfg.data)
@@ -240,14 +245,14 @@ def prepare_data(cfg: TrainConfig) -> data.Tokenizer | None:
         raise ValueError(f"--data {cfg.data} has no tokenizer.json; rebuild it with `python data.py`")
     if cfg.stage == "midtrain" and cfg.long_data is None:
         # The world's long documents, built once per row length with this folder's tokenizer.
-        data.ensure_long_documents(cfg.data, cfg.seq_len + 1)
+        data.ensure_long_documents(cfg.data, cfg.seq_len + 1)  # +1: a row's targets are its inputs shifted by one
     return data.Tokenizer.load(tokenizer_file)
 
 
 def model_config(cfg: TrainConfig, tokenizer: data.Tokenizer | None, record: dict | None) -> ModelConfig:
     """The shape of this run's model: the checkpoint's for --init/--resume, else the preset's."""
     if record is not None:
-        config = ModelConfig.from_dict(record["model_config"])
+        config = ModelConfig.from_dict(record["model_config"])  # the weights fix the shape; preset flags cannot
     else:
         overrides = {}
         if tokenizer is not None and tokenizer.name != "phi4":
@@ -261,9 +266,9 @@ def model_config(cfg: TrainConfig, tokenizer: data.Tokenizer | None, record: dic
         if cfg.rope_theta:
             overrides["rope_theta"] = cfg.rope_theta
         config = get_config(cfg.size, **overrides)
-    if cfg.attn_impl:
+    if cfg.attn_impl:  # speed only, not the weights: allowed on a checkpoint too
         config = dataclasses.replace(config, attn_impl=cfg.attn_impl)
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:  # an id would index past the embedding
         raise ValueError(f"tokenizer of --data {cfg.data} has {tokenizer.vocab_size} ids but the model only "
                          f"{config.vocab_size}; pick a matching --size or --data")
     return config
@@ -274,6 +279,7 @@ def build_model(cfg: TrainConfig, tokenizer, world: parallel.Distributed) -> tup
     Returns (model, the checkpoint record read for --init/--resume, or None)."""
     record = checkpoint.read_checkpoint(cfg.out if cfg.resume else cfg.init) if (cfg.resume or cfg.init) else None
     config = model_config(cfg, tokenizer, record)
+    # Refuse a run that cannot fit before anything is allocated, rather than fail with out-of-memory mid-step.
     plan = parallel.memory_plan(config, world.world_size, cfg.batch_size, cfg.seq_len or config.max_seq_len,
                                 mixed_precision=world.device.type == "cuda")
     parallel.check_fits(plan["total_checkpointed" if cfg.activation_checkpointing else "total"], world.device,
@@ -283,7 +289,7 @@ def build_model(cfg: TrainConfig, tokenizer, world: parallel.Distributed) -> tup
     def shard(model):  # FSDP2 on every run (a world of one included); bf16 on GPUs, fp32 on CPUs
         parallel.parallelize(model, world.mesh, cfg.activation_checkpointing, cfg.compile, world.device.type == "cuda")
 
-    model = checkpoint.build_model(config, world.device, record, shard, cfg.seed)
+    model = checkpoint.build_model(config, world.device, record, shard, cfg.seed)  # each rank allocates only 1/W
     if cfg.stage == "midtrain" and not cfg.resume:
         # Context extension: the same weights with RoPE tables for the longer context and the new base.
         # set_rope records both in model.config, so every checkpoint of this run carries them.
@@ -303,12 +309,14 @@ class RandomTokens:
         self.position = 0  # batches drawn so far: with the seed, it fixes the next batch (exact resume)
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng((self.seed, self.position))
+        """The next (inputs, targets), each (B, T), the same as TokenLoader's."""
+        rng = np.random.default_rng((self.seed, self.position))  # keyed by batch index: no stream state to save
         self.position += 1
         rows = rng.integers(0, self.vocab_size, size=self.shape, dtype=np.int64)  # (B, T+1)
         return rows[:, :-1], rows[:, 1:]  # inputs (B, T), targets (B, T)
 
     def state_dict(self) -> dict:
+        """What checkpoint.py saves per rank: one integer is the whole state."""
         return {"position": self.position}
 
     def load_state_dict(self, state: dict):
@@ -319,12 +327,14 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
     """(train loader, held-out loader or None) for the stage: token shards, or chat conversations for SFT."""
     if cfg.stage == "sft":
         conversations = data.read_conversations(cfg.sft_data or os.path.join(cfg.data, "sft.jsonl"))
-        examples = [tokenizer.render_chat(c) for c in conversations]
+        examples = [tokenizer.render_chat(c) for c in conversations]  # (ids, loss mask): assistant tokens only
         n_val = min(200, len(examples) // 10)  # the tail of the file is the held-out part
+        # The held-out loader gets seed 0, so its rows do not change with --seed.
         make = lambda ex, seed: data.ChatLoader(ex, cfg.batch_size, seq_len, tokenizer.pad_id, rank, world_size, seed)
         train_loader = make(examples[n_val:], cfg.seed)
         if train_loader.n_dropped:
             print(f"note: {train_loader.n_dropped} conversations longer than --seq-len {seq_len} were left out")
+        # A held-out part smaller than one global batch (batch_size x world_size rows) cannot fill one.
         return train_loader, (make(examples[:n_val], 0) if n_val >= cfg.batch_size * world_size else None)
     if cfg.stage == "midtrain":
         # 30% long documents, one per row, and 70% replayed pretraining rows (data.MixtureLoader says
@@ -340,6 +350,7 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
                   f"{100 * train_loader.long_token_share():.1f}% of target tokens")
         has_val = bool(data.shard_paths(cfg.data, "val") and data.shard_paths(long_dir, "long_val"))
         return train_loader, (make("val") if has_val else None)
+    # Pretraining: rows cut from one stream of concatenated documents (packed, no padding, nothing wasted).
     train_loader = data.TokenLoader(data.shard_paths(cfg.data, "train"), cfg.batch_size, seq_len, rank, world_size)
     val_paths = data.shard_paths(cfg.data, "val")
     val_loader = data.TokenLoader(val_paths, cfg.batch_size, seq_len, rank, world_size) if val_paths else None
@@ -355,7 +366,7 @@ def plan_memory(cfg: TrainConfig) -> str:
         if cfg.n_layer:
             overrides["n_layer"] = cfg.n_layer
         config = get_config(cfg.size, **overrides)
-    world_size = cfg.world_size or int(os.environ.get("WORLD_SIZE", 1))
+    world_size = cfg.world_size or int(os.environ.get("WORLD_SIZE", 1))  # asked for, else torchrun's
     # Plans are for GPUs (bf16 compute) unless the run is explicitly on CPU (fp32).
     plan = parallel.memory_plan(
         config, world_size, cfg.batch_size, cfg.seq_len or config.max_seq_len, mixed_precision=cfg.device != "cpu"
@@ -367,13 +378,14 @@ def accumulation_steps(cfg: TrainConfig, seq_len: int, world_size: int) -> int:
     """Micro-batches per optimizer step. The global batch is counted in tokens and --batch-tokens fixes it
     at any world size: one micro-step moves batch_size x seq_len tokens on each rank, and gradient
     accumulation makes up the rest. Without the flag, a step is one micro-batch on every rank."""
-    micro_tokens = cfg.batch_size * seq_len * world_size
+    micro_tokens = cfg.batch_size * seq_len * world_size  # tokens one micro-step moves over all ranks
     batch_tokens = cfg.batch_tokens or micro_tokens
     if batch_tokens % micro_tokens != 0:
         raise ValueError(
             f"--batch-tokens {batch_tokens} (global) must be a multiple of --batch-size {cfg.batch_size} x "
             f"--seq-len {seq_len} x {world_size} ranks = {micro_tokens}; lower --batch-size or raise --batch-tokens"
         )
+    # Phi-4's 5,760 x 4,096 = 23.6M tokens per step on 64 ranks at --batch-size 1 is 90 micro-steps.
     return batch_tokens // micro_tokens
 
 
@@ -381,7 +393,7 @@ def restore_position(record: dict, loader, world: parallel.Distributed) -> None:
     """--resume: put this rank's loader and RNG streams back where the checkpoint left them."""
     ranks = record["ranks"]
     if len(ranks) == world.world_size:
-        mine = ranks[world.rank]
+        mine = ranks[world.rank]  # the same world: each rank takes back its own data position and RNG
     else:
         # Another world size: DCP has already resharded the weights and AdamW state. The loaders count
         # global batches, so every rank's position is the same number and carries over; no training
@@ -408,17 +420,17 @@ def lm_step(model, loader, grad_accum: int, world: parallel.Distributed):
         n_targets = parallel.global_sum(sum(int((t != -100).sum()) for _, t in batches), world)
         if n_targets == 0:
             raise ValueError("a training batch has no target token (SFT rows without an assistant turn?)")
-        n_tokens = parallel.global_sum(sum(inputs.size for inputs, _ in batches), world)
+        n_tokens = parallel.global_sum(sum(inputs.size for inputs, _ in batches), world)  # padding too: for tok/s
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for inputs, targets in batches:
-            inputs = torch.from_numpy(inputs).to(device, non_blocking=True)
-            targets = torch.from_numpy(targets).to(device, non_blocking=True)
+            inputs = torch.from_numpy(inputs).to(device, non_blocking=True)  # (B, T) token ids
+            targets = torch.from_numpy(targets).to(device, non_blocking=True)  # (B, T), -100 where not scored
             loss = model(inputs, targets, reduction="sum") / n_targets
             # FSDP's reduce-scatter averages gradients over the W ranks; scaling by W turns that average
             # into the sum, so the gradient is exactly that of the global token-weighted mean loss.
             (loss * W).backward()
             loss_sum += loss.detach()
-        dist.all_reduce(loss_sum)
+        dist.all_reduce(loss_sum)  # each rank holds its share of the global mean; the shares add up to it
         return {"loss": loss_sum.item(), "n_tokens": n_tokens}
 
     return step
@@ -435,11 +447,11 @@ def train(cfg: TrainConfig) -> list[dict]:
         out = cfg.out or os.path.join("out", cfg.stage)
         cfg = trainer.resume_settings(trainer.with_given(dataclasses.replace(cfg, out=out), getattr(cfg, "given", None)),
                                       checkpoint.read_checkpoint(out), int(os.environ.get("WORLD_SIZE", 1)))
-    cfg = resolve_stage(cfg)
+    cfg = resolve_stage(cfg)  # stage defaults fill only what the flags and --resume left unset
     if cfg.dry_run:
         print(plan_memory(cfg))
         return []
-    world = parallel.init_distributed(parallel.resolve_device(cfg.device))
+    world = parallel.init_distributed(parallel.resolve_device(cfg.device))  # a group of one without torchrun
     try:
         return train_on(cfg, world)
     finally:
@@ -451,12 +463,13 @@ def train_on(cfg: TrainConfig, world: parallel.Distributed) -> list[dict]:
     say = print if world.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for everyone
     if cfg.world_size and cfg.world_size != world.world_size:
         raise ValueError(f"--world-size {cfg.world_size} is for --dry-run; torchrun sets the real one ({world.world_size} here)")
+    # Every global generator, for anything not handed its own (the weights get a seeded one in build_model).
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     # Rank 0 builds the toy data if needed while the others wait, so they never read half-written shards.
     tokenizer = prepare_data(cfg) if world.is_main else None
-    dist.barrier()
+    dist.barrier()  # rank 0 has finished writing
     if not world.is_main:
         tokenizer = prepare_data(cfg)
 
@@ -465,23 +478,25 @@ def train_on(cfg: TrainConfig, world: parallel.Distributed) -> list[dict]:
         for line in midtrain_changes(record, model.config, cfg):
             say(line)
     seq_len = cfg.seq_len or model.config.max_seq_len
-    if seq_len > model.config.max_seq_len:
+    if seq_len > model.config.max_seq_len:  # the RoPE tables end there: later positions would have no rotation
         raise ValueError(f"--seq-len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
     grad_accum = accumulation_steps(cfg, seq_len, world.world_size)
     if cfg.data == "random":
+        # Seed per rank: ranks must draw different rows, as they would read different rows of real data.
         train_loader, val_loader = RandomTokens(model.config.vocab_size, cfg.batch_size, seq_len, cfg.seed + world.rank), None
     else:
         train_loader, val_loader = make_loaders(cfg, tokenizer, seq_len, world.rank, world.world_size)
-    optimizer = trainer.make_optimizer(model, cfg, world.device)
+    optimizer = trainer.make_optimizer(model, cfg, world.device)  # after sharding: AdamW's moments are sharded too
     start_step = 0
     if cfg.resume:
         checkpoint.load_optimizer(record, model, optimizer)
         restore_position(record, train_loader, world)
-        start_step = record["step"]
+        start_step = record["step"]  # the schedule, the log and the step count continue from here
     if world.is_main and tokenizer is not None:
-        checkpoint.save_tokenizer(os.path.join(cfg.data, "tokenizer.json"), cfg.out)
+        checkpoint.save_tokenizer(os.path.join(cfg.data, "tokenizer.json"), cfg.out)  # sample.py reads it there
     os.makedirs(cfg.out, exist_ok=True)
 
+    # The resolved configs, so the log alone says exactly what ran (every checkpoint saves them too).
     say(f"model: {json.dumps(model.config.to_dict())}")
     say(f"train: {json.dumps(dataclasses.asdict(cfg))}")
     say(f"{model.num_params():,} parameters | {world.world_size} rank(s) x {grad_accum} micro-batches of "
@@ -509,7 +524,8 @@ def summary_line(records: list[dict], cfg: TrainConfig) -> str:
         return f"done: nothing to run (already at step {cfg.stop_at or cfg.steps})"
     last = records[-1]
     steady = records[1:] or records
-    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]  # None where the device's peak is unknown
+    # Medians, not means: one slow step (a recompilation, a busy shared machine) moves a mean, not a median.
     return (
         f"done: step {last['step']} loss {last['loss']:.4f}"
         + (f" val_loss {last['val_loss']:.4f}" if "val_loss" in last else "")

@@ -49,14 +49,14 @@ class RunConfig:
     seed: int = 1337
     steps: int | None = None  # optimizer steps in the whole run (the schedule is laid out over these)
     stop_at: int | None = None  # stop after this step (as if interrupted); --resume continues it
-    batch_size: int = 16
+    batch_size: int = 16  # per rank: rows of tokens (train.py) or preference pairs (dpo.py)
     lr: float | None = None  # peak learning rate
     min_lr_ratio: float = 0.0  # the linear decay ends at lr * min_lr_ratio
     warmup_steps: int | None = None
     weight_decay: float = 0.1  # Phi-4's value; applied to matrices only
     beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    beta2: float = 0.95  # not PyTorch's 0.999: a shorter memory of gradient size rides out loss spikes (GPT-3)
+    grad_clip: float = 1.0  # the usual value for language models; the report does not state one
     save_every: int = 500  # steps between checkpoints (and one at the end); 0: none
     device: str = "auto"  # auto | cpu | cuda
 
@@ -106,10 +106,11 @@ def resume_settings(cfg: RunConfig, record: dict, world_size: int | None = None)
     saved = record.get("train_config") or {}
     given = getattr(cfg, "given", None)
     if given is None:
+        # Built in code, so no flags were typed: every field changed from its default counts as given.
         given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != f.default}
     restored = {}
     for field in dataclasses.fields(cfg):
-        if field.name in SAFE_ON_RESUME or field.name not in saved:
+        if field.name in SAFE_ON_RESUME or field.name not in saved:  # a flag newer than the checkpoint keeps today's
             continue
         mine, theirs = getattr(cfg, field.name), saved[field.name]
         if field.name == "batch_size" and world_size is not None:
@@ -150,9 +151,9 @@ def with_given(cfg: RunConfig, given: set[str] | None) -> RunConfig:
 def learning_rate(step: int, cfg: RunConfig) -> float:
     """LR for optimizer step `step` (0-based): linear warm-up to cfg.lr, then linear decay."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+        return cfg.lr * (step + 1) / cfg.warmup_steps  # step 0 gets lr / warmup_steps: no step is wasted at LR 0
+    decay_steps = max(1, cfg.steps - cfg.warmup_steps)  # a run that is all warm-up must not divide by zero
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)  # 0 at the peak, 1 at step --steps
     return cfg.lr * (1.0 - progress * (1.0 - cfg.min_lr_ratio))
 
 
@@ -194,7 +195,8 @@ def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, load
     log_path = os.path.join(cfg.out, "log.jsonl")
     if world.is_main:
         start_log(log_path, start_step)
-    peak = peak_flops(device) if flops_per_token else None
+    peak = peak_flops(device) if flops_per_token else None  # one device's bf16 FLOP/s; None where unknown (CPU)
+    # --stop-at ends the run early but leaves the schedule laid out over --steps, as an interruption would.
     last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     records = []
     model.train()
@@ -203,6 +205,8 @@ def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, load
                mininterval=1.0, disable=not world.is_main)
     for step in bar:
         t0 = time.perf_counter()
+        # Set by hand, not by an LR scheduler object: the LR is a function of the step alone, so --resume
+        # needs no scheduler state to restore.
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -215,24 +219,24 @@ def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, load
             raise ValueError(f"step {step + 1}: loss {metrics['loss']} / gradient norm {grad_norm} is not finite; "
                              f"nothing after the last checkpoint was saved (lower --lr, or check the data)")
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)  # None, not zeros: the memory is free until the next backward
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        tokens_per_s = metrics.pop("n_tokens") / (time.perf_counter() - t0)
+            torch.cuda.synchronize()  # kernels run asynchronously: without this the clock stops before they finish
+        tokens_per_s = metrics.pop("n_tokens") / (time.perf_counter() - t0)  # of the whole world: n_tokens is global
         record = {"step": step + 1, **metrics, "lr": lr, "grad_norm": grad_norm, "tok_s": tokens_per_s}
         if flops_per_token:
             # MFU per GPU: the whole run's FLOP/s over the peak of all W devices; None where unknown.
             record["mfu"] = tokens_per_s * flops_per_token / (peak * W) if peak else None
-        record["time_s"] = time.perf_counter() - run_start
+        record["time_s"] = time.perf_counter() - run_start  # since this process started (a resume restarts at 0)
         if device.type == "cuda":
-            record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+            record["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9  # this rank's high-water mark
         is_last = step + 1 == last_step
         if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or is_last):
             record["val_loss"] = evaluate()
         bar.set_postfix({key: fmt.format(record[key]) for key, fmt in show.items() if record.get(key) is not None})
         records.append(record)
         if world.is_main:
-            with open(log_path, "a") as f:
+            with open(log_path, "a") as f:  # a line per step: a crash loses at most the step in progress
                 f.write(json.dumps(record) + "\n")
         if cfg.save_every > 0 and ((step + 1) % cfg.save_every == 0 or is_last):
             checkpoint.save_checkpoint(cfg.out, model, optimizer, step + 1, loader, cfg)
