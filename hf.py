@@ -38,7 +38,7 @@ from tokenization import CL100K_N_RANKS, PHI4_SPECIAL_NAMES, Tokenizer
 # The released Phi-4 (microsoft/phi-4) is a folder: config.json (model_type "phi3", the transformers
 # class Phi3ForCausalLM), the tokenizer files, and the weights as safetensors shards listed in
 # model.safetensors.index.json. Its tensors hold the same numbers as our parameters under other names,
-# and two of them are fused (PHI4.md section 1): `qkv_proj` stacks the rows of q, k and v, and
+# and two of them are fused (the release's config.json and weight index): `qkv_proj` stacks the rows of q, k and v, and
 # `gate_up_proj` stacks gate then up. One table, `hf_layout`, says which of our parameters make up each
 # HF tensor; loading reads through it one way and saving the other, so the two cannot disagree.
 #
@@ -235,7 +235,7 @@ def config_from_hf(hf_dir: str) -> tuple[ModelConfig, torch.dtype | None]:
     if unsupported:
         raise ValueError(f"{path} asks for what this implementation does not do: {'; '.join(unsupported)}")
     # The name mapping, HF -> ours. max_position_embeddings becomes the length of our RoPE tables:
-    # the released Phi-4 says 16384, its context after midtraining (PHI4.md section 3).
+    # the released Phi-4 says 16384, its context after midtraining (report section 3).
     try:
         config = ModelConfig(
             vocab_size=hf["vocab_size"],

@@ -482,7 +482,7 @@ def test_from_hf_gives_the_same_ids_as_phi4(tmp_path, cl100k_path, cl100k_ranks,
     assert ours.vocab_size == phi4.vocab_size == 100352 and ours.name == "phi4"
     for text in TEXTS:
         assert ours.encode(text) == phi4.encode(text), text
-    known = "<|im_start|>Hello<|im_sep|> World<|im_end|><|dummy_85|>"  # PHI4.md section 2
+    known = "<|im_start|>Hello<|im_sep|> World<|im_end|><|dummy_85|>"  # the released tokenizer's known ids
     assert ours.encode(known, allow_special=True) == [100264, 9906, 100266, 4435, 100265, 100349]
     assert (ours.bos_id, ours.im_end_id, ours.pad_id) == (100257, 100265, 100349)
 
