@@ -14,7 +14,7 @@ network and nothing else:
 
 It is also the way to share a model safely: safetensors is bytes plus a JSON header, so opening one runs
 no code, unlike a pickle. `python sample.py --hf DIR` chats with a folder; measure loading with
-`python -c "import hf; hf.measure_load('1b')"`.
+`python scripts/measure_hf_load.py 1b`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import files
 import parallel
 from checkpoint import check_finite
-from model import ModelConfig, Phi4, get_config
+from model import ModelConfig, Phi4
 from tokenization import CL100K_N_RANKS, PHI4_SPECIAL_NAMES, Tokenizer
 
 #
@@ -53,7 +53,7 @@ from tokenization import CL100K_N_RANKS, PHI4_SPECIAL_NAMES, Tokenizer
 # straight into its parameter on the target device and in the target dtype. bfloat16 has no numpy
 # dtype, so bytes are handed to torch as uint8 and reinterpreted there (Tensor.view(dtype)).
 #
-# Measure load time and peak host memory: python -c "import hf; hf.measure_load('1b')"
+# Measure load time and peak host memory: python scripts/measure_hf_load.py 1b
 
 # safetensors dtype names of the floating-point tensors a language model checkpoint holds.
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -580,44 +580,3 @@ def load(hf_dir: str, device, dtype_name: str | None = None) -> tuple[Phi4, Toke
     device = torch.device(device)
     dtype = getattr(torch, dtype_name) if dtype_name else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     return load_phi4(hf_dir, device=device, dtype=dtype), load_tokenizer(hf_dir)
-
-
-def measure_load(size: str = "1b", folder: str = "/tmp/phi4_hf_measure", keep: bool = False):
-    """Save a random `size` model in bfloat16 (like the release), then time from_pretrained in fresh
-    processes, loading as bfloat16 and as float32, and print time and peak host memory vs size on disk.
-
-    A fresh process per load, so its peak resident set (VmHWM, Linux) belongs to that load alone; the
-    baseline line is a process that only imports torch and this file. The files were just written, so
-    they are in the OS page cache: these are warm-cache figures (a cold disk adds its read time).
-    """
-    import shutil  # imported here: only this measurement needs them
-    import subprocess
-
-    # Random weights are enough: loading cost depends on sizes and dtypes, not on the values.
-    with torch.device("meta"):
-        model = Phi4(get_config(size))
-    model.to(torch.bfloat16).to_empty(device="cpu")
-    model.init_weights(torch.Generator().manual_seed(0))
-    model.save_pretrained(folder)
-    del model
-    disk = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
-    n_shards = sum(name.endswith(".safetensors") for name in os.listdir(folder))
-    print(f"{size}: {disk / 1e9:.2f} GB on disk in {n_shards} safetensors shards under {folder}")
-    here = os.path.dirname(os.path.abspath(__file__))
-    # Peak resident memory of the child: VmHWM, its own high-water mark. Not ru_maxrss: Linux carries
-    # that across fork and exec, so a child of this (by now large) process would report our peak.
-    report = (
-        "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM')][0].split()[1]; "
-        "print(f'{time.perf_counter() - start:.1f} s, peak RSS {int(hwm) / 1e6:.2f} GB')"
-    )
-    runs = {
-        "baseline (import only)": "start = time.perf_counter()",
-        "from_pretrained bfloat16": f"start = time.perf_counter(); Phi4.from_pretrained({folder!r}, dtype='bfloat16')",
-        "from_pretrained float32": f"start = time.perf_counter(); Phi4.from_pretrained({folder!r}, dtype='float32')",
-    }
-    for label, code in runs.items():
-        program = f"import time, torch; from model import Phi4; {code}; {report}"
-        result = subprocess.run([sys.executable, "-c", program], cwd=here, capture_output=True, text=True, check=True)
-        print(f"  {label}: {result.stdout.strip()}")
-    if not keep:
-        shutil.rmtree(folder)
