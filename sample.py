@@ -18,6 +18,9 @@ Commands:
     python sample.py --hf ~/phi-4                    # chat with the released Phi-4 (a Hugging Face folder)
     python sample.py --hf ~/phi-4 --prompt "What is 17 * 23?" --max-new-tokens 200   # one question, no loop
 
+Seeding: output row r of a call draws from its own stream, seeded by (seed, r) (row_uniforms), so a
+row's samples do not depend on the other rows of its batch.
+
 Simplified: prompts in one batch have the same length (left padding is not needed by this repo's
 callers: rollouts repeat one prompt), and there is no speculative decoding or paged cache.
 
@@ -33,6 +36,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -54,15 +58,19 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from logits (B, V) -> (B,). temperature 0 means greedy (argmax).
 
     top_k keeps the k most likely tokens; top_p keeps the smallest set whose probability reaches p
     (nucleus sampling). Both cut off the long tail of unlikely tokens, where most sampling errors of a
     small model come from. They compose: top-k first, then top-p within what is left.
+
+    `uniform` (B,) holds each row's draw in [0, 1) (the row's own stream, see row_uniforms); without it
+    the draws come from `generator`, or the global RNG.
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)  # (B,); no randomness, so the generator is not touched
+        return logits.argmax(dim=-1)  # (B,); no randomness, so no draw is used
     # Dividing by temperature before the softmax: below 1 sharpens toward argmax, above 1 flattens.
     logits = logits.float() / temperature  # float32: a bf16 softmax loses the tail the filters act on
     if top_k is not None and top_k < logits.shape[-1]:
@@ -76,7 +84,35 @@ def sample_next(
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)  # (B, V); a token masked to -inf gets probability exactly 0
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
+    # Inverse CDF instead of torch.multinomial: one draw per row, taken from that row's own stream, where
+    # multinomial draws the whole batch from one generator (a row's sample would depend on its neighbours).
+    # Token i owns the slice [cdf[i-1], cdf[i]) of [0, total); the draw, scaled to total, lands in one.
+    # float64, so that u * total rounds up to total (past the last slice) about once in 1e16 draws.
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    threshold = uniform.to(cdf)[:, None] * cdf[:, -1:]  # (B, 1)
+    # right=True: the first i with cdf[i] > threshold; a zero-probability token has an empty slice, so
+    # it is never chosen. The clamp only guards that one-in-1e16 rounding.
+    return torch.searchsorted(cdf, threshold, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # (B,)
+
+
+def row_uniforms(seed: int, rows: list[int], steps: int, device=None) -> torch.Tensor:
+    """(len(rows), steps) float64 draws in [0, 1): row r's stream is numpy's default_rng([seed, r]).
+
+    The seeding of every sampled sequence: row is its index in the call's output (prompt i, sample j of
+    n: row i * n + j), and its t-th new token is chosen by draw t (sample_next). A sample then depends on
+    the seed, its row and the model only: never on the rows that share its batch, on batch_rows, or on
+    the order the engine admits prompts. So `generate(idx, seed=s, num_samples=n)` equals
+    `sample_completions` on the rows of idx, and both equal decoding each row alone (tests/test_engine.py).
+    (seed, r) goes through numpy's SeedSequence, which hashes it: seed 1's row 0 and seed 0's row 1 get
+    unrelated streams (seed + r would not; PTS calls with consecutive seeds). Drawn once per sequence,
+    so decoding does no per-row Python work.
+    """
+    if seed < 0:
+        raise ValueError(f"sampling seeds must be >= 0 (numpy's SeedSequence), got {seed}; change --seed")
+    streams = [np.random.default_rng([seed, row]).random(steps) for row in rows]  # one (steps,) array each
+    return torch.tensor(np.array(streams).reshape(len(rows), steps), device=device)  # (rows, steps)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -101,10 +137,11 @@ def generate(
     """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B * num_samples, T + n).
 
     A row that emits one of `stop_tokens` keeps it and is padded with it afterwards; generation ends
-    early once every row has stopped. `seed` makes sampling reproducible (a private generator, so the
-    global RNG is untouched). `use_cache=False` recomputes the whole sequence at every step: the slow
-    reference that the tests compare the cache against. `on_token(next_token)`, if given, is called with
-    each new (B,) column as soon as it is chosen (stop tokens included), so a caller can stream text.
+    early once every row has stopped. `seed` makes sampling reproducible: output row r draws from its
+    own stream (row_uniforms), and the global RNG is untouched. `use_cache=False` recomputes the whole
+    sequence at every step: the slow reference that the tests compare the cache against.
+    `on_token(next_token)`, if given, is called with each new (B,) column as soon as it is chosen (stop
+    tokens included), so a caller can stream text.
 
     `num_samples` continues every row that many times (output rows b*n .. b*n+n-1 continue row b). The
     prompt is prefilled once and its KV cache copied to the n rows (KVCache.expand), instead of
@@ -126,8 +163,8 @@ def generate(
               f"instead of {max_new_tokens})", file=sys.stderr)
         max_new_tokens = limit - T
     device = idx.device
-    # On idx's device: torch.multinomial needs a generator of the device its probabilities live on.
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    # Column t of the table is every row's draw for its t-th new token (None: the global RNG draws).
+    uniforms = None if seed is None else row_uniforms(seed, range(B * num_samples), max_new_tokens, device)
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)  # (n_stop,), for torch.isin
     dtype = next(model.parameters()).dtype  # the cache stores keys/values in the weights' dtype
     # Allocated once for prompt + every new token: decoding then only writes into it, never reallocates.
@@ -149,8 +186,9 @@ def generate(
         idx = idx.repeat_interleave(num_samples, dim=0)  # (B, T) -> (B * n, T)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)  # (B * n,): rows past a stop token
     out = idx  # (B * n, t): prompt, then each new column appended
-    for _ in range(max_new_tokens):
-        next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+    for step in range(max_new_tokens):
+        draw = uniforms[:, step] if uniforms is not None else None  # (B * n,)
+        next_token = sample_next(logits, temperature, top_k, top_p, uniform=draw)  # (B,)
         # Rows that already stopped repeat their stop token instead of generating more.
         next_token = torch.where(finished, out[:, -1], next_token)  # (B,): the tensor stays rectangular
         out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
