@@ -274,7 +274,8 @@ class Engine:
         last = hidden[torch.arange(len(prompts), device=idx.device), lengths - 1]  # (P, C)
         logits = self.model.lm_head(last)[:, : self.vocab_size]  # (P, V)
         # The n samples of a prompt share its prefill: n copies of its keys/values, not n forwards.
-        prompt_cache.expand(self.n)  # (L, P, K, T, D) -> (L, P * n, K, T, D)
+        if self.n > 1:
+            prompt_cache.expand(self.n)  # (L, P, K, T, D) -> (L, P * n, K, T, D)
         slots = free[: len(prompts) * self.n]  # (P * n,)
         self.cache.load_rows(slots, prompt_cache)
         rows = [i * self.n + j for i in chosen for j in range(self.n)]  # output rows, in slot order
@@ -301,7 +302,8 @@ class Engine:
         if bool(finished.any()):
             done = finished.nonzero().squeeze(-1)  # (n_done,)
             # Python work per finished sequence, never per token: one copy of its tokens to a list.
-            for row, count, ids in zip(self.sequence[done].tolist(), self.new[done].tolist(), self.tokens[done].tolist()):
+            finished_rows = zip(self.sequence[done].tolist(), self.new[done].tolist(), self.tokens[done].tolist())
+            for row, count, ids in finished_rows:
                 self.results[row // self.n][row % self.n] = ids[:count]
             self.sequence[done], self.new[done], self.length[done] = -1, 0, 1  # free: parked at position 0
             self.running -= len(done)
@@ -495,11 +497,12 @@ def bench_batch(max_new_tokens: int, seed: int, n_prompts: int = 500, batch_rows
             # Alternate the two, so that a neighbour's load on a shared machine slows both alike.
             for name, run in (("before", length_grouped_completions), ("after", sample_completions)):
                 start = time.perf_counter()
-                answers = run(model, prompts, n, max_new_tokens, stop, temperature=1.0, seed=seed, batch_rows=batch_rows)
+                answers = run(model, prompts, n, max_new_tokens, stop, temperature=1.0, seed=seed,
+                              batch_rows=batch_rows)
                 rates[name].append(sum(len(a) for group in answers for a in group) / (time.perf_counter() - start))
         speeds = {name: statistics.median(values) for name, values in rates.items()}
-        print(f"n={n}: length-grouped batches {speeds['before']:>8,.0f} t/s | batched engine {speeds['after']:>8,.0f} t/s"
-              f" | {speeds['after'] / speeds['before']:.2f}x")
+        print(f"n={n}: length-grouped batches {speeds['before']:>8,.0f} t/s | "
+              f"batched engine {speeds['after']:>8,.0f} t/s | {speeds['after'] / speeds['before']:.2f}x")
 
 
 # ----------------------------------------------------------------------------------------------------
