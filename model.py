@@ -18,9 +18,10 @@ What lives here, top to bottom:
   5. Phi4                      the model: forward, chunked cross-entropy, init, parameter and FLOP counts
   6. Hugging Face checkpoints  Phi4.from_pretrained / save_pretrained: config.json + safetensors shards
 
-Simplifications, on purpose: one attention mask kind (causal, full context: Phi-4 dropped phi-3-medium's
-sliding window), generation batches hold prompts of equal length (the callers in this repo only need
-that), and Hugging Face checkpoint loading lives in its own section so the model itself stays small.
+Simplifications, on purpose: one attention mask kind in training (causal, full context: Phi-4 dropped
+phi-3-medium's sliding window); generation adds one more, per-row positions with a key mask, so rows of
+different lengths decode together (sample.py's batched engine); Hugging Face checkpoint loading lives in
+its own section so the model itself stays small.
 
 Tensor dimension legend used in every shape comment:
     B batch, T query length, S key length (T plus cached tokens), C d_model,
@@ -177,13 +178,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    scale: float | None = None) -> torch.Tensor:
+                    scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)) v, written out so it can be read. q (B, H, T, D); k, v (B, K, S, D).
 
     Grouped-query attention without copying: the H query heads are viewed as K groups of G heads,
     and each group is matched against its one key/value head by broadcasting.
     When T < S (new tokens attending to a cache), query t sits at absolute position S - T + t, so the
     causal mask is aligned to the bottom-right corner of the (T, S) score matrix.
+    `mask` (B, T, S), True where row b's query t may see key s, replaces that causal mask: batched
+    generation keeps rows of different lengths in one cache, and only the row knows where it ends.
     """
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
@@ -194,7 +197,10 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     # Scores in float32: softmax of bf16 scores loses the small probabilities.
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     attn_scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, K, G, T, S)
-    if causal:
+    if mask is not None:
+        # One (T, S) mask per row, shared by every head: (B, T, S) -> (B, 1, 1, T, S).
+        attn_scores = attn_scores.masked_fill(~mask[:, None, None], float("-inf"))
+    elif causal:
         # Key s is visible to query t iff s <= t + (S - T).
         visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
         attn_scores = attn_scores.masked_fill(~visible, float("-inf"))
@@ -203,12 +209,14 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     return out.to(q.dtype).reshape(B, H, T, D)  # (B, H, T, D)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """The same function through torch's fused scaled_dot_product_attention (flash / memory-efficient)."""
     T, S = q.shape[2], k.shape[2]
-    mask = None
     is_causal = False
-    if causal and T == S:
+    if mask is not None:
+        mask = mask[:, None]  # (B, T, S) -> (B, 1, T, S): the same mask for every head of a row
+    elif causal and T == S:
         is_causal = True  # the common training case: a square, top-left == bottom-right mask
     elif causal and T > 1:
         # SDPA's is_causal aligns the mask top-left, which is wrong for a chunk after a cache,
@@ -217,8 +225,13 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """Our hand-written FlashAttention-2 kernel (kernels/flash_attention.py); bottom-right causal too."""
+    if mask is not None:
+        # The kernel computes its causal mask from indices and reads no mask tensor: say what to change.
+        raise ValueError("attn_impl 'triton' takes no per-row mask (batched generation of rows of different "
+                         "lengths); generate with attn_impl 'sdpa' or 'naive'")
     from kernels import flash_attention  # imported lazily so the model works without triton
 
     return flash_attention(q, k, v, causal=causal)
@@ -242,7 +255,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(C, self.n_kv_head * D, bias=False)
         self.o_proj = nn.Linear(self.n_head * D, C, bias=False)
 
-    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: "KVCache | None" = None, layer: int = 0,
+                positions: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). positions (B, T) and mask (B, T, S): see Phi4.hidden_states."""
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -252,8 +267,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             # Append this step's keys/values and attend to everything cached so far.
-            k, v = cache.update(layer, k, v)  # (B, K, S, D) with S = cached + T
-        out = ATTENTION[self.config.attn_impl](q, k, v, causal=True)  # (B, H, T, D)
+            k, v = cache.update(layer, k, v, positions)  # (B, K, S, D) with S = cached + T
+        if mask is None:
+            out = ATTENTION[self.config.attn_impl](q, k, v, causal=True)  # (B, H, T, D)
+        else:
+            # Per-row lengths: only the first S columns hold keys any row may see; the mask picks each row's.
+            S = mask.shape[-1]
+            k, v = k[:, :, :S], v[:, :, :S]  # (B, K, S, D)
+            out = ATTENTION[self.config.attn_impl](q, k, v, causal=True, mask=mask)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
         return self.o_proj(out)
 
@@ -281,8 +302,20 @@ class KVCache:
         self.length = 0  # tokens already stored (the same for every layer once a forward finishes)
         self.max_len = max_len
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, K, T, D) after the cached tokens; return all keys/values (B, K, S, D)."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, K, T, D) after the cached tokens; return all keys/values (B, K, S, D).
+
+        With `positions` (B, T), row b's token t goes to column positions[b, t] instead: rows hold
+        sequences of different lengths (sample.py's batched engine). Every column is returned then, and
+        the caller's mask says which ones each row may see; `length` is not used (the caller keeps count).
+        """
+        if positions is not None:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1), broadcast against (B, T)
+            # Advanced indices [rows, :, positions] select (B, T, K, D), so the new keys go in that order.
+            self.k[layer, rows, :, positions] = k.transpose(1, 2)  # (B, K, T, D) -> (B, T, K, D)
+            self.v[layer, rows, :, positions] = v.transpose(1, 2)  # (B, K, T, D) -> (B, T, K, D)
+            return self.k[layer], self.v[layer]  # (B, K, max_len, D) each
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} tokens > {self.max_len}; allocate a longer cache")
@@ -302,6 +335,22 @@ class KVCache:
         """
         self.k = self.k.repeat_interleave(n, dim=1)  # (L, B, K, max_len, D) -> (L, B * n, K, max_len, D)
         self.v = self.v.repeat_interleave(n, dim=1)  # (L, B, K, max_len, D) -> (L, B * n, K, max_len, D)
+
+    def load_rows(self, rows: torch.Tensor, other: "KVCache"):
+        """Copy every row of `other` (a cache of len(rows) rows) into `rows` of this one, from column 0.
+
+        The batched engine prefills new prompts in a small cache of their own, then moves them into the
+        rows that finished sequences left free; columns past `other`'s end keep stale keys, which the
+        engine's mask hides.
+        """
+        width = other.max_len
+        self.k[:, rows, :, :width] = other.k  # (L, len(rows), K, width, D)
+        self.v[:, rows, :, :width] = other.v  # (L, len(rows), K, width, D)
+
+    def keep_rows(self, rows: torch.Tensor):
+        """Keep only `rows` (in that order): finished sequences stop costing memory and compute."""
+        self.k = self.k[:, rows]  # (L, B, K, max_len, D) -> (L, len(rows), K, max_len, D)
+        self.v = self.v[:, rows]  # (L, B, K, max_len, D) -> (L, len(rows), K, max_len, D)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -346,8 +395,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache=None, layer=0, positions=None, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, positions, mask)
         x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -419,22 +468,44 @@ class Phi4(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> final normalised hidden states (B, T, C)."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> final normalised hidden states (B, T, C).
+
+        `positions` (B, T), with a cache: the absolute position of every token, row by row, for rows of
+        different lengths decoding together. Each token is rotated by its own position, stored in its
+        row's cache column of that number, and sees exactly the keys at columns 0 .. its position of its
+        own row: what it would see decoded alone. The caller keeps the positions (cache.length unused).
+        """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.rope_cos.shape[0]:
+        if positions is not None:
+            if cache is None:
+                raise ValueError("per-row positions need a KV cache: the keys of earlier positions live there")
+            end = int(positions.max()) + 1  # columns any row may read: the farthest position, plus one
+        else:
+            end = (cache.length if cache is not None else 0) + T
+        if end > self.rope_cos.shape[0]:
             # Indexing past the table would silently wrap or crash deep inside; say what to change.
             raise ValueError(
-                f"sequence of {start + T} positions exceeds max_seq_len {self.config.max_seq_len}; "
+                f"sequence of {end} positions exceeds max_seq_len {self.config.max_seq_len}; "
                 "use a shorter input or a model with a longer context (--seq-len / midtraining)"
             )
-        cos = self.rope_cos[start : start + T]  # (T, D)
-        sin = self.rope_sin[start : start + T]  # (T, D)
+        mask = None
+        if positions is None:
+            start = end - T
+            cos = self.rope_cos[start:end]  # (T, D)
+            sin = self.rope_sin[start:end]  # (T, D)
+        else:
+            # One table row per token, with a head axis to broadcast over: (B, T, D) -> (B, 1, T, D).
+            cos = self.rope_cos[positions].unsqueeze(1)
+            sin = self.rope_sin[positions].unsqueeze(1)
+            # Key column s is visible to the token at position p iff s <= p: causal within its own row.
+            columns = torch.arange(end, device=idx.device)  # (S,)
+            mask = columns <= positions[..., None]  # (B, T, 1) against (S,) -> (B, T, S)
         x = self.embed(idx)  # (B, T, C)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cache, layer)
-        if cache is not None:
+            x = block(x, cos, sin, cache, layer, positions, mask)
+        if cache is not None and positions is None:
             cache.advance(T)
         return self.norm(x)
 

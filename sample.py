@@ -6,23 +6,30 @@ step costs a forward over a single position, attending to the cache, instead of 
 sequence. Phi-4's chat generation starts after `<|im_start|>assistant<|im_sep|>` and stops at
 `<|im_end|>` (the released chat template); pretraining-style documents stop at `<|endoftext|>`.
 
-Every later chapter generates through this file: evaluation (eval.py), rejection sampling
-(rejection_sampling.py), Pivotal Token Search rollouts (pts.py) and the local teacher of synth.py all
-call `sample_completions` or `generate`.
+Two loops, in the order a reader needs them. `generate` decodes one rectangular batch (B, T) until every
+row has stopped: the plain loop, with streaming and the no-cache reference, used by chat, the local
+teacher of synth.py and single answers. `sample_completions` is the batched engine that evaluation
+(eval.py, benchmarks.py), rejection sampling and Pivotal Token Search rollouts (pts.py) run on: prompts
+of any length share `batch_rows` rows, and a row that finishes takes the next prompt at once
+(continuous batching). Seeding: sample j of prompt i (output row i * n + j) draws from its own stream,
+seeded by (seed, row) (row_uniforms), so it never depends on which rows share its batch.
 
 Commands:
     python sample.py                                 # newest checkpoint in out/: worked solutions to held-out problems
     python sample.py --init out/pretrain --prompt "Problem: Mia has 3 apples." --num-samples 3 --temperature 0.8
     python sample.py --init out/sft --chat --prompt "Mia has 3 apples. ..."   # Phi-4 chat format (SFT checkpoints)
     python sample.py --bench                         # decode tokens/s with and without the KV cache
+    python sample.py --bench-batch                   # the batched engine against length-grouped batches
     python sample.py --hf ~/phi-4                    # chat with the released Phi-4 (a Hugging Face folder)
     python sample.py --hf ~/phi-4 --prompt "What is 17 * 23?" --max-new-tokens 200   # one question, no loop
 
-Simplified: prompts in one batch have the same length (left padding is not needed by this repo's
-callers: rollouts repeat one prompt), and there is no speculative decoding or paged cache.
+Simplified: no speculative decoding and no paged cache (the engine preallocates batch_rows full-length
+rows); new prompts are right-padded to the longest one admitted with them (prompts are admitted
+shortest first, so neighbours have similar lengths and little is padded).
 
 Shapes use model.py's legend: B rows, T prompt tokens, S cached tokens, C d_model, K key/value heads,
-D head dim, V vocabulary; n is num_samples, t the sequence length so far.
+D head dim, V vocabulary; n is num_samples, t the sequence length so far, R the engine's rows (slots),
+M its largest number of new tokens.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from __future__ import annotations
 import argparse
 import codecs
 import os
+import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -42,7 +51,7 @@ import data
 import hf
 import parallel
 import toyworld
-from model import KVCache, Phi4
+from model import KVCache, ModelConfig, Phi4
 
 # ----------------------------------------------------------------------------------------------------
 # Choosing the next token
@@ -54,15 +63,19 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    uniform: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pick one token per row from logits (B, V) -> (B,). temperature 0 means greedy (argmax).
 
     top_k keeps the k most likely tokens; top_p keeps the smallest set whose probability reaches p
     (nucleus sampling). Both cut off the long tail of unlikely tokens, where most sampling errors of a
     small model come from. They compose: top-k first, then top-p within what is left.
+
+    `uniform` (B,) holds each row's draw in [0, 1) (the row's own stream, see row_uniforms); without it
+    the draws come from `generator`, or the global RNG.
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)  # (B,); no randomness, so the generator is not touched
+        return logits.argmax(dim=-1)  # (B,); no randomness, so no draw is used
     # Dividing by temperature before the softmax: below 1 sharpens toward argmax, above 1 flattens.
     logits = logits.float() / temperature  # float32: a bf16 softmax loses the tail the filters act on
     if top_k is not None and top_k < logits.shape[-1]:
@@ -76,11 +89,39 @@ def sample_next(
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)  # (B, V); a token masked to -inf gets probability exactly 0
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B, 1) -> (B,)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)
+    # Inverse CDF instead of torch.multinomial: one draw per row, taken from that row's own stream, where
+    # multinomial draws the whole batch from one generator (a row's sample would depend on its neighbours).
+    # Token i owns the slice [cdf[i-1], cdf[i]) of [0, total); the draw, scaled to total, lands in one.
+    # float64, so that u * total rounds up to total (past the last slice) about once in 1e16 draws.
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    threshold = uniform.to(cdf)[:, None] * cdf[:, -1:]  # (B, 1)
+    # right=True: the first i with cdf[i] > threshold; a zero-probability token has an empty slice, so
+    # it is never chosen. The clamp only guards that one-in-1e16 rounding.
+    return torch.searchsorted(cdf, threshold, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # (B,)
+
+
+def row_uniforms(seed: int, rows: list[int], steps: int, device=None) -> torch.Tensor:
+    """(len(rows), steps) float64 draws in [0, 1): row r's stream is numpy's default_rng([seed, r]).
+
+    The seeding of every sampled sequence: row is its index in the call's output (prompt i, sample j of
+    n: row i * n + j), and its t-th new token is chosen by draw t (sample_next). A sample then depends on
+    the seed, its row and the model only: never on the rows that share its batch, on batch_rows, or on
+    the order the engine admits prompts. So `generate(idx, seed=s, num_samples=n)` equals
+    `sample_completions` on the rows of idx, and both equal decoding each row alone (tests/test_engine.py).
+    (seed, r) goes through numpy's SeedSequence, which hashes it: seed 1's row 0 and seed 0's row 1 get
+    unrelated streams (seed + r would not; PTS calls with consecutive seeds). Drawn once per sequence,
+    so decoding does no per-row Python work.
+    """
+    if seed < 0:
+        raise ValueError(f"sampling seeds must be >= 0 (numpy's SeedSequence), got {seed}; change --seed")
+    streams = [np.random.default_rng([seed, row]).random(steps) for row in rows]  # one (steps,) array each
+    return torch.tensor(np.array(streams).reshape(len(rows), steps), device=device)  # (rows, steps)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Generation
+# Generation, one rectangular batch
 
 
 @torch.no_grad()
@@ -101,10 +142,11 @@ def generate(
     """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B * num_samples, T + n).
 
     A row that emits one of `stop_tokens` keeps it and is padded with it afterwards; generation ends
-    early once every row has stopped. `seed` makes sampling reproducible (a private generator, so the
-    global RNG is untouched). `use_cache=False` recomputes the whole sequence at every step: the slow
-    reference that the tests compare the cache against. `on_token(next_token)`, if given, is called with
-    each new (B,) column as soon as it is chosen (stop tokens included), so a caller can stream text.
+    early once every row has stopped. `seed` makes sampling reproducible: output row r draws from its
+    own stream (row_uniforms), and the global RNG is untouched. `use_cache=False` recomputes the whole
+    sequence at every step: the slow reference that the tests compare the cache against.
+    `on_token(next_token)`, if given, is called with each new (B,) column as soon as it is chosen (stop
+    tokens included), so a caller can stream text.
 
     `num_samples` continues every row that many times (output rows b*n .. b*n+n-1 continue row b). The
     prompt is prefilled once and its KV cache copied to the n rows (KVCache.expand), instead of
@@ -126,8 +168,8 @@ def generate(
               f"instead of {max_new_tokens})", file=sys.stderr)
         max_new_tokens = limit - T
     device = idx.device
-    # On idx's device: torch.multinomial needs a generator of the device its probabilities live on.
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    # Column t of the table is every row's draw for its t-th new token (None: the global RNG draws).
+    uniforms = None if seed is None else row_uniforms(seed, range(B * num_samples), max_new_tokens, device)
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)  # (n_stop,), for torch.isin
     dtype = next(model.parameters()).dtype  # the cache stores keys/values in the weights' dtype
     # Allocated once for prompt + every new token: decoding then only writes into it, never reallocates.
@@ -149,8 +191,9 @@ def generate(
         idx = idx.repeat_interleave(num_samples, dim=0)  # (B, T) -> (B * n, T)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=device)  # (B * n,): rows past a stop token
     out = idx  # (B * n, t): prompt, then each new column appended
-    for _ in range(max_new_tokens):
-        next_token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+    for step in range(max_new_tokens):
+        draw = uniforms[:, step] if uniforms is not None else None  # (B * n,)
+        next_token = sample_next(logits, temperature, top_k, top_p, uniform=draw)  # (B,)
         # Rows that already stopped repeat their stop token instead of generating more.
         next_token = torch.where(finished, out[:, -1], next_token)  # (B,): the tensor stays rectangular
         out = torch.cat([out, next_token[:, None]], dim=1)  # (B, t + 1)
@@ -171,6 +214,134 @@ def strip_stop(ids: list[int], stop_tokens) -> list[int]:
     return ids[:-1] if ids and ids[-1] in stop_tokens else ids
 
 
+# ----------------------------------------------------------------------------------------------------
+# The batched engine: many prompts of any length, continuous batching
+#
+# The engine owns R rows ("slots"), each holding one sequence at its own length: the model takes one
+# position per row (model.hidden_states' `positions`), so rows of different lengths decode in one
+# forward. When sequences finish, their slots take the next prompts from the queue: these are prefilled
+# together in a small cache of their own, which is copied into the free slots, n times per prompt (the
+# samples of one prompt share one prefill). Once the queue is empty, finished rows are dropped instead.
+
+
+class Engine:
+    """Continuous batching: n samples of every prompt through `rows` slots. Use sample_completions."""
+
+    # Per-slot state, row i of each is slot i; all are indexed together when slots are dropped.
+    SLOT_STATE = ("sequence", "length", "new", "budget", "tokens", "uniforms", "logits")
+
+    def __init__(self, model: Phi4, prompts, n, max_new_tokens, stop_tokens, sampling, seed, rows, vocab_size):
+        self.model, self.prompts, self.n, self.sampling, self.seed = model, prompts, n, sampling, seed
+        self.vocab_size = vocab_size
+        limit = model.config.max_seq_len
+        for i, prompt in enumerate(prompts):
+            if not 0 < len(prompt) < limit:
+                raise ValueError(f"prompt {i} has {len(prompt)} tokens; it needs 1 to {limit - 1} "
+                                 f"(the model's context is {limit}): shorten it")
+        device = next(model.parameters()).device
+        self.max_new_tokens = max_new_tokens
+        # Each row's room: max_new_tokens, or what is left of the context after its prompt.
+        cache_len = min(limit, max(map(len, prompts)) + max_new_tokens)
+        R, M = max(n, rows), max_new_tokens  # at least one prompt's n samples fit
+        self.cache = KVCache(model.config, R, cache_len, device=device, dtype=next(model.parameters()).dtype)
+        self.sequence = torch.full((R,), -1, dtype=torch.long, device=device)  # row i*n+j in the slot, -1: free
+        self.length = torch.zeros(R, dtype=torch.long, device=device)  # prompt + new tokens so far
+        self.new = torch.zeros(R, dtype=torch.long, device=device)  # new tokens so far: their column in `tokens`
+        self.budget = torch.zeros(R, dtype=torch.long, device=device)  # new tokens the sequence may have
+        self.tokens = torch.zeros(R, M, dtype=torch.long, device=device)  # (R, M) the new tokens
+        self.uniforms = torch.zeros(R, M, dtype=torch.float64, device=device)  # (R, M) the slot's draws
+        self.logits = torch.zeros(R, vocab_size or model.config.vocab_size, device=device)  # (R, V) next token's
+        self.stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)  # (n_stop,)
+        self.running = 0  # sequences in slots: counted here, so the loop needs no device sync to know
+        # Shortest prompts last, popped first: prompts admitted together have similar lengths (less padding).
+        self.queue = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        self.results: list[list[list[int]]] = [[[] for _ in range(n)] for _ in prompts]
+
+    def admit(self):
+        """Start as many queued prompts as there are free slots for n samples each."""
+        free = (self.sequence < 0).nonzero().squeeze(-1)  # (n_free,) slot indices
+        chosen = [self.queue.pop() for _ in range(min(len(free) // self.n, len(self.queue)))]
+        if not chosen:
+            return
+        prompts = [self.prompts[i] for i in chosen]
+        T = max(map(len, prompts))
+        # Right padding: pads sit after a row's last real token, so causal attention never shows them to it.
+        idx = torch.tensor([p + [0] * (T - len(p)) for p in prompts], device=self.sequence.device)  # (P, T)
+        prompt_cache = KVCache(self.model.config, len(prompts), T, idx.device, self.cache.k.dtype)
+        hidden = self.model.hidden_states(idx, prompt_cache)  # (P, T, C)
+        lengths = torch.tensor([len(p) for p in prompts], device=idx.device)  # (P,)
+        # Each prompt's next-token logits come from its own last real token, not the padded end.
+        last = hidden[torch.arange(len(prompts), device=idx.device), lengths - 1]  # (P, C)
+        logits = self.model.lm_head(last)[:, : self.vocab_size]  # (P, V)
+        # The n samples of a prompt share its prefill: n copies of its keys/values, not n forwards.
+        if self.n > 1:
+            prompt_cache.expand(self.n)  # (L, P, K, T, D) -> (L, P * n, K, T, D)
+        slots = free[: len(prompts) * self.n]  # (P * n,)
+        self.cache.load_rows(slots, prompt_cache)
+        rows = [i * self.n + j for i in chosen for j in range(self.n)]  # output rows, in slot order
+        self.sequence[slots] = torch.tensor(rows, device=idx.device)
+        self.length[slots] = lengths.repeat_interleave(self.n)  # (P,) -> (P * n,)
+        self.new[slots] = 0
+        # Stop at max_new_tokens or at the end of the context, whichever comes first.
+        self.budget[slots] = (self.model.config.max_seq_len - self.length[slots]).clamp(max=self.max_new_tokens)
+        self.uniforms[slots] = row_uniforms(self.seed, rows, self.max_new_tokens, idx.device)  # (P * n, M)
+        self.logits[slots] = logits.repeat_interleave(self.n, dim=0).to(self.logits.dtype)  # (P * n, V)
+        self.running += len(rows)
+
+    def step(self) -> torch.Tensor:
+        """Sample every slot's next token, record it, and retire sequences that end. -> the tokens (R,)."""
+        slots = torch.arange(len(self.sequence), device=self.sequence.device)  # (R,)
+        active = self.sequence >= 0  # (R,)
+        # One draw per slot, its sequence's next one; free slots sample too (cheaper than gathering).
+        token = sample_next(self.logits, *self.sampling, uniform=self.uniforms[slots, self.new])  # (R,)
+        self.tokens[slots, self.new] = token  # free slots scribble on column 0, rewritten when reused
+        self.new += active
+        self.length += active
+        # A sequence ends at a stop token (kept) or when its budget is spent.
+        finished = active & (torch.isin(token, self.stop) | (self.new >= self.budget))  # (R,)
+        if bool(finished.any()):
+            done = finished.nonzero().squeeze(-1)  # (n_done,)
+            # Python work per finished sequence, never per token: one copy of its tokens to a list.
+            finished_rows = zip(self.sequence[done].tolist(), self.new[done].tolist(), self.tokens[done].tolist())
+            for row, count, ids in finished_rows:
+                self.results[row // self.n][row % self.n] = ids[:count]
+            self.sequence[done], self.new[done], self.length[done] = -1, 0, 1  # free: parked at position 0
+            self.running -= len(done)
+        return token
+
+    def drop_free_slots(self):
+        """Keep only running slots: after the queue empties, finished rows would otherwise keep costing compute."""
+        keep = (self.sequence >= 0).nonzero().squeeze(-1)  # (running,)
+        for name in self.SLOT_STATE:
+            setattr(self, name, getattr(self, name)[keep])  # (R, ...) -> (running, ...)
+        self.cache.keep_rows(keep)
+
+    def run(self, progress: str | None = None) -> list[list[list[int]]]:
+        """Decode until every sequence has finished -> [prompt][sample] token ids."""
+        bar = tqdm(total=len(self.prompts) * self.n, desc=progress, unit="answer", disable=progress is None)
+        while self.queue or self.running:
+            R = len(self.sequence)
+            # Refill in groups, not one prompt per step: each admission is a forward of its own, and a
+            # slot idling a few steps costs less than a prefill for every finished sequence. The last
+            # prompts go in as soon as they all fit. Once the queue is empty, free slots are dropped in
+            # groups too (each drop copies the cache). On --bench-batch's workload 96% of row-steps do work.
+            if self.queue and R - self.running >= max(self.n, min(R // 16, len(self.queue) * self.n)):
+                self.admit()
+            elif not self.queue and R - self.running >= max(1, R // 8):
+                self.drop_free_slots()
+            running_before = self.running
+            token = self.step()
+            bar.update(running_before - self.running)
+            if self.running == 0:
+                continue  # no logits to compute: admit the next prompts, or stop
+            # The new token sits at position length - 1 of its row (free slots: at 0, harmlessly).
+            positions = (self.length - 1)[:, None]  # (R, 1)
+            hidden = self.model.hidden_states(token[:, None], self.cache, positions)  # (R, 1, C)
+            self.logits = self.model.lm_head(hidden[:, 0])[:, : self.vocab_size].float()  # (R, V)
+        bar.close()
+        return self.results
+
+
 @torch.no_grad()
 def sample_completions(
     model: Phi4,
@@ -188,36 +359,20 @@ def sample_completions(
 ) -> list[list[list[int]]]:
     """n completions of every prompt -> [prompt][sample] token ids, cut just after the first stop token.
 
-    Many rows decode together, which is where the KV cache pays: prompts of equal length share a batch
-    (generate needs rectangular input), each prefilled once and continued n times (generate's
-    num_samples), at most `batch_rows` rows per batch. `vocab_size` keeps samples to the tokenizer's ids.
+    Runs the batched engine: `batch_rows` rows decode together whatever the prompts' lengths, each
+    prompt is prefilled once and continued n times, and a finished row takes the next prompt.
+    Sample j of prompt i draws from the stream (seed, i * n + j) (see the module docstring), so it does
+    not depend on batch_rows or on the other prompts. `vocab_size` keeps samples to the tokenizer's ids.
     Temperature 0 gives n copies of the greedy answer. A completion without a stop token hit
     max_new_tokens (or the context) and is returned as it is: callers decide what an unfinished answer
     is worth (the oracle usually rejects it, as it ends before "Answer:").
     """
-    device = next(model.parameters()).device
-    # Prompt length -> prompt indices: generate takes rectangular (B, T) input, and there is no left padding.
-    by_length: dict[int, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        by_length.setdefault(len(prompt), []).append(i)
-    per_batch = max(1, batch_rows // n)  # prompts per batch
-    batches = [
-        (length, indices[start : start + per_batch])
-        for length, indices in sorted(by_length.items())
-        for start in range(0, len(indices), per_batch)
-    ]
-    results: list[list[list[int]]] = [[] for _ in prompts]  # in the caller's prompt order, not batch order
-    stop = set(stop_tokens)  # a set: membership is tested for every generated token
-    for b, (length, chunk) in enumerate(tqdm(batches, desc=progress, unit="batch", disable=progress is None)):
-        idx = torch.tensor([prompts[i] for i in chunk], device=device)  # (len(chunk), length)
-        # Seed per batch: the samples do not depend on what ran before (resumable, comparable).
-        out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, seed=seed + b,
-                       num_samples=n, vocab_size=vocab_size)  # (len(chunk) * n, length + new)
-        for row, ids in enumerate(out[:, length:].tolist()):  # (len(chunk) * n, new): the prompt dropped
-            # j + 1 keeps the stop token and cuts the stop-token padding generate puts after it.
-            end = next((j + 1 for j, token in enumerate(ids) if token in stop), len(ids))
-            results[chunk[row // n]].append(ids[:end])  # rows b*n .. b*n+n-1 continue prompt b of the chunk
-    return results
+    if not prompts or max_new_tokens < 1:
+        return [[[] for _ in range(n)] for _ in prompts]  # nothing to generate (generate returns the prompt)
+    model.eval()
+    rows = min(batch_rows, len(prompts) * n)  # no more slots than sequences
+    engine = Engine(model, prompts, n, max_new_tokens, stop_tokens, (temperature, top_k, top_p), seed, rows, vocab_size)
+    return engine.run(progress)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -293,6 +448,61 @@ def rollout_bench(model, tokenizer, problem, n_rollouts, temperature, max_answer
     print(f"{'all prefixes':>16} | " + " | ".join(f"{overall[m]:>11,.0f} t/s" for m in modes)
           + f" | {overall['shared'] / overall['repeat']:.2f}x")
     return overall
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batched speed (--bench-batch): the engine against the approach it replaced
+
+
+def length_grouped_completions(model, prompts, n, max_new_tokens, stop_tokens, temperature, seed, batch_rows):
+    """The approach the engine replaced, kept as --bench-batch's baseline: prompts of equal length share a
+    rectangular batch (generate), and a batch decodes until its last row stops. -> [prompt][sample] ids."""
+    by_length: dict[int, list[int]] = {}  # prompt length -> prompt indices
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    per_batch = max(1, batch_rows // n)  # prompts per batch
+    results: list[list[list[int]]] = [[] for _ in prompts]
+    for length, indices in sorted(by_length.items()):
+        for start in range(0, len(indices), per_batch):
+            chunk = indices[start : start + per_batch]
+            idx = torch.tensor([prompts[i] for i in chunk])  # (len(chunk), length)
+            out = generate(model, idx, max_new_tokens, temperature, stop_tokens=stop_tokens, seed=seed + start,
+                           num_samples=n)  # (len(chunk) * n, length + new)
+            for row, ids in enumerate(out[:, length:].tolist()):  # the prompt dropped
+                # j + 1 keeps the stop token and cuts the stop-token padding after it.
+                end = next((j + 1 for j, token in enumerate(ids) if token in stop_tokens), len(ids))
+                results[chunk[row // n]].append(ids[:end])
+    return results
+
+
+def bench_batch(max_new_tokens: int, seed: int, n_prompts: int = 500, batch_rows: int = 256, repeats: int = 3):
+    """Tokens/s of the engine and of length-grouped batches, side by side: same model, prompts and rows.
+
+    A random toy-shaped model (the `toy` preset, vocabulary 832) on CPU, n_prompts prompts of 40-80 tokens.
+    Its next-token distribution is near uniform, so 14 stop ids out of 832 end an answer with probability
+    1.7% per token: answers stop at random points (mean ~50 of 120 tokens), as a trained model's do.
+    Tokens count each answer up to its stop token; padding after it is not work done.
+    """
+    config = ModelConfig(vocab_size=832, n_layer=4, d_model=128, n_head=4, n_kv_head=2, ffn_dim=384, max_seq_len=256)
+    model = Phi4(config)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(14, 832, size=int(length)).tolist() for length in rng.integers(40, 81, size=n_prompts)]
+    stop = tuple(range(14))
+    print(f"{n_prompts} prompts of 40-80 tokens, up to {max_new_tokens} new tokens, temperature 1, {batch_rows} rows, "
+          f"{torch.get_num_threads()} threads; tokens/s, median of {repeats} runs")
+    for n in (1, 4):  # one answer per prompt (greedy evaluation), four (maj@k, rejection sampling)
+        rates: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(repeats):
+            # Alternate the two, so that a neighbour's load on a shared machine slows both alike.
+            for name, run in (("before", length_grouped_completions), ("after", sample_completions)):
+                start = time.perf_counter()
+                answers = run(model, prompts, n, max_new_tokens, stop, temperature=1.0, seed=seed,
+                              batch_rows=batch_rows)
+                rates[name].append(sum(len(a) for group in answers for a in group) / (time.perf_counter() - start))
+        speeds = {name: statistics.median(values) for name, values in rates.items()}
+        print(f"n={n}: length-grouped batches {speeds['before']:>8,.0f} t/s | "
+              f"batched engine {speeds['after']:>8,.0f} t/s | {speeds['after'] / speeds['before']:.2f}x")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,6 +600,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl (default prompts)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
     parser.add_argument("--bench", action="store_true", help="measure decode tokens/s with and without the KV cache")
+    parser.add_argument("--bench-batch", action="store_true",
+                        help="tokens/s of the batched engine against length-grouped batches (a random toy model)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -454,6 +666,9 @@ def show_samples(model: Phi4, tokenizer: data.Tokenizer, args, device) -> None:
 if __name__ == "__main__":
     args = parse_args()
     try:
+        if args.bench_batch:
+            bench_batch(args.max_new_tokens, args.seed)  # a random model of its own: no checkpoint needed
+            sys.exit(0)
         device = parallel.resolve_device(args.device)
         if args.hf:
             start = time.perf_counter()

@@ -86,22 +86,22 @@ import stats  # noqa: E402
 
 
 def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch, tiny_model):
-    """A fake generator that answers correctly exactly for odd-indexed problems must score 50%."""
+    """A fake sampler that answers correctly exactly for odd-indexed problems must score 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     problems = toyworld.make_split(99, 40)
     by_prompt = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
 
-    def fake_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_tokens=(), seed=None, **kwargs):
-        assert kwargs.get("num_samples", 1) == 1  # greedy evaluation asks for one answer per prompt
-        rows = []
-        for prompt in idx.tolist():
+    def fake_sample_completions(model, prompts, n, max_new_tokens, stop_tokens, *args, **kwargs):
+        assert n == 1  # greedy evaluation asks for one answer per prompt
+        groups = []
+        for prompt in prompts:
             i, problem = by_prompt[tuple(prompt)]
             answer = problem.answer if i % 2 else problem.answer + 1
-            rows.append(prompt + tokenizer.encode(f"Answer: {answer}") + [tokenizer.bos_id] * 3)
-        width = max(map(len, rows))
-        return torch.tensor([r + [tokenizer.bos_id] * (width - len(r)) for r in rows])
+            groups.append([tokenizer.encode(f"Answer: {answer}") + [tokenizer.bos_id]])  # cut after the stop token
+        return groups
 
-    monkeypatch.setattr(sample, "generate", fake_generate)
+    # eval.py samples through the batched engine (sample_completions), which no longer calls generate.
+    monkeypatch.setattr(evaluation, "sample_completions", fake_sample_completions)
     model = tiny_model()
     result = evaluation.evaluate_problems(model, tokenizer, problems, batch_size=3)
     assert result["n"] == 40 and result["correct"] == 20 and result["accuracy"] == 0.5
