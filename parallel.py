@@ -72,6 +72,34 @@ class Distributed:
         return self.rank == 0
 
 
+# ----------------------------------------------------------------------------------------------------
+# Peak throughput table for MFU (dense bf16 tensor-core FLOP/s, without sparsity). MFU is only
+# reported where the device is in this table: a made-up peak would make the number meaningless.
+
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,  # SXM; the PCIe card is lower, matched first below
+    "H100 PCIe": 756e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def peak_flops(device: torch.device | str) -> float | None:
+    """Dense bf16 peak of a CUDA device by name, or None (CPU, unknown GPU) to print MFU as n/a."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):  # longest key first: "H100 PCIe"
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 

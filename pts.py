@@ -83,7 +83,7 @@ import toyworld
 import checkpoint
 import cli
 import parallel
-import sample
+import speed
 from sample import sample_completions, strip_stop
 
 # ----------------------------------------------------------------------------------------------------
@@ -456,7 +456,7 @@ def run_bench(args: argparse.Namespace, model, tokenizer: data.Tokenizer, proble
     """--bench: the rollout speed table on the first question, and the two speed-ups it adds up to."""
     if not problems:
         raise ValueError(f"{problems_file} holds no questions; --bench needs one")
-    overall = sample.rollout_bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
+    overall = speed.rollout_bench(model, tokenizer, problems[0], args.rollouts, args.temperature, args.max_answer_tokens,
                     args.seed)
     print(f"shared prefix vs re-running it: {overall['shared'] / overall['repeat']:.2f}x "
           f"(same samples, same batch), {overall['shared'] / overall['serial']:.1f}x (one rollout at a time)")

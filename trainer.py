@@ -33,7 +33,7 @@ import checkpoint
 import cli
 import files
 import parallel
-from model import peak_flops
+
 
 # ----------------------------------------------------------------------------------------------------
 # Flags
@@ -195,7 +195,7 @@ def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, load
     log_path = os.path.join(cfg.out, "log.jsonl")
     if world.is_main:
         start_log(log_path, start_step)
-    peak = peak_flops(device) if flops_per_token else None  # one device's bf16 FLOP/s; None where unknown (CPU)
+    peak = parallel.peak_flops(device) if flops_per_token else None  # one device's bf16 FLOP/s; None where unknown (CPU)
     # --stop-at ends the run early but leaves the schedule laid out over --steps, as an interruption would.
     last_step = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     records = []

@@ -72,7 +72,7 @@ run_part kernel_bench 100 python kernels/flash_attention.py --bench --causal yes
 grep -v '^\s*$' "$OUT_DIR/kernel_bench.log" | tail -n 40 >> "$RESULTS"
 
 # 3. Training MFU, 14b width, 4 blocks, 2 x 4096 tokens per step (README, "Scale out"); MFU against the bf16
-#    datasheet peak in model.PEAK_BF16_FLOPS, as train.py prints it
+#    datasheet peak in parallel.PEAK_BF16_FLOPS, as train.py prints it
 rm -rf "$OUT_DIR/train"
 run_part train_mfu 170 python train.py --size 14b --n-layer 4 --seq-len 4096 --batch-size 2 --data random --device cuda \
     --activation-checkpointing --compile --steps 20 --warmup-steps 1 --eval-every 0 --save-every 0 --out "$OUT_DIR/train"
@@ -87,7 +87,7 @@ if steady:
     summary.update(median_tok_s=statistics.median(r["tok_s"] for r in steady),
                    median_mfu=statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
                    peak_mem_gb=max(r.get("peak_mem_gb", 0) for r in records), last_loss=records[-1]["loss"])
-    mfu = f"{summary['median_mfu']:.1%}" if summary["median_mfu"] is not None else "n/a (GPU not in model.PEAK_BF16_FLOPS)"
+    mfu = f"{summary['median_mfu']:.1%}" if summary["median_mfu"] is not None else "n/a (GPU not in parallel.PEAK_BF16_FLOPS)"
     print(f"train_mfu: steps 6-{records[-1]['step']}: median {summary['median_tok_s']:,.0f} tok/s, MFU {mfu}, "
           f"peak memory {summary['peak_mem_gb']:.1f} GB, loss {summary['last_loss']:.3f}")
 else:

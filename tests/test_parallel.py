@@ -193,4 +193,10 @@ def test_the_single_gpu_benchmark_reports_throughput_mfu_and_peak_memory(tmp_pat
     ))
     assert all(r["peak_mem_gb"] > 0 for r in records) and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     assert records[-1]["loss"] == pytest.approx(torch.log(torch.tensor(100352.0)).item(), abs=0.5)
-    assert "mfu" in records[-1]  # a number on GPUs in model.PEAK_BF16_FLOPS, None elsewhere
+    # MFU against an independent count: tokens/s x FLOPs per token (the model's shape) over the GPU's peak.
+    peak = parallel.peak_flops("cuda")
+    with torch.device("meta"):
+        flops = Phi4(PRESETS["small"].__class__(**{**PRESETS["small"].to_dict(), "n_layer": 2, "max_seq_len": 1024}))
+    per_token = flops.flops_per_token(1024)
+    for record in records:
+        assert record["mfu"] == (pytest.approx(record["tok_s"] * per_token / peak) if peak else None)
