@@ -512,12 +512,7 @@ def run(args: argparse.Namespace) -> dict:
     # bf16 on a GPU (what decoding runs in there), fp32 on a CPU (what train.py and sample.py use there).
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     config = bench_config(args.size, args.vocab_size, args.n_layer)
-    # Fail before building anything: a sequence past the RoPE table would only fail deep inside a forward.
-    if {"train", "precision"} & set(args.parts) and args.seq_len > config.max_seq_len:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the {args.size} context of {config.max_seq_len}")
-    if "decode" in args.parts and args.prompt_len + args.new_tokens > config.max_seq_len:
-        raise ValueError(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds the {args.size} "
-                         f"context of {config.max_seq_len}; lower --new-tokens")
+    check_lengths(args, config)
     # Imported only when a part compares against it: the peak and the precision part are ours alone.
     transformers = None if args.no_hf or not {"train", "decode"} & set(args.parts) else import_transformers()
     ours = build_ours(config, device, dtype, args.seed)
@@ -528,6 +523,43 @@ def run(args: argparse.Namespace) -> dict:
         "transformers": transformers.__version__ if transformers else None,
         "dtype": str(dtype).removeprefix("torch."), "config": config.to_dict(), "args": vars(args),
     }
+    print_header(results, ours, config, args)
+    peak = None
+    if "peak" in args.parts:
+        results["peak"] = measure_peak(args.matmul_size, args.repeats, device)
+        peak = results["peak"]["peak"]
+        bf16 = format_flops(results["peak"]["bf16"]) if results["peak"]["bf16"] else "n/a (no bf16 instructions)"
+        print(f"\nmatmul peak ({args.matmul_size} x {args.matmul_size}): fp32 {format_flops(results['peak']['fp32'])}, "
+              f"bf16 {bf16}; peak = {format_flops(peak)}")
+    theirs = build_theirs(ours, transformers) if transformers else None
+    rows = compare_with_transformers(args, config, device, ours, theirs, transformers)
+    if rows:
+        print_comparison(rows, peak)
+        note = noise_note({f"{row['name']} {side}": runs for row in rows for side, runs in row["samples"].items()})
+        if note:
+            print(note)
+        results["rows"] = rows
+    del ours, theirs  # free them before the precision part builds three more models
+    if "precision" in args.parts:
+        results.update(measure_precision(args, config, device, peak))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return results
+
+
+def check_lengths(args: argparse.Namespace, config) -> None:
+    """Fail before building anything: a sequence past the RoPE table would only fail deep inside a forward."""
+    if {"train", "precision"} & set(args.parts) and args.seq_len > config.max_seq_len:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the {args.size} context of {config.max_seq_len}")
+    if "decode" in args.parts and args.prompt_len + args.new_tokens > config.max_seq_len:
+        raise ValueError(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} exceeds the {args.size} "
+                         f"context of {config.max_seq_len}; lower --new-tokens")
+
+
+def print_header(results: dict, ours, config, args: argparse.Namespace) -> None:
+    """Where and what was measured: the lines that make a table comparable with another machine's."""
     N = ours.num_params(exclude_embedding=True)
     threads = f"{results['threads']} thread" + ("s" if results["threads"] != 1 else "")
     print(f"bench.py {results['date']}: {results['device']}, {threads}, torch {torch.__version__}, "
@@ -536,15 +568,9 @@ def run(args: argparse.Namespace) -> dict:
           f"heads {config.n_head}/{config.n_kv_head}, FFN {config.ffn_dim}; N = {N:,} parameters without the "
           f"input embedding; {results['dtype']} weights; medians of {args.repeats} runs, ours and HF alternating")
 
-    peak = None
-    if "peak" in args.parts:
-        results["peak"] = measure_peak(args.matmul_size, args.repeats, device)
-        peak = results["peak"]["peak"]
-        bf16 = format_flops(results["peak"]["bf16"]) if results["peak"]["bf16"] else "n/a (no bf16 instructions)"
-        print(f"\nmatmul peak ({args.matmul_size} x {args.matmul_size}): fp32 {format_flops(results['peak']['fp32'])}, "
-              f"bf16 {bf16}; peak = {format_flops(peak)}")
 
-    theirs = build_theirs(ours, transformers) if transformers else None
+def compare_with_transformers(args: argparse.Namespace, config, device, ours, theirs, transformers) -> list[dict]:
+    """The decode and train rows of the comparison table: ours and transformers' runs alternating."""
     rows = []
     if "decode" in args.parts:
         # Random ids: the speed does not depend on the text. Row 0 alone is the greedy prompt, all rows the
@@ -567,46 +593,36 @@ def run(args: argparse.Namespace) -> dict:
         rates, _ = interleaved(runs, args.repeats)
         rows.insert(0, comparison_row(f"{TRAIN_ROW}, batch {args.batch_size} x {args.seq_len}",
                                       train_flops_per_token(ours, args.seq_len), rates))
-    if rows:
-        print_comparison(rows, peak)
-        note = noise_note({f"{row['name']} {side}": runs for row in rows for side, runs in row["samples"].items()})
-        if note:
-            print(note)
-        results["rows"] = rows
-    del ours, theirs  # free them before the precision part builds three more models
+    return rows
 
-    if "precision" in args.parts:
-        # Three fresh fp32 copies of the same weights, the same batch, steps alternating between them.
-        batch = random_batch(config.vocab_size, args.batch_size, args.seq_len, device, args.seed)
-        fresh = lambda: build_ours(config, device, torch.float32, args.seed)  # noqa: E731
-        runs = {FP32_ROW: TrainStep(fresh(), our_loss, batch, args.train_steps),
-                BF16_ROW: TrainStep(fresh(), our_loss, batch, args.train_steps, autocast=True)}
-        if not args.no_compile:
-            # compile_blocks only wraps the blocks; compiling happens in the first (warm-up) call, which
-            # `interleaved` times: that is the start-up cost the recommendation weighs.
-            runs[COMPILE_ROW] = TrainStep(compile_blocks(fresh()), our_loss, batch, args.train_steps)
-        with fresh_compile_cache():
-            rates, warmup_s = interleaved(runs, args.repeats)
-        results["precision"] = {name: {"tok_s": median(rates[name]), "samples": rates[name],
-                                       "vs_fp32": median(rates[name]) / median(rates[FP32_ROW]),
-                                       "warmup_s": warmup_s[name], "first_loss": runs[name].losses[0]} for name in runs}
-        flops_per_token = train_flops_per_token(runs[FP32_ROW].model, args.seq_len)
-        print_precision(results["precision"], flops_per_token, peak, f"{TRAIN_ROW}, batch {args.batch_size} x {args.seq_len}")
-        note = noise_note(rates)
-        if note:
-            print(note)
-        from train import STAGE_DEFAULTS  # the length of a default toy run, where it is defined
 
-        lines = recommend(rates, warmup_s, args.batch_size * args.seq_len, args.train_steps,
-                          STAGE_DEFAULTS["pretrain"]["steps"])
-        print("\n" + "\n".join(lines))
-        results["recommendation"] = lines
+def measure_precision(args: argparse.Namespace, config, device, peak) -> dict:
+    """Our train step in fp32, under bf16 autocast and compiled: three fresh fp32 copies of the same weights,
+    the same batch, steps alternating between them; prints the table and the recommendation."""
+    batch = random_batch(config.vocab_size, args.batch_size, args.seq_len, device, args.seed)
+    fresh = lambda: build_ours(config, device, torch.float32, args.seed)  # noqa: E731
+    runs = {FP32_ROW: TrainStep(fresh(), our_loss, batch, args.train_steps),
+            BF16_ROW: TrainStep(fresh(), our_loss, batch, args.train_steps, autocast=True)}
+    if not args.no_compile:
+        # compile_blocks only wraps the blocks; compiling happens in the first (warm-up) call, which
+        # `interleaved` times: that is the start-up cost the recommendation weighs.
+        runs[COMPILE_ROW] = TrainStep(compile_blocks(fresh()), our_loss, batch, args.train_steps)
+    with fresh_compile_cache():
+        rates, warmup_s = interleaved(runs, args.repeats)
+    precision = {name: {"tok_s": median(rates[name]), "samples": rates[name],
+                        "vs_fp32": median(rates[name]) / median(rates[FP32_ROW]),
+                        "warmup_s": warmup_s[name], "first_loss": runs[name].losses[0]} for name in runs}
+    flops_per_token = train_flops_per_token(runs[FP32_ROW].model, args.seq_len)
+    print_precision(precision, flops_per_token, peak, f"{TRAIN_ROW}, batch {args.batch_size} x {args.seq_len}")
+    note = noise_note(rates)
+    if note:
+        print(note)
+    from train import STAGE_DEFAULTS  # the length of a default toy run, where it is defined
 
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
-    return results
+    lines = recommend(rates, warmup_s, args.batch_size * args.seq_len, args.train_steps,
+                      STAGE_DEFAULTS["pretrain"]["steps"])
+    print("\n" + "\n".join(lines))
+    return {"precision": precision, "recommendation": lines}
 
 
 if __name__ == "__main__":

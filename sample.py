@@ -237,6 +237,10 @@ class Engine:
             if not 0 < len(prompt) < limit:
                 raise ValueError(f"prompt {i} has {len(prompt)} tokens; it needs 1 to {limit - 1} "
                                  f"(the model's context is {limit}): shorten it")
+        clipped = sum(len(prompt) + max_new_tokens > limit for prompt in prompts)
+        if clipped:  # say so once: an answer cut at the context would otherwise look like the model's choice
+            print(f"note: {clipped} of {len(prompts)} prompts leave fewer than {max_new_tokens} new tokens in the "
+                  f"model's context of {limit}; their answers stop there", file=sys.stderr)
         device = next(model.parameters()).device
         self.max_new_tokens = max_new_tokens
         # Each row's room: max_new_tokens, or what is left of the context after its prompt.

@@ -242,3 +242,12 @@ def test_a_non_finite_loss_stops_training_before_the_step_and_saves_nothing(toy_
         trainer.run_loop(cfg, world, model, optimizer, None, 0, "test", step, show={})
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     assert not os.path.exists(tmp_path / "ckpt.pt")
+
+
+def test_generation_that_reaches_the_context_says_so(tiny_model, capsys):
+    import sample
+
+    model = tiny_model()  # context of 64 tokens
+    answers = sample.sample_completions(model, [[1] * 60, [2] * 10], 1, max_new_tokens=8, stop_tokens=(), temperature=0)
+    assert [len(a[0]) for a in answers] == [4, 8]  # the first prompt had room for 4 tokens only
+    assert "1 of 2 prompts leave fewer than 8 new tokens in the model's context of 64" in capsys.readouterr().err
