@@ -187,15 +187,6 @@ def read_checkpoint(path: str) -> dict:
     record["shard_dir"] = os.path.join(path, record["shards"])
     if not os.path.isdir(record["shard_dir"]):
         raise ValueError(f"checkpoint {path} needs its shard folder {record['shards']}, which is missing")
-    # Every file the record lists must be there with the same bytes. This reads the shards once (seconds
-    # per GB); it is what turns a bit flipped on disk into an error instead of a silently different model.
-    expected = record.get("checksums") or {}
-    found = shard_checksums(record["shard_dir"])
-    for name, crc in expected.items():
-        if name not in found:
-            raise ValueError(f"checkpoint {path}: shard file {record['shards']}/{name} is missing")
-        if found[name] != crc:
-            raise ValueError(f"checkpoint {path}: shard file {record['shards']}/{name} is corrupt (its checksum differs)")
     return record
 
 
@@ -207,8 +198,24 @@ def check_finite(named_tensors, where: str):
             raise ValueError(f"{where}: tensor {name} holds NaN or infinite values")
 
 
+def verify_shards(record: dict) -> None:
+    """Every file the record lists must be there with the same bytes (its CRC-32 from save time).
+
+    This reads the shard folder once (seconds per GB), right before its tensors are loaded: it is what
+    turns a bit flipped on disk into an error instead of a silently different model.
+    """
+    expected = record.get("checksums") or {}
+    found = shard_checksums(record["shard_dir"])
+    for name, crc in expected.items():
+        if name not in found:
+            raise ValueError(f"checkpoint shard file {record['shard_dir']}/{name} is missing")
+        if found[name] != crc:
+            raise ValueError(f"checkpoint shard file {record['shard_dir']}/{name} is corrupt (its checksum differs)")
+
+
 def load_weights(record: dict, model: torch.nn.Module):
     """Fill a (possibly sharded) model with a checkpoint's weights: each rank reads only its own pieces."""
+    verify_shards(record)  # the optimizer's tensors share these files: one check covers both
     model_state = get_model_state_dict(model)  # what this rank holds: the keys and shard layout to fill
     sharded = any(isinstance(t, DTensor) for t in model_state.values())
     try:
