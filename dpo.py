@@ -310,7 +310,8 @@ def prepare_pairs(cfg: DPOConfig, model: Phi4, tokenizer: data.Tokenizer, world)
         reference_logprobs(model, pairs, tokenizer.pad_id, cfg.batch_size, cfg.average_logprobs)
         # FSDP2 keeps the root's weights gathered after a forward (for the backward it expects); without
         # a backward they stay so. Shard them again before the optimizer takes hold of the parameters.
-        model.reshard()
+        if hasattr(model, "reshard"):  # an FSDP model (several ranks or a GPU)
+            model.reshard()
         if world.is_main:
             for pair_record, pair in zip(records, pairs):
                 pair_record.update(ref_chosen_logp=pair.ref_chosen, ref_rejected_logp=pair.ref_rejected,
@@ -385,8 +386,9 @@ def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig,
 def train_dpo(cfg: DPOConfig) -> list[dict]:
     """DPO from cfg.init on cfg.pairs -> the logged records (rank 0 also writes OUT/log.jsonl).
 
-    Like train.py, every run is one or more ranks of FSDP2 (parallel.py): `python dpo.py` is a world of
-    one, `torchrun --nproc_per_node=N dpo.py ...` splits each batch of pairs over N ranks.
+    Like train.py, every run is one or more ranks of one code path (parallel.py): `python dpo.py` is a
+    world of one, `torchrun --nproc_per_node=N dpo.py ...` shards with FSDP2 and splits each batch of
+    pairs over N ranks.
     """
     if not cfg.resume and not cfg.init:
         raise ValueError("DPO starts from a trained model: pass --init out/sft (or --resume)")
@@ -417,7 +419,7 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
 
     def shard(model):  # FSDP2, as train.py: no rank ever holds the whole policy
         parallel.parallelize(model, world.mesh, activation_checkpointing=False, compile=False,
-                             mixed_precision=world.device.type == "cuda")
+                             mixed_precision=world.device.type == "cuda", shard=parallel.needs_fsdp(world))
 
     model = checkpoint.build_model(ModelConfig.from_dict(record["model_config"]), world.device, record, shard)
     os.makedirs(cfg.out, exist_ok=True)

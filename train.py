@@ -20,8 +20,9 @@ and sums their losses weighted by the token count of the whole global batch. tra
 (schedule, clipping, AdamW, logging, checkpoints); the progress bar shows loss, learning rate, tokens/s
 and model FLOP utilisation (MFU: achieved FLOP/s over the device's bf16 peak; "n/a" where unknown).
 
-Every run, `python train.py` included, is one or more ranks of FSDP2 (parallel.py): each rank holds
-1/world_size of the weights, gradients and AdamW state and reads its own rows of every batch.
+Every run, `python train.py` included, is one or more ranks of one code path (parallel.py): under FSDP2
+each rank holds 1/world_size of the weights, gradients and AdamW state and reads its own rows of every
+batch; a single CPU process skips the sharding (nothing to shard, and its hooks cost ~5%).
 
 Simplified against the report: one data mixture (the synthetic world) instead of five sources, and the
 optimizer betas and warm-up length are our choices (the report does not state them).
@@ -286,8 +287,9 @@ def build_model(cfg: TrainConfig, tokenizer, world: parallel.Distributed) -> tup
                         f"training --size {cfg.size} at --batch-size {cfg.batch_size} x {plan['seq_len']} tokens",
                         parallel.TRAINING_REMEDY)
 
-    def shard(model):  # FSDP2 on every run (a world of one included); bf16 on GPUs, fp32 on CPUs
-        parallel.parallelize(model, world.mesh, cfg.activation_checkpointing, cfg.compile, world.device.type == "cuda")
+    def shard(model):  # FSDP2 for several ranks or a GPU (bf16 there); one CPU process only gets AC/compile
+        parallel.parallelize(model, world.mesh, cfg.activation_checkpointing, cfg.compile, world.device.type == "cuda",
+                             shard=parallel.needs_fsdp(world))
 
     model = checkpoint.build_model(config, world.device, record, shard, cfg.seed)  # each rank allocates only 1/W
     if cfg.stage == "midtrain" and not cfg.resume:
