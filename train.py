@@ -32,6 +32,7 @@ safetensors (checkpoint.py, hf.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -85,6 +86,7 @@ class TrainConfig(trainer.RunConfig):
     eval_every: int = 200  # steps between held-out loss measurements (0: only at the end)
     eval_batches: int = 8  # micro-batches per rank per evaluation (toy: 8 x 16 x 256 = 32K target tokens)
     compile: bool = False  # torch.compile each block (GPU; slow to start on CPU)
+    bf16_autocast: bool = False  # CPU: matmuls in bf16 under torch.autocast (fp32 weights and optimizer)
     attn_impl: str | None = None  # override the preset's attention: naive | sdpa | triton
     rope_theta: float | None = None  # RoPE base: of a fresh model, or the new one of midtraining (250K)
     long_data: str | None = None  # midtrain: folder with long_train_*.bin (default: --data, built on demand)
@@ -111,6 +113,9 @@ class TrainConfig(trainer.RunConfig):
         "eval_every": "steps between held-out loss evaluations (0: only at the end)",
         "eval_batches": "micro-batches (per rank) per held-out evaluation",
         "compile": "compile each transformer block with torch.compile (GPU; slow to start on CPU)",
+        "bf16_autocast": "CPU: run the matmuls in bf16 under torch.autocast, weights and AdamW staying fp32 (1.78x "
+        "a toy step on a CPU with bf16 instructions; `python bench.py --parts precision` measures yours). "
+        "GPUs already compute in bf16 through FSDP's mixed-precision policy",
         "attn_impl": "attention implementation: naive, sdpa or triton",
         "rope_theta": "RoPE base: for a fresh model, or the base midtraining switches to (default 250000; "
         "--rope-theta 10000 runs the ablation that extends the context without changing the base)",
@@ -410,8 +415,14 @@ def restore_position(record: dict, loader, world: parallel.Distributed) -> None:
     checkpoint.set_rng_state(mine["rng"])
 
 
-def lm_step(model, loader, grad_accum: int, world: parallel.Distributed):
-    """One optimizer step's forward and backward for next-token prediction, as a function for run_loop."""
+def autocast(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast for --bf16-autocast on a CPU, else nothing: a GPU gets bf16 from FSDP's policy."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast and device.type == "cpu")
+
+
+def lm_step(model, loader, grad_accum: int, world: parallel.Distributed, precision=contextlib.nullcontext):
+    """One optimizer step's forward and backward for next-token prediction, as a function for run_loop.
+    `precision()` makes the context the forward runs in (autocast, or nothing)."""
     device, W = world.device, world.world_size
 
     def step() -> dict:
@@ -427,7 +438,8 @@ def lm_step(model, loader, grad_accum: int, world: parallel.Distributed):
         for inputs, targets in batches:
             inputs = torch.from_numpy(inputs).to(device, non_blocking=True)  # (B, T) token ids
             targets = torch.from_numpy(targets).to(device, non_blocking=True)  # (B, T), -100 where not scored
-            loss = model(inputs, targets, reduction="sum") / n_targets
+            with precision():  # the loss itself is computed in fp32 either way (chunked_cross_entropy)
+                loss = model(inputs, targets, reduction="sum") / n_targets
             # FSDP's reduce-scatter averages gradients over the W ranks; scaling by W turns that average
             # into the sum, so the gradient is exactly that of the global token-weighted mean loss.
             (loss * W).backward()
@@ -504,16 +516,19 @@ def train_on(cfg: TrainConfig, world: parallel.Distributed) -> list[dict]:
     say(f"{model.num_params():,} parameters | {world.world_size} rank(s) x {grad_accum} micro-batches of "
         f"{cfg.batch_size}x{seq_len} = {grad_accum * cfg.batch_size * seq_len * world.world_size:,} tokens/step | "
         f"device {world.device.type}" + (" | activation checkpointing" if cfg.activation_checkpointing else ""))
-    evaluate_fn = None
-    if val_loader is not None and cfg.eval_batches > 0:
+    def evaluate_fn():
         # Each rank scores its rows of eval_batches global batches: the same rows at any world size
         # that keeps batch_size x world_size (the global micro-batch) the same.
-        evaluate_fn = lambda: evaluate(model, val_loader, cfg.eval_batches, world.device)  # noqa: E731
+        with autocast(cfg, world.device):  # scored as it is trained
+            return evaluate(model, val_loader, cfg.eval_batches, world.device)
+
     records = trainer.run_loop(
-        cfg, world, model, optimizer, train_loader, start_step, cfg.stage, lm_step(model, train_loader, grad_accum, world),
+        cfg, world, model, optimizer, train_loader, start_step, cfg.stage,
+        lm_step(model, train_loader, grad_accum, world, lambda: autocast(cfg, world.device)),
         show={"loss": "{:.3f}", "lr": "{:.1e}", "tok_s": "{:,.0f}", "mfu": "{:.1%}", "peak_mem_gb": "{:.1f}GB",
               "val_loss": "{:.3f}"},
-        evaluate=evaluate_fn, eval_every=cfg.eval_every, flops_per_token=model.flops_per_token(seq_len),
+        evaluate=evaluate_fn if val_loader is not None and cfg.eval_batches > 0 else None,
+        eval_every=cfg.eval_every, flops_per_token=model.flops_per_token(seq_len),
     )
     say(summary_line(records, cfg))
     return records

@@ -183,3 +183,12 @@ def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, to
         capture_output=True, text=True, cwd=ROOT,
     )
     assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "--init" in result.stderr
+
+
+def test_bf16_autocast_changes_the_rounding_not_the_training(toy_run, tmp_path):
+    """--bf16-autocast runs the CPU matmuls in bf16: the losses move by rounding only (an autocast that
+    silently did nothing would give exactly the fp32 losses), and both runs learn alike."""
+    fp32 = [r["loss"] for r in train.train(toy_run(tmp_path / "fp32", steps=4))]
+    bf16 = [r["loss"] for r in train.train(toy_run(tmp_path / "bf16", steps=4, bf16_autocast=True))]
+    assert fp32 != bf16
+    assert bf16 == pytest.approx(fp32, abs=2e-2)
