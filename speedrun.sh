@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~20 min on 2 cores).
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~19 min on 2 cores).
 #
 #   data      the synthetic world -> BPE tokenizer -> uint32 shards, 13-gram-decontaminated eval split
 #   pretrain  the toy Phi-4 (GQA, RoPE, SwiGLU) learns worked solutions             -> out/pretrain
