@@ -360,28 +360,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", default=None, help="checkpoint folder (default: the newest under out/)")
     parser.add_argument("--chat", action="store_true", help="pose problems as a user turn (SFT and later stages)")
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N problems (no eval.json is written)")
-    parser.add_argument("--maj-k", type=int, default=8, help="also sampled maj@k with k votes (0: greedy only)")
-    parser.add_argument("--maj-temperature", type=float, default=0.7, help="sampling temperature of the maj@k votes")
-    parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens per answer")
+    parser.add_argument("--limit", type=cli.at_least(1), default=None, help="score only the first N problems (no eval.json is written)")
+    parser.add_argument("--maj-k", type=cli.at_least(0), default=8, help="also sampled maj@k with k votes (0: greedy only)")
+    parser.add_argument("--maj-temperature", type=cli.positive, default=0.7, help="sampling temperature of the maj@k votes")
+    parser.add_argument("--max-new-tokens", type=cli.at_least(1), default=120, help="tokens per answer")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed of the maj@k votes")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     parser.add_argument("--long", action="store_true",
                         help="retrieval of facts far back (far) and just before (near) in documents of 1x, 2x, 4x the "
                         "pretraining context, and held-out loss by position; writes eval_long.json into --init")
-    parser.add_argument("--long-base", type=int, default=None,
+    parser.add_argument("--long-base", type=cli.at_least(1), default=None,
                         help="with --long: the pretraining context the multiples refer to (default: from the checkpoint)")
-    parser.add_argument("--long-docs", type=int, default=64, help="with --long: documents per length")
+    parser.add_argument("--long-docs", type=cli.at_least(1), default=64, help="with --long: documents per length")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
-    args = parser.parse_args(argv)
-    # None means "not given" (the default) for these; 0 or less is never meaningful.
-    for flag in ("limit", "max_new_tokens", "long_base", "long_docs"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.maj_k < 0 or args.maj_temperature <= 0:
-        parser.error("--maj-k must be >= 0 and --maj-temperature > 0")
-    return args
+    return parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
 
 
 def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:

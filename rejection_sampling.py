@@ -115,27 +115,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", required=True, help="checkpoint folder of the model to sample from (an SFT model)")
     parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with rl.jsonl (problems for this stage)")
     parser.add_argument("--out", default="out/rs", help="output folder: sft.jsonl, pairs.jsonl, summary.json")
-    parser.add_argument("--problems", type=int, default=1500, help="problems to sample on")
-    parser.add_argument("--skip", type=int, default=0, help="start at this problem of rl.jsonl")
-    parser.add_argument("--samples", type=int, default=8, help="answers per problem (the n of best-of-n)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (> 0: answers must differ)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, in (0, 1]")
-    parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens per answer")
+    parser.add_argument("--problems", type=cli.at_least(1), default=1500, help="problems to sample on")
+    parser.add_argument("--skip", type=cli.at_least(0), default=0, help="start at this problem of rl.jsonl")
+    parser.add_argument("--samples", type=cli.at_least(2), default=8,
+                        help="answers per problem (the n of best-of-n; at least 2, to choose among and to form pairs)")
+    parser.add_argument("--temperature", type=cli.positive, default=1.0, help="sampling temperature (> 0: answers must differ)")
+    parser.add_argument("--top-k", type=cli.at_least(1), default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=cli.between(0.0, 1.0, low_open=True), default=None, help="nucleus sampling threshold, in (0, 1]")
+    parser.add_argument("--max-new-tokens", type=cli.at_least(1), default=120, help="tokens per answer")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
-    args = parser.parse_args(argv)  # argv=None reads sys.argv; tests pass a list
-    if args.samples < 2:
-        parser.error(f"--samples must be at least 2 to choose among answers and form pairs, got {args.samples}")
-    if args.temperature <= 0:
-        parser.error(f"--temperature must be > 0 (rejection sampling needs diverse answers), got {args.temperature}")
-    for flag in ("problems", "max_new_tokens", "top_k"):  # None (top_k not given) is allowed
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.skip < 0 or (args.top_p is not None and not 0 < args.top_p <= 1):
-        parser.error("--skip must be >= 0 and --top-p in (0, 1]")
-    return args
+    # argv=None reads sys.argv; tests pass a list. The numeric ranges are checked by the flag types (cli.py).
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

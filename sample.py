@@ -451,11 +451,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt", default=None, help="text to continue (default: held-out toy problems)")
     parser.add_argument("--chat", action="store_true", help="wrap --prompt as a user turn in Phi-4's chat format")
     parser.add_argument("--system", default=None, help="with --hf: a system prompt for the chat")
-    parser.add_argument("--num-samples", type=int, default=3, help="completions (or held-out problems) to show")
-    parser.add_argument("--max-new-tokens", type=int, default=120, help="tokens to generate per completion")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; higher = more varied")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold, in (0, 1]")
+    parser.add_argument("--num-samples", type=cli.at_least(1), default=3, help="completions (or held-out problems) to show")
+    parser.add_argument("--max-new-tokens", type=cli.at_least(1), default=120, help="tokens to generate per completion")
+    parser.add_argument("--temperature", type=cli.at_least(0.0, float), default=0.0, help="0 = greedy; higher = more varied")
+    parser.add_argument("--top-k", type=cli.at_least(1), default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=cli.between(0.0, 1.0, low_open=True), default=None, help="nucleus sampling threshold, in (0, 1]")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -466,17 +466,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bench", action="store_true", help="measure decode tokens/s with and without the KV cache")
     parser.add_argument("--bench-batch", action="store_true",
                         help="tokens/s of the batched engine against length-grouped batches (a random toy model)")
-    args = parser.parse_args(argv)
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        parser.error(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.temperature < 0:
-        parser.error(f"--temperature must be 0 (greedy) or positive, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        parser.error(f"--top-k must be at least 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    args = parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
     if args.prompt is not None and not args.prompt.strip():
         parser.error("--prompt is empty; give some text to continue")
     return args
