@@ -222,7 +222,7 @@ def load_weights(record: dict, model: torch.nn.Module):
         # no_dist: an unsharded model reads everything itself, even inside a torchrun job.
         dcp.load({"model": model_state}, checkpoint_id=record["shard_dir"], no_dist=not sharded)
     except READ_ERRORS as error:
-        raise ValueError(f"cannot load weights from {record['shard_dir']}: {_first_line(error)}") from None
+        raise ValueError(f"cannot load weights from {record['shard_dir']}: {_last_line(error)}") from None
     check_finite(model_state.items(), record["shard_dir"])
     set_model_state_dict(model, model_state)
 
@@ -233,12 +233,12 @@ def load_optimizer(record: dict, model: torch.nn.Module, optimizer: torch.optim.
     try:
         dcp.load({"optimizer": optimizer_state}, checkpoint_id=record["shard_dir"])
     except READ_ERRORS as error:
-        raise ValueError(f"cannot resume from {record['shard_dir']} (no optimizer state?): {_first_line(error)}; "
+        raise ValueError(f"cannot resume from {record['shard_dir']} (no optimizer state?): {_last_line(error)}; "
                          "use --init") from None
     set_optimizer_state_dict(model, optimizer, optimizer_state)
 
 
-def _first_line(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
     """DCP wraps the real failure in a multi-line report whose last line names the cause."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1][:200] if lines else type(error).__name__
