@@ -34,6 +34,7 @@ import json
 import os
 import random
 import sys
+from collections import Counter
 from fractions import Fraction
 
 import numpy as np
@@ -244,20 +245,21 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
 
 
 class MixtureLoader:
-    """Midtraining batches: a fixed share of rows holds one long document each, the rest replay pretraining.
+    """Batches where a fixed share of rows holds one whole document each and the rest are packed rows.
 
-    Phi-4 midtrained on 30% new long-context data and 70% replayed pretraining data (report section 3).
+    Midtraining: Phi-4 midtrained on 30% new long-context data and 70% replayed pretraining data (report
+    section 3); the toy uses half and half. Pretraining of the toy world uses it too: 30% of its rows are
+    first-line-recall documents, which must start at position 0 of their row so the key is always there.
     We mix by rows: global row g (counted over the whole run, across ranks) is a long document exactly
     when floor((g + 1) * f) > floor(g * f), so any window of N rows holds f * N of them, give or take
     one, and the long rows are spread evenly instead of arriving in clumps. Long documents are built to
-    fill a row (data.long_document), so the share of tokens is the share of rows, less a few pad tokens.
+    fill most of a row (toyworld.recall_document), so the share of tokens follows the share of rows.
 
     How each kind of row is packed, and why:
     - A long document gets a row of its own, starting at position 0 with its <|endoftext|>, padded at
       the end (pad targets are -100, and causal attention never looks forward at the padding). It is
-      never cut and never shares a row: the facts a question needs are all in the row, no unrelated
-      document is visible to be matched by mistake (another document's "The harbor has 12 shells."
-      would be a wrong answer within reach), and token i sits at its true position i in the document,
+      never cut and never shares a row: the key its last line asks for is always in the row, no other
+      document's key is visible to be copied by mistake, and token i sits at its true position i in the document,
       which is exactly what the new RoPE positions have to learn.
     - Replay rows are packed exactly as in pretraining: short documents back to back, separated by
       <|endoftext|>, and attention does cross those boundaries. That is harmless here, because the
@@ -352,8 +354,15 @@ class MixtureLoader:
 # 2. Building data sets
 
 TOY_DATA_DIR = os.path.join("out", "data", "toy")
-TOY_VOCAB = 1024  # an upper bound: the toy world has fewer distinct words, so BPE stops near 800
-EVAL_SEED = 1_000_003  # the held-out split comes from its own seed, never from the training stream
+WEB_HEAVY_DIR = "web"  # subfolder of the toy data: the web-heavy pretraining mixture (the ablation)
+TOY_VOCAB = 1024  # an upper bound: the toy world has fewer distinct words, so BPE stops near 900
+EVAL_SEED = 1_000_003  # the held-out test split comes from its own seed, never from the training stream
+DEV_SEED = 1_500_007  # the dev split: every hyper-parameter is chosen on it, never on the test split
+POST_SEED = 5_000_011  # post-training problems (SFT, rejection sampling, DPO, PTS): never in pretraining
+# The two pretraining mixtures (report section 2, Table 2, in miniature): the share of problem documents
+# written the synthetic way; the rest are web-like. Same stories, same number of documents, same rows.
+MIXTURES = {"synthetic-heavy": 0.8, "web-heavy": 0.2}
+RECALL_FRACTION = 0.3  # share of pretraining rows that hold one first-line-recall document (train.py)
 
 
 def tokenize_documents(tokenizer: Tokenizer, documents: list[str], desc: str) -> np.ndarray:
@@ -377,60 +386,104 @@ def write_split(tokenizer, documents, out_dir, split, shard_tokens=50_000_000) -
     return len(tokens)
 
 
-def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_problems: int = 60_000, n_eval: int = 500, seed: int = 1337):
-    """The synthetic world as pretraining shards, an SFT chat set and a decontaminated eval split.
+def clean_split(problems: list[toyworld.Problem], banned: set) -> tuple[list[toyworld.Problem], int]:
+    """The problems whose question shares no 13-gram with `banned`, and how many were dropped."""
+    kept = [p for p in problems if not (toyworld.ngrams(p.question) & banned)]
+    return kept, len(problems) - len(kept)
 
-    Writes tokenizer.json, train_*.bin, val_*.bin, eval.jsonl (held-out problems), sft.jsonl
-    (problems for the SFT stage), rl.jsonl (problems to sample on: rejection sampling, PTS) and
-    meta.json (counts, decontamination).
+
+def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_test: int = 2000, n_dev: int = 1000,
+                      n_sft: int = 8000, n_rl: int = 5000, n_recall: int = 6000, seed: int = 1337) -> dict:
+    """The synthetic world as two pretraining mixtures, post-training sets and decontaminated test/dev splits.
+
+    Writes tokenizer.json; train_*.bin / val_*.bin (the synthetic-heavy mixture) and recall_*.bin
+    (first-line-recall documents, one per row); web/ with the web-heavy mixture on the same tokenizer;
+    eval.jsonl (the test split), dev.jsonl, sft.jsonl (teacher-answered chat problems), rl.jsonl
+    (problems to sample on: rejection sampling, DPO pairs, PTS) and meta.json.
+
+    Decontamination (report section 2), in the order the splits are drawn: test first, then dev, then
+    post-training (SFT, then rl), then pretraining; each drops every problem sharing a 13-gram with a
+    split before it, so no two of them share one.
     """
     os.makedirs(out_dir, exist_ok=True)
+    # Long documents of an earlier build were tokenized with its tokenizer: a new one makes them wrong.
+    for name in os.listdir(out_dir):
+        if name == LONG_META or name.startswith("long_"):
+            os.remove(os.path.join(out_dir, name))
+    # The test split is drawn first and from its own seed, so it is the same whatever the training data
+    # was built with: scores stay comparable across builds.
+    test = toyworld.make_split(EVAL_SEED, n_test)
+    banned = set().union(*(toyworld.ngrams(p.question) for p in test))
+    dev, dropped_dev = clean_split(toyworld.make_split(DEV_SEED, n_dev), banned)
+    banned |= set().union(*(toyworld.ngrams(p.question) for p in dev))
+
+    # Post-training problems, never seen in pretraining: SFT answers come from the imperfect teacher
+    # (toyworld section 3); rl.jsonl keeps the reference solutions, though only the oracle reads them.
+    post_rng = random.Random(POST_SEED)
+    teacher = [toyworld.teacher_problem(post_rng, post_rng.randint(1, 4)) for _ in range(n_sft)]
+    sft, dropped_sft = clean_split([p for p, _ in teacher], banned)
+    teacher_right = sum(toyworld.check(p, p.solution) for p in sft)
+    for problem in sft:  # problems to sample on are new to SFT too: what rejection sampling finds is new
+        banned |= toyworld.ngrams(problem.question)
+    rl, dropped_rl = clean_split([toyworld.make_problem(post_rng, post_rng.randint(1, 4)) for _ in range(n_rl)], banned)
+    for problem in rl:
+        banned |= toyworld.ngrams(problem.question)
+
+    # Pretraining stories, rendered twice: synthetic-heavy and web-heavy, document by document.
     rng = random.Random(seed)
-    # The held-out split is drawn before anything else and from EVAL_SEED, so it is the same whatever
-    # --seed or --n-problems the training data was built with: scores stay comparable across builds.
-    eval_problems = toyworld.make_split(EVAL_SEED, n_eval)
-    eval_questions = [p.question for p in eval_problems]
+    stories = [toyworld.make_story(rng, rng.randint(1, 4)) for _ in tqdm(range(n_stories), desc="world", unit="story")]
+    stories = [s for s in stories if not (toyworld.ngrams(s.question()) & banned)]
+    n_drills = len(stories) // 6  # drills: the arithmetic facts every step relies on
+    mixtures = {}
+    for name, synthetic_share in MIXTURES.items():
+        mix_rng = random.Random(f"{seed}-{name}")  # each mixture its own stream, the same on every build
+        documents, kinds = [], Counter()
+        for story in stories:
+            if mix_rng.random() < synthetic_share:
+                documents.append(toyworld.synthetic_document(mix_rng, story))
+                kinds["synthetic"] += 1
+            else:
+                text, corruptions = toyworld.web_document(mix_rng, story)
+                documents.append(text)
+                kinds.update(["web"] + sorted(corruptions))
+        documents += [toyworld.drill_document(mix_rng) for _ in range(n_drills)]
+        # Reading drills are textbook exercises: each mixture has them in its synthetic share.
+        documents += [toyworld.copy_drill(mix_rng, mix_rng.randint(2, 4)) for _ in range(round(n_drills * synthetic_share))]
+        mix_rng.shuffle(documents)  # problems and drills interleaved, so no shard is all of one kind
+        mixtures[name] = (documents, dict(kinds))
 
-    # Training problems: a third of them also appear as chat data for SFT later; drills teach the facts.
-    problems = [toyworld.make_problem(rng, rng.randint(1, 4)) for _ in tqdm(range(n_problems), desc="world", unit="problem")]
-    # Exact repeats of an eval question are removed first, then the 13-gram rule removes near-copies.
-    eval_set = set(eval_questions)
-    problems = [p for p in problems if p.question not in eval_set]
-    kept_questions, n_dropped = toyworld.decontaminate([p.question for p in problems], eval_questions)
-    kept = set(kept_questions)
-    problems = [p for p in problems if p.question in kept]
-    documents = [toyworld.problem_document(p) for p in problems] + [toyworld.drill_document(rng) for _ in range(n_problems // 6)]
-    rng.shuffle(documents)  # problems and drills interleaved, so no shard is all of one kind
-    n_val = max(1, len(documents) // 50)  # 2% for held-out loss (a different thing from eval.jsonl)
-    val_documents, train_documents = documents[:n_val], documents[n_val:]
-
-    # The tokenizer learns from (a sample of) the training text only.
-    tokenizer = Tokenizer.train("\n".join(train_documents[:20_000]), TOY_VOCAB, verbose=True)
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    n_train = write_split(tokenizer, train_documents, out_dir, "train")
-    n_val_tokens = write_split(tokenizer, val_documents, out_dir, "val")
-
-    files.write_jsonl(os.path.join(out_dir, "eval.jsonl"), [p.to_dict() for p in eval_problems])
-    # Post-training sets, disjoint from each other: SFT conversations, and problems whose answers the
-    # model will be sampled on (rejection sampling, Pivotal Token Search). Both are training problems,
-    # so the 13-gram rule has already cleaned them against the held-out split.
-    n_sft = len(problems) // 3  # SFT reuses pretraining problems, now posed as chat turns
-    for name, subset in (("sft.jsonl", problems[:n_sft]), ("rl.jsonl", problems[n_sft : n_sft + 4000])):
-        files.write_jsonl(os.path.join(out_dir, name), [p.to_dict() for p in subset])
-    meta = {
-        "problems": len(problems),
-        "dropped_by_13gram": n_dropped,
-        "documents": len(documents),
-        "train_tokens": n_train,
-        "val_tokens": n_val_tokens,
-        "eval_problems": n_eval,
-        "vocab_size": tokenizer.vocab_size,
-        "seed": seed,
-    }
+    # The tokenizer learns from (a sample of) both mixtures, so web words have ids in either run.
+    # The recall documents' own words ("Key: 47 ... The key was 47.") join the sample: they are built
+    # after the tokenizer (they are cut to a token budget) but must not cost three tokens a word.
+    recall_words = [f"Key: {v}\nPractice:\nThe key was {v}.\n" for v in toyworld.RECALL_VALUES] * 40
+    sample_text = "\n".join(mixtures["synthetic-heavy"][0][:10_000] + mixtures["web-heavy"][0][:10_000] + recall_words)
+    tokenizer = Tokenizer.train(sample_text, TOY_VOCAB, verbose=True)
+    recall_rng = random.Random(toyworld.RECALL_PRETRAIN_SEED)
+    seq_len = 256  # the toy preset's context: recall documents fill up to one pretraining row
+    recall = {split: [toyworld.long_training_document(recall_rng, tokenizer, seq_len + 1).ids
+                      for _ in tqdm(range(n), desc=f"recall {split}", unit="doc", mininterval=1.0)]
+              for split, n in (("train", n_recall), ("val", 64))}
+    meta = {"seed": seed, "vocab_size": 0, "recall_tokens": seq_len + 1, "test_problems": len(test), "dev_problems": len(dev),
+            "sft_problems": len(sft), "sft_teacher_right": teacher_right, "rl_problems": len(rl),
+            "dropped_by_13gram": {"dev": dropped_dev, "sft": dropped_sft, "rl": dropped_rl,
+                                  "pretraining": n_stories - len(stories)}, "mixtures": {}}
+    for name, folder in (("synthetic-heavy", out_dir), ("web-heavy", os.path.join(out_dir, WEB_HEAVY_DIR))):
+        os.makedirs(folder, exist_ok=True)
+        documents, kinds = mixtures[name]
+        n_val = max(1, len(documents) // 50)  # 2% for held-out loss (a different thing from eval.jsonl)
+        tokenizer.save(os.path.join(folder, "tokenizer.json"))
+        n_train = write_split(tokenizer, documents[n_val:], folder, "train")
+        write_split(tokenizer, documents[:n_val], folder, "val")
+        for split, docs in recall.items():
+            write_shard(os.path.join(folder, f"recall_{split}_000.bin"), np.concatenate([np.asarray(d, dtype=np.uint32) for d in docs]))
+        meta["mixtures"][name] = {"folder": folder, "train_tokens": n_train, "documents": kinds}
+    files.write_jsonl(os.path.join(out_dir, "eval.jsonl"), [p.to_dict() for p in test])
+    files.write_jsonl(os.path.join(out_dir, "dev.jsonl"), [p.to_dict() for p in dev])
+    files.write_jsonl(os.path.join(out_dir, "sft.jsonl"), [p.to_dict() for p in sft])
+    files.write_jsonl(os.path.join(out_dir, "rl.jsonl"), [p.to_dict() for p in rl])
+    meta["vocab_size"] = tokenizer.vocab_size
     files.atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, indent=2))
     return meta
-
-
 
 
 LONG_META = "long_meta.json"
@@ -440,32 +493,21 @@ def build_long_documents(data_dir: str, doc_tokens: int, n_train: int = 4000, n_
     """Midtraining documents of at most doc_tokens ids -> long_train_000.bin, long_val_000.bin, long_meta.json.
 
     Tokenized with the folder's own tokenizer.json (the pretraining tokenizer: nothing is retrained, and
-    the pretraining shards are left as they are) and decontaminated against the held-out questions of
-    eval.jsonl when the folder has them. Each document starts with <|endoftext|>, as in every shard.
+    the pretraining shards are left as they are). They are recall documents (toyworld section 4) of
+    random length: key, drills, question; no problem text, so there is nothing to decontaminate.
+    Each document starts with <|endoftext|>, as in every shard.
     """
     tokenizer = Tokenizer.load(os.path.join(data_dir, "tokenizer.json"))
-    eval_file = os.path.join(data_dir, "eval.jsonl")
-    banned: set = set()  # 13-grams of the held-out questions (report section 2), the same rule as above
-    for problem in toyworld.read_problems(eval_file) if os.path.exists(eval_file) else []:
-        banned |= toyworld.ngrams(problem.question)
     meta = {"doc_tokens": doc_tokens, "seed": seed}
     for split, n, split_seed in (("long_train", n_train, seed), ("long_val", n_val, seed + 1)):
         rng = random.Random(split_seed)  # a seed per split, so validation documents differ from training ones
         documents = [
-            toyworld.long_training_document(rng, tokenizer, doc_tokens, banned)
+            toyworld.long_training_document(rng, tokenizer, doc_tokens)
             for _ in tqdm(range(n), desc=f"building {split}", unit="doc", mininterval=1.0)
         ]
-        # Problems were drawn clean already; checking whole documents as well means a 13-gram that
-        # happens to span two pieces cannot slip through either.
-        clean = [doc for doc in documents if not (toyworld.ngrams(doc.text) & banned)]
-        tokens = np.concatenate([np.asarray(doc.ids, dtype=np.uint32) for doc in clean])
+        tokens = np.concatenate([np.asarray(doc.ids, dtype=np.uint32) for doc in documents])
         write_shard(os.path.join(data_dir, f"{split}_000.bin"), tokens)
-        meta.update({
-            f"{split}_documents": len(clean),
-            f"{split}_tokens": len(tokens),
-            f"{split}_questions": sum(len(doc.answers) for doc in clean),
-            f"{split}_dropped_by_13gram": n - len(clean),
-        })
+        meta.update({f"{split}_documents": len(documents), f"{split}_tokens": len(tokens)})
     # Written last: a meta file means a complete set for this length.
     files.atomic_write_text(os.path.join(data_dir, LONG_META), json.dumps(meta, indent=2))
     return meta
@@ -543,7 +585,7 @@ if __name__ == "__main__":
     parser.add_argument("--tokenizer", choices=("phi4", "bpe"), default="bpe", help="with --input-dir: which tokenizer")
     parser.add_argument("--tokenizer-path", default=None, help="local cl100k_base.tiktoken for --tokenizer phi4")
     parser.add_argument("--vocab-size", type=int, default=TOY_VOCAB, help="with --tokenizer bpe: total vocabulary")
-    parser.add_argument("--n-problems", type=int, default=60_000, help="toy world: training problems")
+    parser.add_argument("--n-stories", type=cli.at_least(100), default=45_000, help="toy world: pretraining problems (each rendered in both mixtures)")
     parser.add_argument("--seed", type=int, default=1337, help="toy world: generator seed")
     args = parser.parse_args()
     try:
@@ -552,7 +594,7 @@ if __name__ == "__main__":
                 parser.error("--input-dir needs --out (where to write the shards)")
             meta = build_from_folder(args.input_dir, args.out, args.tokenizer, args.vocab_size, args.tokenizer_path)
         else:
-            meta = build_toy_dataset(args.out or TOY_DATA_DIR, n_problems=args.n_problems, seed=args.seed)
+            meta = build_toy_dataset(args.out or TOY_DATA_DIR, n_stories=args.n_stories, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
     print(json.dumps(meta, indent=2))

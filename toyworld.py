@@ -1,26 +1,37 @@
-"""The synthetic world: verifiable word problems with worked solutions, their oracle, long documents
-for midtraining, and the 13-gram decontamination rule.
+"""The synthetic world: verifiable word problems with worked solutions and their oracle, the two
+pretraining corpora (synthetic and web-like), first-line-recall documents for context extension, an
+imperfect teacher for SFT, a knowledge quiz, and the 13-gram decontamination rule.
 
 Phi-4's central idea (report section 2) is that carefully generated synthetic "textbook" data teaches
 reasoning better than web text. At toy scale we cannot call a teacher LLM, so the project embeds a small
-synthetic world instead: a deterministic generator of multi-step arithmetic word problems, each with a
-worked step-by-step solution and a checkable final answer. The same world feeds every stage:
+world instead: a deterministic generator of word problems about two people passing items back and forth,
+each with a worked step-by-step solution and a checkable final answer. Every stage of the recipe reads it:
 
-    pretraining  "textbook" documents: problems with worked solutions, plus arithmetic drills
-    SFT          chat conversations (user asks, assistant solves) in Phi-4's chat format
-    evaluation   a held-out split, decontaminated from all training text by the 13-gram rule (section 2)
-    grading      the oracle `check(problem, completion)` grades samples for rejection sampling and PTS
+    pretraining  a synthetic corpus (clean worked solutions, drills, corrected slips, recall documents)
+                 and a web-like one (answers first, merged steps, uncorrected mistakes, boilerplate, and
+                 facts about the world's people that exist nowhere else): the report's synthetic-vs-web
+                 contrast (section 2, Table 2) in miniature
+    midtraining  recall documents up to 4x the pretraining context (report section 3)
+    SFT          chat conversations answered by an imperfect teacher: right, except that it reads one
+                 phrasing the wrong way round (report section 4.1: SFT data is only as good as its teacher)
+    RS, DPO, PTS problems never seen in pretraining, graded by the oracle `check(problem, completion)`
+    evaluation   held-out test and dev splits, decontaminated from everything else by the 13-gram rule
 
-Sections: 1. problems, solutions, the answer extractor and the oracle; 2. long documents (report
-section 3, midtraining); 3. decontamination. data.py turns all of it into token shards.
+Why two people: every solution step commits to a word that follows a rule (do you get items, lose
+items, or keep what you have?). Those words are the decisions a solution turns on, the
+pivotal tokens of report section 4.3, and the same rule decides them in every problem, so a preference
+learned on one problem transfers to the next.
 
-Simplified: the world is arithmetic only (addition, subtraction, doubling), which is what a 1M-parameter
+Sections: 1. problems, solutions, the answer extractor and the oracle; 2. the two pretraining corpora and
+the knowledge quiz; 3. the imperfect teacher; 4. recall documents (midtraining); 5. decontamination.
+data.py turns all of it into token shards and splits.
+
+Simplified: one kind of reasoning (two counters, a handful of event kinds), which is what a 1M-parameter
 model can learn on a CPU in minutes; the real Phi-4 pipelines (teacher LLMs) live in synth.py.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 
@@ -32,10 +43,29 @@ from tokenization import Tokenizer
 # ----------------------------------------------------------------------------------------------------
 # 1. The synthetic world
 #
-# A problem is a person with some items, then a chain of 1-4 operations (buy more, give away, double),
-# then a question. The worked solution states the start and one equation per operation, and ends with
-# "Answer: N" on its own line, the format the oracle reads. Numbers stay small (start <= 20, steps <= 9,
-# results <= 99) so that each equation is a fact a tiny model can learn.
+# A problem: you and one other person, each with some items, 1-4 events, and how many you have now.
+#
+#   You have 5 plums. Mia has 7 plums. Mia gives you 3 plums. You take 2 plums from Mia. Mia finds 4 plums.
+#   How many plums do you have now?
+#
+# The worked solution copies your starting count, then takes the events in order and decides what each
+# does to you, always in the same words:
+#
+#   You have 5 plums.
+#   You get 3: 5 + 3 = 8.
+#   You get 2: 8 + 2 = 10.
+#   You keep 10.
+#   Answer: 10
+#
+# The word after "You" is the decision (DECISIONS): " get" when you receive or gain, " lose" when you
+# give or lose, " keep" when the event is about the other person only. It follows from where "you"
+# stands in the event and from its verb, never from a name: the same rule decides every problem, so a
+# preference learned on one transfers to the next. (Asking about one of two named people instead makes
+# every decision a match of two name tokens, "is this the asked one?", which the toy model does not
+# learn in its budget: measured, its decisions stay at chance even with the event restated just before.)
+# Note the trap: in "You take 2 plums from Mia" you come first and get items, as in "You find 2 plums",
+# but in "Mia takes 2 plums from you" you come last and lose them, the opposite of "Mia gives you 3
+# plums". The imperfect teacher of section 3 falls into it.
 
 NAMES = (
     "Mia Leo Ava Noah Emma Liam Zoe Omar Ivy Ezra Nora Hugo Lily Owen Ruby Felix Iris Jonah Maya Elias "
@@ -45,10 +75,41 @@ ITEMS = (
     "apples marbles stickers pencils cookies shells coins stamps books cards beads buttons "
     "plums eggs kites candles rocks ribbons lemons cupcakes feathers acorns crayons balloons"
 ).split()
-PLACES = "market fair library park bakery school garden harbor museum station".split()
-# Pronouns follow the name, so "she" in a sentence always refers back to the right person: a model
-# cannot learn coreference from text that gets it wrong.
-FEMALE = set("Mia Ava Emma Zoe Ivy Nora Lily Ruby Iris Maya Clara Hana Vera Lena Sofia Nina Tara Julia Ada Yara".split())
+YOU = "you"  # the person every question asks about
+# Event kinds by verb: a transfer moves items between you and the other person, the rest change one
+# person's count. The sign is that of the change for the person named first (the subject).
+TRANSFERS = {"gives": -1, "takes": +1}
+SOLO = {"finds": +1, "buys": +1, "sells": -1, "drops": -1}
+DECISIONS = {+1: "get", -1: "lose", 0: "keep"}  # the rule: sign of the change to you -> the word
+MAX_COUNT = 99  # every count stays in 0..99: two-digit numbers, one BPE token each
+
+
+@dataclass
+class Event:
+    """One event of a problem: `actor` does `verb` with n items (to or from `other` for a transfer)."""
+
+    verb: str  # third person ("gives"); written "give" when you are the subject
+    actor: str  # YOU or a name
+    n: int
+    other: str | None = None  # the second person of a transfer, None for a one-person event
+
+    def sentence(self, item: str) -> str:
+        """The event as the question states it, without the full stop: "Mia gives you 3 plums"."""
+        subject = "You" if self.actor == YOU else self.actor
+        verb = self.verb[:-1] if self.actor == YOU else self.verb  # "you give", "Mia gives"
+        if self.verb == "gives":
+            return f"{subject} {verb} {self.other} {self.n} {item}"
+        if self.verb == "takes":
+            return f"{subject} {verb} {self.n} {item} from {self.other}"
+        return f"{subject} {verb} {self.n} {item}"
+
+    def sign(self, person: str = YOU) -> int:
+        """+1, -1 or 0: what the event does to `person`'s count. This function is the decision rule."""
+        if person == self.actor:
+            return TRANSFERS.get(self.verb) or SOLO[self.verb]
+        if person == self.other:
+            return -TRANSFERS[self.verb]  # the other side of a transfer
+        return 0
 
 
 @dataclass
@@ -58,55 +119,92 @@ class Problem:
     question: str
     solution: str
     answer: int
-    level: int  # number of operations, 1..4: the difficulty
+    level: int  # number of events, 1..4: the difficulty
 
     def to_dict(self) -> dict:
         """The JSONL record of data.py's splits; Problem(**record) reads it back (read_problems)."""
         return asdict(self)
 
 
+@dataclass
+class Story:
+    """A problem before it is written out: the other person, item, starting counts and events. The
+    question, the reference solution, the teacher's solution and the web renderings are all made from it."""
+
+    other: str
+    item: str
+    start: dict[str, int]  # YOU and the other person -> starting count
+    events: list[Event]
+
+    def question(self) -> str:
+        sentences = [f"You have {self.start[YOU]} {self.item}.", f"{self.other} has {self.start[self.other]} {self.item}."]
+        sentences += [event.sentence(self.item) + "." for event in self.events]
+        return " ".join(sentences + [f"How many {self.item} do you have now?"])
+
+    def counts(self, signs: list[int] | None = None) -> list[int]:
+        """Your count after each event (starting count first), under `signs` (default: the rule's)."""
+        signs = signs if signs is not None else [e.sign() for e in self.events]
+        values = [self.start[YOU]]
+        for event, sign in zip(self.events, signs):
+            values.append(values[-1] + sign * event.n)
+        return values
+
+    def answer(self) -> int:
+        return self.counts()[-1]
+
+
+def make_story(rng: random.Random, level: int) -> Story:
+    """Draw a story with `level` events (deterministic given rng's state); every count stays in 0..99."""
+    other, item = rng.choice(NAMES), rng.choice(ITEMS)
+    start = {YOU: rng.randint(2, 20), other: rng.randint(2, 20)}
+    events = []
+    while len(events) < level:
+        actor, second = rng.sample((YOU, other), 2)
+        verb = rng.choice(("gives", "gives", "takes", "finds", "buys", "sells", "drops"))  # transfers 3/7 of the time
+        event = Event(verb, actor, 0, second if verb in TRANSFERS else None)
+        # How far each count the event moves can go and stay in 0..MAX_COUNT: a giver cannot give more
+        # than they have. Steps are one digit (1-9), so that each sum is a fact the drills teach.
+        room = min(start[p] if event.sign(p) < 0 else MAX_COUNT - start[p] for p in (YOU, other) if event.sign(p))
+        if room < 1:
+            continue  # nobody can give from nothing: draw another event
+        event.n = rng.randint(1, min(9, room))
+        for person in (YOU, other):
+            start[person] += event.sign(person) * event.n  # `start` runs ahead as the current counts
+        events.append(event)
+    for person in (YOU, other):  # undo the running counts: `start` becomes the starting counts again
+        start[person] -= sum(e.sign(person) * e.n for e in events)
+    return Story(other, item, start, events)
+
+
+def step_line(event: Event, sign: int, before: int, pick=lambda options: options[0]) -> str:
+    """One solution line: the decision word, then the arithmetic it implies ("You get 3: 5 + 3 = 8.")."""
+    if sign == 0:
+        return f"You {DECISIONS[0]} {before}."
+    after = before + sign * event.n
+    return f"You {DECISIONS[sign]} {event.n}{pick((':', ', so'))} {before} {'+' if sign > 0 else '-'} {event.n} = {after}."
+
+
+def solution_text(story: Story, signs: list[int] | None = None, rng: random.Random | None = None) -> str:
+    """The worked solution, with the decision of each step given by `signs` (default: the rule's).
+
+    With rng, the wording varies ("You have 5 plums." or "At first you have 5 plums."; "You get 3:" or
+    "You get 3, so"), as the teacher writes (section 3): two correct solutions of one problem then differ
+    in text, which is what makes rejection sampling's distinct correct answers new data. The decisions and
+    numbers never vary. Pretraining documents use the one wording (see synthetic_document).
+    """
+    pick = (lambda options: rng.choice(options)) if rng else (lambda options: options[0])
+    signs = signs if signs is not None else [e.sign() for e in story.events]
+    values = story.counts(signs)
+    lines = [pick((f"You have {values[0]} {story.item}.", f"At first you have {values[0]} {story.item}."))]
+    lines += [step_line(event, sign, before, pick) for event, sign, before in zip(story.events, signs, values)]
+    lines.append(f"Answer: {values[-1]}")  # its own last line: the format ANSWER_RE and the oracle read
+    return "\n".join(lines)
+
+
 def make_problem(rng: random.Random, level: int) -> Problem:
-    """Draw one problem with `level` operations from the world (deterministic given rng's state)."""
-    name, friend = rng.sample(NAMES, 2)  # two different people: "Mia gives Mia 3 apples" would read as nonsense
-    item, place = rng.choice(ITEMS), rng.choice(PLACES)
-    he, his = ("she", "her") if name in FEMALE else ("he", "his")
-    value = rng.randint(2, 20)  # at least 2, so a first "sub" step is always possible
-    sentences = [f"{name} has {value} {item}."]
-    steps = [f"{name} starts with {value} {item}."]
-    for _ in range(level):
-        kinds = ["add", "sub"] + (["double"] if value <= 15 else [])  # doubling stays <= 30
-        if value <= 1:
-            kinds = ["add"]  # taking 1 or more from 1 would leave nothing: nobody ends with zero items
-        kind = rng.choice(kinds)
-        if kind == "add":
-            n = rng.randint(1, min(9, 99 - value))  # a one-digit step whose result stays <= 99
-            sentence = rng.choice([
-                f"Then {he} buys {n} more {item} at the {place}.",
-                f"Then {friend} gives {name} {n} more {item}.",
-                f"Then {he} finds {n} more {item} in the {place}.",
-            ])
-            steps.append(f"{name} gets {n} more: {value} + {n} = {value + n}.")
-            value += n
-        elif kind == "sub":
-            n = rng.randint(1, min(9, value - 1))  # the result stays >= 1
-            sentence = rng.choice([
-                f"Then {he} gives {n} {item} to {friend}.",
-                f"Then {he} loses {n} {item} on the way to the {place}.",
-                f"Then {he} sells {n} {item} at the {place}.",
-            ])
-            steps.append(f"{name} loses {n}: {value} - {n} = {value - n}.")
-            value -= n
-        else:
-            sentence = rng.choice([
-                f"Then the number of {item} {he} has doubles.",
-                f"Then {friend} gives {name} as many {item} as {he} already has.",
-            ])
-            steps.append(f"{name} doubles {his} {item}: {value} * 2 = {value * 2}.")
-            value *= 2
-        sentences.append(sentence)
-    sentences.append(f"How many {item} does {name} have now?")
-    steps.append(f"Answer: {value}")  # its own last line: the format ANSWER_RE and the oracle read
-    return Problem(" ".join(sentences), "\n".join(steps), value, level)
+    """Draw one problem with `level` events and its reference solution (deterministic given rng's state)."""
+    story = make_story(rng, level)
+    return Problem(story.question(), solution_text(story), story.answer(), level)
 
 
 def problem_document(problem: Problem) -> str:
@@ -135,18 +233,24 @@ def drill_document(rng: random.Random, n_lines: int = 12) -> str:
     """Arithmetic drill lines ("7 + 5 = 12"): the facts every solution step relies on."""
     lines = []
     for _ in range(n_lines):
-        a = rng.randint(1, 90)  # ranges like the solution steps' (one-digit steps, results <= 99)
-        op = rng.choice("+-*")
-        if op == "+":
-            b = rng.randint(1, min(9, 99 - a))
+        a = rng.randint(0, MAX_COUNT)
+        b = rng.randint(1, 9)  # one-digit steps, as in every solution
+        if rng.random() < 0.5 and a + b <= MAX_COUNT:
             lines.append(f"{a} + {b} = {a + b}")
-        elif op == "-":
-            b = rng.randint(1, 9) if a > 9 else rng.randint(1, a)  # no negative results
+        elif a >= b:
             lines.append(f"{a} - {b} = {a - b}")
         else:
-            a = rng.randint(1, 49)  # doubled: at most 98
-            lines.append(f"{a} * 2 = {a * 2}")
+            lines.append(f"{a} + {b} = {a + b}")
     return "Practice:\n" + "\n".join(lines)
+
+
+def copy_drill(rng: random.Random, n_sentences: int = 4) -> str:
+    """A reading drill: a few event sentences, then the same sentences again ("Again: ..."). Copying what
+    was read a few dozen tokens back is the skill every step of a solution needs (the number of the event
+    it decides comes from the question), and repeating a text is the plainest exercise of it."""
+    story = make_story(rng, n_sentences)
+    text = " ".join(event.sentence(story.item) + "." for event in story.events)
+    return f"Read: {text}\nAgain: {text}"
 
 
 # "Answer: 42" on the last answer line; tolerate markdown bold, a trailing period, spaces and commas.
@@ -176,6 +280,11 @@ def check(problem: Problem, completion: str) -> bool:
     return extract_answer(completion) == problem.answer  # None (no answer) never equals an int
 
 
+def decisions(solution: str) -> list[str]:
+    """The decision words of a solution, in order: the word after "You" that opens each step line."""
+    return regex.findall(r"(?m)^You (get|lose|keep)\b", solution)
+
+
 def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
     """n problems with levels cycling through `levels`, deterministic in seed."""
     rng = random.Random(seed)  # its own generator: the split never depends on what else was drawn
@@ -185,252 +294,237 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 2. Long documents (report section 3: midtraining on 30% long-context data)
+# 2. Two pretraining corpora (report section 2: synthetic data against filtered web data, Table 2)
 #
-# Phi-4 extended its context from 4K to 16K tokens on documents that are genuinely long: text whose
-# later parts need facts from far earlier. Short documents glued together do not teach that (nothing
-# in one problem depends on the one before it), which is why the report found natural long documents
-# better than concatenated or padded ones. Ours are built from the world's own parts, with two kinds
-# of long-range reference planted in them:
+# Both corpora are made from the same stories, so they differ only in how the text is written, which
+# is the report's claim in miniature: the same knowledge, presented as clean step-by-step reasoning,
+# teaches more reasoning per token than the web's way of writing it.
 #
-#   a ledger entry       "Leo has 37 shells."          ... far later ...   "Problem: How many shells does Leo
-#                                                                           have now?" and its solution
-#   a two-part problem   "Problem: Mia has 12 apples." ... far later ...   the rest of that problem and its
-#                                                                           worked solution
-#
-# Either way the solution opens "Leo starts with 37 shells.", the line every worked solution of
-# pretraining opens with, so the only new thing to learn is where the 37 comes from: one fact among a
-# dozen "X has N" lines, hundreds of tokens back, instead of the question just above. (Pretraining
-# taught that copy at short range only: the pretrained toy model gets it right at 20 tokens of
-# distance and mostly wrong at 60.)
-#
-# Between them sits filler the model already knows (problems with solutions, arithmetic drills) that
-# never names the people of the document, so nothing nearby gives an answer away. A document is built
-# as a list of text pieces whose ids are concatenated. Every piece boundary is also a boundary of the
-# tokenizer's pre-split (after a newline, or at the space before a number; BPE never merges across
-# those), so the ids equal encode(text) and the position of every answer token is known exactly.
+#   synthetic   every step restated and decided, intermediate results written out; drills; and a share
+#               of solutions with a slip that is caught and corrected on the spot ("You lose - no, you
+#               get 3: ..."), which shows what a wrong decision looks like and that it is wrong
+#   web-like    the same problems, with the corruptions real web text has, each at its stated rate
+#               (WEB_RATES): the answer before the reasoning, all steps merged into one equation with no
+#               intermediate results, one decision made wrong and never corrected (so the final answer
+#               is wrong too), navigation boilerplate; and fact pages about the world's people, the
+#               knowledge that exists only on the web (a model trained on less web knows less of it,
+#               which the knowledge quiz measures).
 
-LEDGER_VALUES = range(10, 100)  # two-digit counts: one token each, and 90 of them (chance 1.1%)
+SYNTHETIC_CORRECTION_RATE = 0.1  # share of synthetic solutions with one caught-and-corrected slip
+SYNTHETIC_QUICK_RATE = 0.3  # share of synthetic problems solved in one line instead of step by step
+WEB_RATES = {"answer_first": 0.3, "merged": 0.4, "wrong_decision": 0.25, "takes_backwards": 0.8, "boilerplate": 0.5}
+WEB_FACT_PAGE_RATE = 0.2  # share of web documents that are fact pages instead of problems
+BOILERPLATE = ("Home > Forum > Homework help", "Posted by guest | 3 replies", "Reply | Share | Report",
+               "Sign in to see more answers.", "Copyright 2024. All rights reserved.")
+PLACES = "market fair library park bakery school garden harbor museum station".split()
+PETS = "cat dog parrot rabbit turtle hamster goldfish pony".split()
+JOBS = "baker painter pilot farmer nurse teacher sailor tailor".split()
+# The facts of the world: each person has a home, a pet and a job, fixed by one seed, so every build
+# of the data (and the quiz) agrees on them.
+_fact_rng = random.Random(424_242)
+FACTS = {name: {"home": _fact_rng.choice(PLACES), "pet": _fact_rng.choice(PETS), "job": _fact_rng.choice(JOBS)}
+         for name in NAMES}
+# How the quiz asks for each fact: the prompt, completed by one word (the fact pages' own sentences).
+FACT_PROMPTS = {"home": "{} lives near the", "pet": "{} has a pet", "job": "{} works as a"}
+
+
+def one_line(story: Story, signs: list[int]) -> str:
+    """The whole solution as one equation from your starting count: "You: 12 + 3 - 2 = 13." (events that
+    leave you as you were have no term)."""
+    values = story.counts(signs)
+    terms = "".join(f" {'+' if s > 0 else '-'} {e.n}" for e, s in zip(story.events, signs) if s)
+    return f"You: {values[0]}{terms} = {values[-1]}."
+
+
+def synthetic_document(rng: random.Random, story: Story) -> str:
+    """A textbook document of a story: the clean worked solution (sometimes with one slip caught on the
+    spot), or SYNTHETIC_QUICK_RATE of the time the one-line equation of a practice sheet. The one-line
+    form is what trains the lookup of each event's number: its terms are the events' numbers in order,
+    one after the other, with nothing in between."""
+    question = story.question()
+    if rng.random() < SYNTHETIC_QUICK_RATE:
+        signs = [event.sign() for event in story.events]
+        return f"Problem: {question}\nSolution:\n{one_line(story, signs)}\nAnswer: {story.answer()}"
+    # One wording. Measured: with the teacher's two wordings mixed in, the pretrained model copied the
+    # right event number 41% of the time (teacher-forced) against 100% with one wording, which repeats
+    # the question's "You have 12 acorns." exactly: that exact copy, in every document, is what teaches
+    # the model to copy from the question at all.
+    solution = solution_text(story)
+    if rng.random() < SYNTHETIC_CORRECTION_RATE:
+        # The slip: one step's decision word written wrong, then "- no," and the step done right.
+        k = rng.randrange(len(story.events))
+        right = DECISIONS[story.events[k].sign()]
+        wrong = rng.choice([word for word in DECISIONS.values() if word != right])
+        lines = solution.split("\n")
+        lines[k + 1] = f"You {wrong} - no, you{lines[k + 1][len('You'):]}"  # line 0 is the starting count
+        solution = "\n".join(lines)
+    return f"Problem: {question}\nSolution:\n{solution}"
+
+
+def web_document(rng: random.Random, story: Story) -> tuple[str, set[str]]:
+    """A web-like document -> (text, the corruptions it has). A fact page WEB_FACT_PAGE_RATE of the time,
+    else the story's problem with each corruption of WEB_RATES applied independently at its rate."""
+    kinds = {kind for kind, rate in WEB_RATES.items() if rng.random() < rate}
+    if rng.random() < WEB_FACT_PAGE_RATE:
+        kinds = {"fact_page"} | ({"boilerplate"} & kinds)
+        name = rng.choice(NAMES)
+        facts = [FACT_PROMPTS[key].format(name) + f" {value}." for key, value in FACTS[name].items()]
+        body = f"About {name}\n" + " ".join(rng.sample(facts, len(facts)))  # the facts in any order
+    else:
+        signs = [event.sign() for event in story.events]
+        # The web's common misconception: "You take 2 plums from Mia" read as if you gave them. It applies
+        # (and its rate counts) where the story has a "takes" event and the misreading leaves every
+        # count >= 0, as a reader's slip would; nobody writes "-2 plums".
+        misread = [-s if e.verb == "takes" else s for e, s in zip(story.events, signs)]
+        if misread == signs or min(story.counts(misread)) < 0:
+            kinds.discard("takes_backwards")
+        if "takes_backwards" in kinds:
+            signs = misread
+        if "wrong_decision" in kinds:
+            # One decision flipped and never corrected: every later count, and the answer, is wrong. Only
+            # flips that keep every count >= 0 (nobody has -2 plums); one always exists: the last event
+            # flipped to " get" if it was not, else to " keep".
+            flips = [(k, s) for k in range(len(signs)) for s in (1, -1, 0)
+                     if s != signs[k] and min(story.counts(signs[:k] + [s] + signs[k + 1:])) >= 0]
+            k, signs[k] = flips[rng.randrange(len(flips))]
+        values = story.counts(signs)
+        if "merged" in kinds:
+            lines = [one_line(story, signs)]  # no intermediate results: the steps a reader must trust
+        else:
+            lines = solution_text(story, signs).split("\n")[:-1]  # without the answer line, placed below
+        answer = f"Answer: {values[-1]}"
+        lines = [answer] + lines if "answer_first" in kinds else lines + [answer]
+        body = f"Problem: {story.question()}\nSolution:\n" + "\n".join(lines)
+    if "boilerplate" in kinds:
+        header, footer = rng.sample(BOILERPLATE, 2)
+        body = f"{header}\n{body}\n{footer}"
+    return body, kinds
+
+
+def quiz_items() -> list[tuple[str, str]]:
+    """The knowledge quiz: (prompt, the one-word answer) for every fact of FACTS, e.g. ("Mia has a pet", "cat")."""
+    return [(FACT_PROMPTS[key].format(name), value) for name in NAMES for key, value in FACTS[name].items()]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The imperfect teacher (report section 4.1: SFT answers come from a stronger model, which is not perfect)
+#
+# Phi-4's SFT data was written by teacher models and filtered; what the teacher gets wrong, SFT learns.
+# Our teacher is right about every event except one phrasing: most of the time (TEACHER_TAKES_ERROR) it
+# reads "You take 2 plums from Mia" as if the one named first gave, the way it reads "You give Mia 2
+# plums" (and "Mia takes 2 plums from you" as if you received). The error is systematic: the teacher's
+# most likely decision on such an event is the wrong one, so a model fine-tuned on it decides wrong when
+# decoding greedily (noise without a bias would average out and never show in greedy answers). But it is
+# not always wrong, and neither is the model it taught: sampled answers get "takes" right now and then,
+# rejection sampling keeps exactly those, and preference optimisation and PTS learn to prefer them.
+
+
+TEACHER_TAKES_ERROR = 0.7  # how often the teacher reads a "take(s)" event the wrong way round
+
+
+def teacher_signs(story: Story, rng: random.Random) -> list[int]:
+    """The teacher's decisions: the rule's, except that a "take(s)" event is read as "give(s)" (giver and
+    taker swapped) TEACHER_TAKES_ERROR of the time."""
+    return [-event.sign() if event.verb == "takes" and rng.random() < TEACHER_TAKES_ERROR else event.sign()
+            for event in story.events]
+
+
+def teacher_problem(rng: random.Random, level: int) -> tuple[Problem, bool]:
+    """A fresh problem answered by the teacher -> (problem with the teacher's solution, whether it is right).
+    The answer field stays the true one, so the oracle still grades the problem correctly."""
+    story = make_story(rng, level)
+    solution = solution_text(story, teacher_signs(story, rng), rng=rng)
+    return Problem(story.question(), solution, story.answer(), level), extract_answer(solution) == story.answer()
+
+
+def is_trap(problem: Problem) -> bool:
+    """Whether a problem has a "take(s)" event, the phrasing the teacher gets wrong."""
+    return " takes " in problem.question or "You take " in problem.question
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. Recall documents: a long-range skill the toy can learn (report section 3, context extension)
+#
+# Phi-4 extended its context from 4K to 16K tokens on genuinely long documents. At toy scale the
+# long-range skill has to be one a 1M-parameter model can learn in minutes, and measured here that is
+# recall of a document's first line:
+#
+#   Key: Mia
+#   Practice: ...filler lines of arithmetic...
+#   The key was Mia.
+#
+# The key is the document's only name, so recalling it needs one attention head that looks for a name
+# however far back it is: pretraining teaches that within 256 tokens, and midtraining stretches it to
+# 1,024 (4x), which works only when the RoPE base grows with the context (250K against the 10K
+# ablation). A content lookup (a number found by matching a name among many, "what did the ledger say
+# Leo has?") is out of reach at this budget: it needs an induction-like circuit, which the literature
+# puts at tens of millions of tokens for this shape, and the toy trains on a few million.
+
+RECALL_VALUES = NAMES  # the keys: 40 names (chance 2.5%), one token each
 LONG_SEED = 2_000_003  # seed of the midtraining documents (train and val splits)
 LONG_EVAL_SEED = 3_000_017  # seed of the long-context evaluation documents (eval.py --long)
-SOLUTION_START_RE = regex.compile(r"^(\p{L}+) starts with (\d+) (\p{L}+)\.$")
+RECALL_PRETRAIN_SEED = 4_000_037  # seed of the pretraining recall documents
 
 
 @dataclass
 class LongDocument:
-    """A long document as token ids (the first is <|endoftext|>) with the exact place of every answer.
+    """A document as token ids (the first is <|endoftext|>) with the exact place of its answer.
 
-    answers: one dict per long-range question: "kind" ("ledger" or "problem"), "answer" (the number),
-    "position" (index in ids of the answer's first token), "n_tokens" (its length in tokens) and
-    "fact_position" (index in ids where the fact that gives the answer starts). position minus
-    fact_position is how far back the model has to look.
+    answers: one dict per question: "kind" ("recall"), "answer" (the key), "position" (index in ids
+    of the answer's first token), "n_tokens" (its length in tokens) and "fact_position" (index in ids
+    where the key is stated). position minus fact_position is how far back the model has to look.
     """
 
     ids: list[int]
-    text: str  # the same document as text: what the 13-gram check reads
-    answers: list[dict]  # sorted by position
+    text: str  # the same document as text
+    answers: list[dict]
 
 
-def draw_problem(rng: random.Random, level: int, key_people: set[str], banned_ngrams: set | None,
-                 is_key: bool) -> Problem:
-    """A problem whose people are new to the document and whose question shares no 13-gram with a
-    held-out question. A key problem (one that states a fact) adds its people to key_people, so that
-    no later problem, filler included, mentions them and gives an answer away from nearby."""
-    names = set(NAMES)
-    # Redraw until both hold: a problem is never edited, so its solution stays consistent with it.
-    while True:
-        problem = make_problem(rng, level)
-        people = set(regex.findall(r"\p{L}+", problem.question)) & names  # the words that are names
-        clean = not banned_ngrams or not (ngrams(problem.question) & banned_ngrams)  # report section 2
-        if clean and not (people & key_people):
-            if is_key:
-                key_people.update(people)
-            return problem
+def recall_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: int, n_questions: int = 1) -> LongDocument:
+    """A recall document of at most n_tokens ids (<|endoftext|> included), filled with drills to within a line.
 
-
-# A block is {"pieces": [(text, answer), ...]}; answer is None, or the dict that assembling fills in
-# with the answer's position. A question block also holds "fact", the index of its fact in `facts`.
-
-
-def add_problem_facts(rng: random.Random, facts: list[dict], questions: list[dict], n_problems: int,
-                      n_problems_asked: int, key_people: set[str], banned_ngrams: set | None) -> None:
-    """Two-part problems: part one ("Mia has 12 apples.") is a fact; for the first n_problems_asked, part
-    two (the rest of the question and its worked solution) is the question that needs it."""
-    for k in range(n_problems):
-        problem = draw_problem(rng, rng.randint(1, 3), key_people, banned_ngrams, is_key=True)
-        first, rest = problem.question.split(". ", 1)  # "Mia has 12 apples" | "Then she buys ... now?"
-        facts.append({"pieces": [(f"Problem: {first}.\n", None)]})
-        if k < n_problems_asked:
-            opening, *steps = problem.solution.split("\n")
-            name, start, item = SOLUTION_START_RE.match(opening).groups()  # "Mia starts with 12 apples."
-            answer = {"kind": "problem", "answer": int(start)}
-            # The answer is the number copied from part one, alone in its piece so its position is exact.
-            pieces = [
-                (f"Problem: {rest}\nSolution:\n{name} starts with ", None),
-                (start, answer),
-                (f" {item}.\n" + "\n".join(steps) + "\n", None),
-            ]
-            questions.append({"pieces": pieces, "fact": len(facts) - 1})
-
-
-def add_ledger_facts(rng: random.Random, facts: list[dict], questions: list[dict], n_ledger: int,
-                     n_ledger_asked: int, n_problems: int, key_people: set[str]) -> None:
-    """Ledger entries ("Leo has 37 shells.") as facts; the first n_ledger_asked get a question
-    ("How many shells does Leo have now?") whose solution copies the number."""
-    # Ledger entries go to people no problem mentions, so every name in the document has one fact.
-    free = [name for name in NAMES if name not in key_people]
-    if len(free) < n_ledger + 2:  # + 2: filler problems need two people of their own
-        raise ValueError(f"{n_ledger} ledger entries and {n_problems} problems need more than {len(NAMES)} names")
-    people = rng.sample(free, n_ledger)
-    key_people.update(people)
-    # Distinct values (sampled without replacement): copying another entry's number is always wrong.
-    for k, (name, value) in enumerate(zip(people, rng.sample(LEDGER_VALUES, n_ledger))):
-        item = rng.choice(ITEMS)
-        facts.append({"pieces": [(f"{name} has {value} {item}.\n", None)]})
-        if k < n_ledger_asked:
-            answer = {"kind": "ledger", "answer": value}
-            pieces = [
-                (f"Problem: How many {item} does {name} have now?\nSolution:\n{name} starts with ", None),
-                (str(value), answer),
-                (f" {item}.\nAnswer: {value}\n", None),
-            ]
-            questions.append({"pieces": pieces, "fact": len(facts) - 1})
-
-
-def block_tokens(tokenizer: Tokenizer, block: dict) -> int:
-    """Length of a block in tokens (pieces end on pre-split boundaries, so their lengths add up)."""
-    return sum(len(tokenizer.encode(text)) for text, _ in block["pieces"])
-
-
-def filler_blocks(rng: random.Random, tokenizer: Tokenizer, room: int, key_people: set[str],
-                  banned_ngrams: set | None) -> list[dict]:
-    """Blocks the model already knows (problems with solutions 60% of the time, arithmetic drills
-    otherwise) until at most `room` tokens are used, topped up with the longest drill that fits."""
-    filler = []
-    while room > 0:
-        # Both kinds are pretraining text, so the filler costs the model nothing to read: what is new
-        # in a long document is only the distance between a fact and its question.
-        if rng.random() < 0.6:
-            problem = draw_problem(rng, rng.randint(1, 4), key_people, banned_ngrams, is_key=False)
-            block = {"pieces": [(problem_document(problem) + "\n", None)]}
-        else:
-            block = {"pieces": [(drill_document(rng, rng.randint(2, 6)) + "\n", None)]}
-        if block_tokens(tokenizer, block) > room:  # too big for what is left: the longest drill that fits, or stop
-            for n_lines in range(5, 0, -1):
-                block = {"pieces": [(drill_document(rng, n_lines) + "\n", None)]}
-                if block_tokens(tokenizer, block) <= room:
-                    break
-            else:
-                break
-        filler.append(block)
-        room -= block_tokens(tokenizer, block)  # stays >= 0: a block larger than room was replaced above
-    return filler
-
-
-def arrange_blocks(rng: random.Random, layout: str, facts: list[dict], filler: list[dict],
-                   questions: list[dict]) -> list[dict]:
-    """The order of the blocks for a layout (see long_document); every question comes after its fact."""
-    if layout == "recall":
-        # rng.sample of the whole list is a shuffled copy: the callers' lists keep their order.
-        return rng.sample(facts, len(facts)) + filler + rng.sample(questions, len(questions))
-    if layout == "near":
-        asked = {question["fact"] for question in questions}
-        order = [fact for k, fact in enumerate(facts) if k not in asked] + filler
-        for question in rng.sample(questions, len(questions)):
-            order += [facts[question["fact"]], question]
-        return order
-    # "mixed": questions are inserted one at a time into the shuffled facts and filler.
-    order = rng.sample(facts + filler, len(facts) + len(filler))
-    for question in rng.sample(questions, len(questions)):
-        fact = facts[question["fact"]]
-        after = next(i for i, block in enumerate(order) if block is fact) + 1  # by identity, not ==
-        # Log-uniform distance in blocks: short and long ranges are drawn equally often.
-        skip = int(math.exp(rng.uniform(0.0, math.log(len(order) - after + 1))))  # 1 .. blocks left + 1
-        order.insert(after + skip - 1, question)
-    return order
-
-
-def assemble_document(tokenizer: Tokenizer, order: list[dict], facts: list[dict],
-                      questions: list[dict]) -> LongDocument:
-    """Concatenate the blocks' ids after <|endoftext|>, recording where each fact starts and where each
-    answer sits; the answers come back sorted by position."""
-    ids, texts, fact_positions = [tokenizer.bos_id], [], {}  # fact_positions: index in facts -> index in ids
-    for block in order:
-        # Blocks are compared by identity: two facts with equal text are still two different facts.
-        if any(block is fact for fact in facts):
-            fact_positions[next(i for i, fact in enumerate(facts) if fact is block)] = len(ids)
-        for text, answer in block["pieces"]:
-            piece = tokenizer.encode(text)  # equals this text's slice of encode(whole text): see the section comment
-            if answer is not None:
-                answer.update(position=len(ids), n_tokens=len(piece))  # fills in the question's own dict
-            ids += piece
-            texts.append(text)
-    answers = []
-    for question in questions:
-        answer = next(a for _, a in question["pieces"] if a is not None)
-        answers.append({**answer, "fact_position": fact_positions[question["fact"]]})
-    answers.sort(key=lambda a: a["position"])
-    return LongDocument(ids, "".join(texts), answers)
-
-
-def long_document(
-    rng: random.Random,
-    tokenizer: Tokenizer,
-    n_tokens: int,
-    layout: str = "recall",
-    n_ledger: int = 8,
-    n_problems: int = 4,
-    n_ledger_asked: int = 2,
-    n_problems_asked: int = 1,
-    banned_ngrams: set | None = None,
-) -> LongDocument:
-    """One long document of at most n_tokens ids (<|endoftext|> included), filled to within a few tokens.
-
-    layout "recall": all facts first, then filler, then the questions, so every answer sits nearly
-      n_tokens after its fact (the evaluation at 1x, 2x and 4x the pretraining length uses this).
-    layout "near": the facts nobody asks about first, then filler, then each asked fact right before
-      its question: the same questions, answered from a few tokens back, at the end of a long document.
-    layout "mixed": facts and filler shuffled, each question somewhere after its fact, as many blocks
-      later as a log-uniform draw says: every distance from a few tokens to the whole document, short
-      ones as often as long ones (a curriculum from the copying pretraining taught to long range).
-    Facts nobody asks about stay in as distractors. banned_ngrams holds the 13-grams of held-out
-    questions: problems sharing one are drawn again (the decontamination rule of build_toy_dataset).
+    The question "The key was Mia." ends the document; with n_questions > 1 it is also asked that many
+    times minus one at random places in between (training documents: more answers to learn from per
+    row, at every distance). Only the last question is recorded in `answers`, and with n_questions = 1
+    (the evaluation) nothing but the first line holds the key.
     """
-    if layout not in ("recall", "near", "mixed"):
-        raise ValueError(f"layout must be 'recall', 'near' or 'mixed', got {layout!r}")
-    if not (0 <= n_ledger_asked <= n_ledger and 0 <= n_problems_asked <= n_problems):
-        raise ValueError("cannot ask about more facts than the document states")
-    key_people: set[str] = set()  # every person a fact is about: filler must not mention them
-    facts, questions = [], []  # blocks; each question names its fact by index in facts
-    # Problem facts first: they draw their people freely, and the ledger takes names from those left.
-    add_problem_facts(rng, facts, questions, n_problems, n_problems_asked, key_people, banned_ngrams)
-    add_ledger_facts(rng, facts, questions, n_ledger, n_ledger_asked, n_problems, key_people)
-    room = n_tokens - 1 - sum(block_tokens(tokenizer, block) for block in facts + questions)  # 1: <|endoftext|>
+    key = rng.choice(RECALL_VALUES)
+    head, question = f"Key: {key}\nPractice:\n", f"The key was {key}.\n"
+    # The budget of the filler: what is left after the fixed parts (every question included).
+    room = n_tokens - 1 - len(tokenizer.encode(head)) - n_questions * len(tokenizer.encode(question))
     if room < 0:
-        raise ValueError(f"{n_tokens} tokens cannot hold {n_ledger} ledger and {n_problems} problem facts")
-    filler = filler_blocks(rng, tokenizer, room, key_people, banned_ngrams)
-    order = arrange_blocks(rng, layout, facts, filler, questions)
-    return assemble_document(tokenizer, order, facts, questions)
+        raise ValueError(f"{n_tokens} tokens cannot hold a recall document")
+    lines = []
+    while True:
+        line = drill_document(rng, 1).split("\n")[1] + "\n"  # one "a + b = c" line
+        cost = len(tokenizer.encode(line))  # lines start after a newline: their ids add up exactly
+        if cost > room:
+            break
+        lines.append(line)
+        room -= cost
+    for _ in range(n_questions - 1):
+        lines.insert(rng.randint(0, len(lines)), question)
+    prefix = head + "".join(lines) + "The key was"
+    ids = [tokenizer.bos_id] + tokenizer.encode(prefix)
+    # " Mia" with its space: the pre-split keeps a space with the word after it, so the cut before the
+    # space is a token boundary and the answer's ids are exactly those of the whole text there.
+    answer_ids = tokenizer.encode(f" {key}.\n")
+    text = prefix + f" {key}.\n"
+    if [tokenizer.bos_id] + tokenizer.encode(text) != ids + answer_ids:
+        raise AssertionError("recall document: the answer's tokens are not where the text puts them")
+    answer = {"kind": "recall", "answer": key, "position": len(ids), "n_tokens": len(tokenizer.encode(f" {key}")),
+              "fact_position": 1 + len(tokenizer.encode("Key:"))}
+    return LongDocument(ids + answer_ids, text, [answer])
 
 
-def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: int, banned_ngrams=None) -> LongDocument:
-    """A midtraining document: random layout, and random numbers of facts and questions that grow with length.
-
-    Half the documents put every question at the end (the hardest distances), half scatter them (every
-    distance); some facts are never asked about, so the model cannot answer by elimination.
-    """
-    scale = max(1, n_tokens // 160)  # 6 at 1,024 tokens: up to 12 ledger entries and 6 problems
-    n_ledger, n_problems = rng.randint(2, 2 * scale), rng.randint(1, scale)
-    return long_document(
-        rng, tokenizer, n_tokens, layout=rng.choice(("recall", "mixed")),
-        n_ledger=n_ledger, n_problems=n_problems,
-        n_ledger_asked=rng.randint((n_ledger + 1) // 2, n_ledger), n_problems_asked=rng.randint(1, n_problems),
-        banned_ngrams=banned_ngrams,
-    )
+def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: int) -> LongDocument:
+    """A training recall document of random length up to n_tokens, asking for its key 1-4 times: every
+    distance from a few tokens to the whole context is practised, and one row teaches up to four answers."""
+    return recall_document(rng, tokenizer, rng.randint(min(64, n_tokens), n_tokens), n_questions=rng.randint(1, 4))
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. Decontamination (report section 2: a 13-gram overlap with an evaluation set flags a sample)
+# 5. Decontamination (report section 2: a 13-gram overlap with an evaluation set flags a sample)
 
 
 def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
@@ -448,7 +542,7 @@ def decontaminate(texts: list[str], eval_texts: list[str], n: int = 13) -> tuple
     leakage, whereas a shared 13-word stretch of question text means the problem itself leaked.
     """
     # One set of every eval n-gram: each training text then costs one hash lookup per n-gram, not a
-    # comparison with every eval text (60,000 x 500 pairs at toy scale).
+    # comparison with every eval text (60,000 x 2,000 pairs at toy scale).
     banned = set()
     for text in eval_texts:
         banned |= ngrams(text, n)
@@ -457,7 +551,7 @@ def decontaminate(texts: list[str], eval_texts: list[str], n: int = 13) -> tuple
 
 
 def read_problems(path: str) -> list[Problem]:
-    """The problems of a JSONL split (eval.jsonl, sft.jsonl), as written by data.py.
+    """The problems of a JSONL split (test.jsonl, sft.jsonl, ...), as written by data.py.
 
     Each record is checked field by field (the inverse of Problem.to_dict), so a hand-edited file fails
     with its name and line instead of a TypeError deep inside an evaluation.

@@ -71,12 +71,15 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def toy_run(toy_data_dir):
     """The one toy-run builder: toy_run(out, **overrides) -> TrainConfig of a seconds-long run on the
-    session's toy data (sequences of 64 tokens, batches of 4, no periodic eval, one save at the end)."""
+    session's toy data (sequences of 64 tokens, batches of 4, no periodic eval, one save at the end;
+    pretraining without recall rows)."""
     from train import TrainConfig
 
     def make(out, **overrides) -> "TrainConfig":
         fields = dict(data=toy_data_dir, out=str(out), steps=2, batch_size=4, seq_len=64, warmup_steps=1,
                       eval_every=0, eval_batches=1, save_every=1000, seed=3, device="cpu")
+        if overrides.get("stage", "pretrain") == "pretrain":
+            fields["long_fraction"] = 0.0  # the toy data's recall rows are 256 tokens long: no room in 64
         return TrainConfig(**{**fields, **overrides})
 
     return make
@@ -104,9 +107,9 @@ def tiny_checkpoint(tiny_model, toy_data_dir):
 
 @pytest.fixture(scope="session")
 def toy_data_dir(tmp_path_factory):
-    """A small copy of the toy world (tokenizer, shards, eval split), built once per test session."""
+    """A small copy of the toy world (tokenizer, both mixtures, recall rows, all splits), built once per test session."""
     import data
 
     out = tmp_path_factory.mktemp("toy_data")
-    data.build_toy_dataset(str(out), n_problems=1500, n_eval=60, seed=11)
+    data.build_toy_dataset(str(out), n_stories=1500, n_test=60, n_dev=40, n_sft=300, n_rl=200, n_recall=100, seed=11)
     return str(out)
