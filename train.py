@@ -8,7 +8,7 @@ from a laptop CPU to GPU nodes under torchrun:
     python train.py                                  # toy model on the synthetic world, ~5 min on 2 CPU cores
     python train.py --size small --data out/data/mine --device cuda --compile
     python train.py --resume --out out/pretrain      # continue exactly where a run stopped
-    python train.py --stage midtrain --init out/pretrain   # context 4x, RoPE base 250K, LR/10, 30% long documents
+    python train.py --stage midtrain --init out/pretrain   # context 4x, RoPE base 250K, LR/3, 50% long documents
     python train.py --stage midtrain --init out/pretrain --rope-theta 10000 --out out/midtrain_base10k  # the ablation
     python train.py --stage sft --init out/midtrain  # chat format, loss on the assistant's tokens only
     torchrun --nproc_per_node=8 train.py --size 14b --activation-checkpointing --batch-size 1 ...
@@ -55,17 +55,25 @@ from model import CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
 # Configuration: every field is a command-line flag (underscores become dashes).
 
 
+# Phi-4 divided its peak LR by 10 for midtraining (report section 3). Measured at toy scale, /10 adapts
+# too little in 300 steps (recall at 4x stayed at 1-2%); /3 moves the model enough to use the new RoPE
+# base, while the replayed half of each batch keeps the short-context skills.
+MIDTRAIN_LR_DIVISOR = 3
+
 # What each stage changes when its flags are not given. Toy-scale values; the Phi-4 numbers they mirror
 # are in the comments (report sections 3 and 4).
 STAGE_DEFAULTS = {
-    # Phi-4: peak 3e-4 at 14B; a 1M-parameter model trains fastest near 3e-3.
-    "pretrain": dict(what="next-token prediction on token shards", lr=3e-3, steps=1200, warmup_steps=50),
+    # Phi-4: peak 3e-4 at 14B; a 1M-parameter model trains fastest near 3e-3. 30% of the toy rows are
+    # first-line-recall documents (toyworld section 4): the long-range skill midtraining then stretches.
+    "pretrain": dict(what="next-token prediction on token shards (+30% recall rows when the data has them)",
+                     lr=3e-3, steps=1200, warmup_steps=50, long_fraction=data.RECALL_FRACTION),
     # Phi-4 (report section 3): context 4K -> 16K, RoPE base 10K -> 250K, peak LR divided by 10, 30% long
     # documents and 70% replayed pretraining data. The context becomes CONTEXT_EXTENSION x that of
-    # the --init model (toy 256 -> 1024, 14b 4096 -> 16384) and the peak LR its pretraining LR / 10;
-    # both are read from the --init checkpoint by midtrain_settings() below.
-    "midtrain": dict(what="context extension: 4x context, RoPE base 250K, LR/10, long/replay data 30/70; needs --init",
-                     rope_theta=250_000.0, long_fraction=0.3, steps=150, warmup_steps=15),
+    # the --init model (toy 256 -> 1024, 14b 4096 -> 16384) and the peak LR its pretraining LR divided by
+    # MIDTRAIN_LR_DIVISOR; both are read from the --init checkpoint by midtrain_settings() below. The
+    # toy uses half long rows: 300 small steps are its whole extension budget.
+    "midtrain": dict(what=f"context extension: 4x context, RoPE base 250K, LR/{MIDTRAIN_LR_DIVISOR}, long/replay "
+                     "data 50/50; needs --init", rope_theta=250_000.0, long_fraction=0.5, steps=300, warmup_steps=15),
     # Phi-4: SFT at 1e-6, 300x below its pretraining peak. We keep the learning rate 10x lower than
     # pretraining: the toy model is far from converged, and the chat format is new to it.
     "sft": dict(what="chat format, loss on assistant tokens only; needs --init", lr=3e-4, steps=300, warmup_steps=20),
@@ -90,7 +98,7 @@ class TrainConfig(trainer.RunConfig):
     attn_impl: str | None = None  # override the preset's attention: naive | sdpa | triton
     rope_theta: float | None = None  # RoPE base: of a fresh model, or the new one of midtraining (250K)
     long_data: str | None = None  # midtrain: folder with long_train_*.bin (default: --data, built on demand)
-    long_fraction: float | None = None  # midtrain: share of rows that are long documents (default 0.3)
+    long_fraction: float | None = None  # share of rows holding one whole document (midtrain long, pretrain recall)
     n_layer: int | None = None  # override the preset's depth (the 14b width with 4 blocks fits one GPU)
     activation_checkpointing: bool = False  # recompute each block in backward instead of storing it
     dry_run: bool = False  # print the per-rank memory plan and exit, allocating nothing
@@ -121,7 +129,8 @@ class TrainConfig(trainer.RunConfig):
         "--rope-theta 10000 runs the ablation that extends the context without changing the base)",
         "long_data": "midtrain: folder with long_train_*.bin / long_val_*.bin (default: --data, where the toy "
         "world's long documents are built on first use)",
-        "long_fraction": "midtrain: share of rows that hold one long document; the rest replay pretraining data",
+        "long_fraction": "share of rows that hold one whole document: midtrain's long documents (default 0.5), or "
+        "pretrain's recall documents where the data has them (default 0.3); the rest are packed pretraining rows",
         "n_layer": "override the preset's number of blocks (e.g. --size 14b --n-layer 4 to benchmark one GPU)",
         "activation_checkpointing": "recompute each block's activations in backward (less memory, ~1/3 more FLOPs)",
         "dry_run": "print the memory plan per rank (params, grads, AdamW, activations, FLOPs/token) and exit",
@@ -155,8 +164,8 @@ def resolve_stage(cfg: TrainConfig) -> TrainConfig:
 def midtrain_settings(cfg: TrainConfig) -> dict:
     """The context length and peak LR of a midtraining run, from the model it starts from.
 
-    --init: the new context is 4x the checkpoint's max_seq_len and the peak LR a tenth of the one it
-    was pretrained with (both from the checkpoint's small record file; no weights are read). --seq-len
+    --init: the new context is 4x the checkpoint's max_seq_len and the peak LR the one it was pretrained
+    with divided by MIDTRAIN_LR_DIVISOR (both from the checkpoint's small record file; no weights are read). --seq-len
     and --lr override them. --resume: the values the run was started with, from its own checkpoint.
     Without either (only for --dry-run) the preset stands in for the pretrained model.
     """
@@ -175,7 +184,7 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
     return {
         "seq_len": cfg.seq_len or CONTEXT_EXTENSION * pretrained.max_seq_len,
         # Rounded to 6 digits so the log shows 0.0003, not 0.00030000000000000003.
-        "lr": cfg.lr or float(f"{(pretrain_lr or STAGE_DEFAULTS['pretrain']['lr']) / 10:.6g}"),
+        "lr": cfg.lr or float(f"{(pretrain_lr or STAGE_DEFAULTS['pretrain']['lr']) / MIDTRAIN_LR_DIVISOR:.6g}"),
     }
 
 
@@ -344,7 +353,7 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
         # A held-out part smaller than one global batch (batch_size x world_size rows) cannot fill one.
         return train_loader, (make(examples[:n_val], 0) if n_val >= cfg.batch_size * world_size else None)
     if cfg.stage == "midtrain":
-        # 30% long documents, one per row, and 70% replayed pretraining rows (data.MixtureLoader says
+        # Long documents, one per row, and replayed pretraining rows (data.MixtureLoader says
         # how each is packed and why); the held-out loss is measured on the same mixture.
         long_dir = cfg.long_data or cfg.data
         make = lambda split: data.MixtureLoader(
@@ -357,7 +366,21 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
                   f"{100 * train_loader.long_token_share():.1f}% of target tokens")
         has_val = bool(data.shard_paths(cfg.data, "val") and data.shard_paths(long_dir, "long_val"))
         return train_loader, (make("val") if has_val else None)
-    # Pretraining: rows cut from one stream of concatenated documents (packed, no padding, nothing wasted).
+    # Pretraining: rows cut from one stream of concatenated documents (packed, no padding, nothing wasted),
+    # and, where the data has recall documents (the toy world's), --long-fraction of the rows hold one
+    # each, at position 0 as data.MixtureLoader explains: the document's first line is always in the row.
+    if data.shard_paths(cfg.data, "recall_train") and cfg.long_fraction:
+        longest = int(json.load(open(os.path.join(cfg.data, "meta.json"))).get("recall_tokens", 0)) \
+            if os.path.exists(os.path.join(cfg.data, "meta.json")) else 0
+        if longest > seq_len + 1:
+            raise ValueError(f"--data {cfg.data} has recall documents of up to {longest} tokens, more than a row of "
+                             f"--seq-len {seq_len}; pass --long-fraction 0 (no recall rows) or raise --seq-len")
+        make = lambda split: data.MixtureLoader(
+            data.shard_paths(cfg.data, split), data.shard_paths(cfg.data, f"recall_{split}"), cfg.batch_size, seq_len,
+            cfg.long_fraction, tokenizer.bos_id, tokenizer.pad_id, rank, world_size,
+        )
+        has_val = bool(data.shard_paths(cfg.data, "val") and data.shard_paths(cfg.data, "recall_val"))
+        return make("train"), (make("val") if has_val else None)
     train_loader = data.TokenLoader(data.shard_paths(cfg.data, "train"), cfg.batch_size, seq_len, rank, world_size)
     val_paths = data.shard_paths(cfg.data, "val")
     val_loader = data.TokenLoader(val_paths, cfg.batch_size, seq_len, rank, world_size) if val_paths else None

@@ -1,7 +1,7 @@
 """Midtraining (context extension): RoPE tables against a float64 formula for the new base and length,
 a midtrained checkpoint that reloads with 4x the context and theta 250K (or the old base, for the
-ablation), positions past the table refused instead of wrapped, long documents whose answers are
-re-derived from their text, the 30/70 long/replay mixture counted row by row, and the long-context
+ablation), positions past the table refused instead of wrapped, long recall documents whose keys are
+re-derived from their text, the long/replay mixture counted row by row, and the long-context
 evaluation scored on oracle predictors."""
 
 import json
@@ -63,10 +63,10 @@ def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_ba
     printed = capsys.readouterr().out
     state = checkpoint.read_checkpoint(str(tmp_path))
     assert state["model_config"]["max_seq_len"] == 4 * 64 and state["model_config"]["rope_theta"] == theta
-    assert state["train_config"]["lr"] == pytest.approx(train.STAGE_DEFAULTS["pretrain"]["lr"] / 10)
+    assert state["train_config"]["lr"] == pytest.approx(train.STAGE_DEFAULTS["pretrain"]["lr"] / train.MIDTRAIN_LR_DIVISOR)
     # Each change is logged old -> new.
     assert "max_seq_len 64 -> 256" in printed and f"rope_theta 10000 -> {theta:g}" in printed
-    assert "peak lr 0.003 (pretraining) -> 0.0003" in printed
+    assert "peak lr 0.003 (pretraining) -> 0.001" in printed
     # Reloaded, the model has tables for 256 positions at the new base (float32 against float64).
     model, _ = checkpoint.load_model(str(tmp_path), "cpu")
     cos, sin = reference_tables(256, model.config.head_dim, theta)
@@ -123,14 +123,14 @@ def test_midtraining_without_a_pretrained_model_exits_with_one_clear_line_naming
     assert last.startswith("error:") and "--init" in last
 
 
-def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a_tenth_of_the_lr(tmp_path):
+def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a_third_of_the_lr(tmp_path):
     # A checkpoint record of a pretrained 14b (no weights are read to plan the extension).
     (tmp_path / "shards-0000001-abcdef").mkdir()
     record = {"step": 1, "shards": "shards-0000001-abcdef", "model_config": train.get_config("14b").to_dict(),
               "train_config": {"lr": 3e-4, "size": "14b"}, "ranks": []}
     torch.save(record, tmp_path / "ckpt.pt")
     cfg = train.resolve_stage(TrainConfig(stage="midtrain", size="14b", init=str(tmp_path)))
-    assert (cfg.seq_len, cfg.rope_theta, cfg.lr) == (16384, 250_000.0, pytest.approx(3e-5))
+    assert (cfg.seq_len, cfg.rope_theta, cfg.lr) == (16384, 250_000.0, pytest.approx(1e-4))
     planned = train.resolve_stage(TrainConfig(stage="midtrain", size="14b", dry_run=True))  # no checkpoint: the preset
     assert (planned.seq_len, planned.rope_theta) == (16384, 250_000.0)
 
@@ -138,70 +138,18 @@ def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a
 # -- long documents ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", ["recall", "near", "mixed"])
-def test_every_long_range_answer_is_the_value_its_fact_states_far_earlier(toy_tokenizer, layout):
-    rng = random.Random(5)
-    for _ in range(20):
-        doc = toyworld.long_document(rng, toy_tokenizer, 512, layout=layout, n_ledger=10, n_problems=4,
-                                 n_ledger_asked=6, n_problems_asked=2)
-        assert 512 - 12 <= len(doc.ids) <= 512 and doc.ids[0] == toy_tokenizer.bos_id
-        assert toy_tokenizer.encode(doc.text) == doc.ids[1:]  # the pieces tokenize as the whole text does
-        text = doc.text
-        # Oracle: re-derive every answer from the text alone, by finding the one fact it refers to.
-        expected = []
-        for match in re.finditer(r"Problem: How many (\w+) does (\w+) have now\?\nSolution:\n\2 starts with (\d+) \1\.\n", text):
-            item, name, value = match.groups()
-            facts = re.findall(rf"^{name} has (\d+) {item}\.$", text[: match.start()], flags=re.M)
-            assert facts == [value]  # stated once, before the question, with this value
-            expected.append(("ledger", int(value)))
-        for match in re.finditer(r"Problem: Then .*?\nSolution:\n(\w+) starts with (\d+) (\w+)\.\n", text):
-            name, value, item = match.groups()
-            facts = re.findall(rf"^Problem: {name} has (\d+) {item}\.$", text[: match.start()], flags=re.M)
-            assert facts == [value]
-            expected.append(("problem", int(value)))
-        assert sorted(expected) == sorted((a["kind"], a["answer"]) for a in doc.answers) and len(expected) == 8
-        for answer in doc.answers:
-            tokens = doc.ids[answer["position"] : answer["position"] + answer["n_tokens"]]
-            assert toy_tokenizer.decode(tokens) == str(answer["answer"])
-            fact = toy_tokenizer.decode(doc.ids[answer["fact_position"] :]).split("\n")[0]
-            assert str(answer["answer"]) in fact.split(" ")
-            assert answer["fact_position"] < answer["position"]
-
-
-def test_recall_documents_ask_far_from_each_fact_and_near_documents_right_after_it_at_the_end(toy_tokenizer):
-    rng = random.Random(7)
-    for length in (256, 1024):
-        doc = toyworld.long_document(rng, toy_tokenizer, length)  # the evaluation's far layout and counts
-        distances = [a["position"] - a["fact_position"] for a in doc.answers]
-        assert len(doc.answers) == 3 and min(distances) > length // 4
-        doc = toyworld.long_document(rng, toy_tokenizer, length, layout="near")
-        distances = [a["position"] - a["fact_position"] for a in doc.answers]
-        assert len(doc.answers) == 3 and max(distances) < 60 and min(a["fact_position"] for a in doc.answers) > length // 4
-
-
-def test_filler_never_mentions_the_people_whose_numbers_are_asked(toy_tokenizer):
-    rng = random.Random(9)
-    for _ in range(20):
-        doc = toyworld.long_document(rng, toy_tokenizer, 1024, n_problems=4, n_problems_asked=4)
-        people = set(re.findall(r"^(?:Problem: )?(\w+) has \d+ \w+\.$", doc.text, flags=re.M))  # every fact's person
-        # Complete filler problems ("Problem: X has ... Then ...") must be about, and involve, somebody else.
-        filler = re.findall(r"^Problem: \w+ has \d+ \w+\. Then.*$", doc.text, flags=re.M)
-        assert len(people) == 8 + 4 and filler
-        assert not any(people & set(re.findall(r"\w+", question)) for question in filler)
-
-
-def test_the_long_shards_hold_decontaminated_documents_that_fit_a_row(toy_data_dir, toy_tokenizer):
+def test_the_long_shards_hold_recall_documents_of_every_length_that_fit_a_row(toy_data_dir, toy_tokenizer):
     meta = data.ensure_long_documents(toy_data_dir, 257)
     assert meta["doc_tokens"] == 257 and meta["long_train_documents"] > 0
     shard = data.read_shard(data.shard_paths(toy_data_dir, "long_train")[0])
     starts = np.flatnonzero(np.asarray(shard) == toy_tokenizer.bos_id)
     assert starts[0] == 0 and len(starts) == meta["long_train_documents"]
-    assert np.diff([*starts, len(shard)]).max() <= 257
-    banned = set()
-    for problem in toyworld.read_problems(os.path.join(toy_data_dir, "eval.jsonl")):
-        banned |= toyworld.ngrams(problem.question)
-    documents = toy_tokenizer.decode(np.asarray(shard).tolist()).split("<|endoftext|>")
-    assert not any(toyworld.ngrams(text) & banned for text in documents)
+    lengths = np.diff([*starts, len(shard)])
+    assert lengths.max() <= 257 and lengths.min() < 128  # random lengths: short distances are practised too
+    for text in toy_tokenizer.decode(np.asarray(shard).tolist()).split("<|endoftext|>")[1:50]:
+        # Oracle: the key on the first line is the number the last line recalls.
+        key = re.match(r"Key: (\w+)\n", text).group(1)
+        assert text.endswith(f"The key was {key}.\n") and text.count("Key") == 1
 
 
 # -- the 30/70 mixture ---------------------------------------------------------------------------------
@@ -270,7 +218,7 @@ def test_long_documents_longer_than_a_row_are_refused_with_the_flag_to_change(mi
 
 
 def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shifted_one_0(toy_tokenizer, monkeypatch):
-    model = Phi4(ModelConfig(vocab_size=832, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=256))
+    model = Phi4(ModelConfig(vocab_size=960, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=256))
 
     def oracle(shift):
         # Predicts token t+1 from position t exactly (shift 0), or always one id off (shift 1).
@@ -282,31 +230,26 @@ def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shif
     perfect = evaluation.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
     monkeypatch.setattr(evaluation, "document_losses", oracle(1))
     shifted = evaluation.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=4)
-    assert [(e["layout"], e["multiple"]) for e in perfect["retrieval"]] == [
-        ("far", 1), ("far", 2), ("far", 4), ("near", 1), ("near", 2), ("near", 4)]
-    assert all(e["all_accuracy"] == e["ledger_accuracy"] == e["problem_accuracy"] == 1.0 for e in perfect["retrieval"])
-    assert all(e["all_accuracy"] == 0.0 and e["n"] == 4 * 3 for e in shifted["retrieval"])
-    assert [e["extrapolated"] for e in perfect["retrieval"]] == [False, True, True] * 2
-    # far questions sit most of the document after their facts, near ones a few dozen tokens.
-    far, near = perfect["retrieval"][2], perfect["retrieval"][5]
-    assert far["mean_distance"] > 600 and near["mean_distance"] < 60
+    assert [e["multiple"] for e in perfect["retrieval"]] == [1, 2, 4]
+    assert all(e["accuracy"] == 1.0 and e["results"] == "1111" for e in perfect["retrieval"])
+    assert all(e["accuracy"] == 0.0 and e["results"] == "0000" for e in shifted["retrieval"])
+    assert [e["extrapolated"] for e in perfect["retrieval"]] == [False, True, True]
+    # The key sits on the first line and is asked on the last: the distance is nearly the whole length.
+    assert [e["mean_distance"] > 256 * e["multiple"] - 24 for e in perfect["retrieval"]] == [True] * 3
     assert [b["start"] for b in perfect["loss_by_position"]] == [0, 256, 512, 768]
     assert model.config.max_seq_len == 256 and model.rope_cos.shape[0] == 256  # left as it was loaded
 
 
-def test_the_report_shows_the_long_context_table_when_a_stage_has_eval_long(tmp_path):
-    stage = tmp_path / "midtrain"
-    stage.mkdir()
-    (stage / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "tok_s": 10.0, "time_s": 1.0}) + "\n")
-    entries = [{"layout": layout, "length": 256 * m, "multiple": m, "extrapolated": False,
-                "ledger_accuracy": ledger, "problem_accuracy": 1.0}
-               for layout in ("far", "near") for m, ledger in ((1, 1.0), (2, 0.5), (4, 0.25))]
-    buckets = [{"start": s, "end": s + 256, "loss": 0.5} for s in (0, 256, 512, 768)]
-    result = {"max_seq_len": 1024, "rope_theta": 250000.0, "n_docs": 64, "chance": evaluation.LONG_CHANCE,
-              "retrieval": entries, "loss_by_position": buckets}
-    (stage / "eval_long.json").write_text(json.dumps(result))
-    evaluation.write_report(str(tmp_path), str(tmp_path / "report.md"))
-    report = (tmp_path / "report.md").read_text()
-    assert "## Long context" in report and "| far 4x (1024) |" in report
-    cells = "100% / 100% | 50% / 100% | 25% / 100%"
-    assert f"| midtrain | 1024 | 250000 | {cells} | {cells} | 0.500 | 0.500 | 0.500 | 0.500 |" in report
+def test_pretraining_rows_hold_recall_documents_at_position_zero_at_the_stated_share(toy_data_dir, toy_tokenizer, toy_run, tmp_path):
+    cfg = toy_run(tmp_path, seq_len=256, long_fraction=0.3)
+    loader, val_loader = train.make_loaders(cfg, toy_tokenizer, 256)
+    rows = [row for _ in range(10) for row in loader.next_batch()[0]]  # 40 rows
+    recall = [row for row in rows if row[0] == toy_tokenizer.bos_id and toy_tokenizer.decode(row[1:4].tolist()).startswith("Key:")]
+    assert len(recall) == 12  # 30% of 40, spread evenly
+    for row in recall:
+        text = toy_tokenizer.decode([t for t in row.tolist() if t != toy_tokenizer.pad_id])
+        key = re.match(r"<\|endoftext\|>Key: (\w+)\n", text).group(1)
+        assert text.endswith(f"The key was {key}.\n")
+    assert val_loader is not None
+    with pytest.raises(ValueError, match="--long-fraction 0"):
+        train.make_loaders(toy_run(tmp_path, seq_len=64, long_fraction=0.3), toy_tokenizer, 64)

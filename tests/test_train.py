@@ -160,8 +160,9 @@ def test_a_batch_too_large_for_memory_is_refused_before_training_naming_the_flag
 
 
 def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path, toy_run):
-    train.train(toy_run(tmp_path / "pre", **SMALL | dict(steps=2)))
-    cfg = toy_run(tmp_path / "sft", **SMALL | dict(stage="sft", init=str(tmp_path / "pre"), steps=1, seq_len=None, batch_tokens=256, lr=0.0))
+    # 128 tokens: the toy world's conversations (two people, the chat template) do not fit in 64.
+    train.train(toy_run(tmp_path / "pre", **SMALL | dict(steps=2, seq_len=128)))
+    cfg = toy_run(tmp_path / "sft", **SMALL | dict(stage="sft", init=str(tmp_path / "pre"), steps=1, seq_len=None, batch_tokens=512, lr=0.0))
     records = train.train(cfg)
     # Oracle: the same first batch, scored by hand with the init weights and the render mask.
     cfg = train.resolve_stage(cfg)
