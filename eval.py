@@ -1,20 +1,24 @@
-"""Chapter: evaluation. Held-out accuracy of any stage, long-context retrieval, and the stage report.
+"""Chapter: evaluation. Held-out accuracy of any stage, long-context recall, and the knowledge quiz.
 
 Phi-4's report measures every stage on benchmarks (Table 1) and ablations (Tables 2-9). At toy scale the
-benchmark is the synthetic world's held-out split: problems decontaminated from all training text by
-the 13-gram rule (report section 2), graded by the world's oracle, so a number here means "solved
-this many unseen problems". Three measurements:
+benchmark is the synthetic world's held-out test split (2,000 problems) and a dev split for choosing
+hyper-parameters: problems decontaminated from all training text by the 13-gram rule (report section
+2), graded by the world's oracle, so a number here means "solved this many unseen problems". Every
+measurement keeps one result per item, so report.py can pair two stages item by item (McNemar).
 
-    held-out accuracy   greedy pass@1 with a 95% Wilson interval and per-level accuracy; sampled maj@k
-    long context        retrieval of facts at 1x, 2x, 4x the pretraining context (what midtraining, report
-                        section 3, is for) and held-out loss by position
-    the report          out/report.md: every stage's training log and evaluation side by side
+    held-out accuracy   greedy pass@1 with a 95% Wilson interval, per level and per kind ("takes" problems,
+                        the phrasing the SFT teacher gets wrong); optional sampled maj@k
+    long context        recall of a document's first line at 1x, 2x, 4x the pretraining context (what
+                        midtraining, report section 3, is for) and held-out loss by position
+    knowledge quiz      facts that only the web-like pretraining corpus states (report section 2's
+                        synthetic-vs-web trade-off: reasoning against knowledge)
 
 Commands:
     python eval.py --init out/pretrain               # document format: "Problem: ... Solution:"
     python eval.py --init out/sft --chat             # chat format, for SFT and later stages -> out/sft/eval.json
-    python eval.py --init out/midtrain --long        # retrieval at 1x/2x/4x -> out/midtrain/eval_long.json
-    python eval.py --report out/report.md            # the report of every stage under out/
+    python eval.py --init out/sft --chat --split dev # the dev split, for choosing hyper-parameters
+    python eval.py --init out/midtrain --long        # recall at 1x/2x/4x -> out/midtrain/eval_long.json
+    python eval.py --init out/pretrain --quiz        # knowledge quiz -> out/pretrain/eval_quiz.json
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import time
 from collections import Counter
 
+import regex
 import torch
 from tqdm import tqdm
 
@@ -95,11 +100,17 @@ def evaluate_problems(
     per_level: dict[int, list[bool]] = {}
     for problem, ok in zip(problems, correct):
         per_level.setdefault(problem.level, []).append(ok)
+    # Per kind: problems with the phrasing the SFT teacher gets wrong ("takes", toyworld section 3) and the rest.
+    traps = [ok for p, ok in zip(problems, correct) if toyworld.is_trap(p)]
+    plain = [ok for p, ok in zip(problems, correct) if not toyworld.is_trap(p)]
     result = {
         "accuracy": sum(correct) / max(1, len(problems)),  # max: an empty --limit slice reads 0, not 0/0
         "n": len(problems),
         "correct": sum(correct),
         "per_level": {level: sum(v) / len(v) for level, v in sorted(per_level.items())},
+        "per_kind": {"takes": sum(traps) / max(1, len(traps)), "other": sum(plain) / max(1, len(plain))},
+        # One character per problem, in split order: what report.py pairs between two stages (McNemar).
+        "results": "".join("1" if ok else "0" for ok in correct),
     }
     if maj_k > 0:
         # k rows per prompt: the prompt is prefilled once and its KV cache copied to k rows.
@@ -115,26 +126,20 @@ def evaluate_problems(
 # ----------------------------------------------------------------------------------------------------
 # Long-context evaluation: what midtraining did (Phi-4 report section 3, context extension)
 #
-# Measured at lengths that are multiples of the pretraining context (1x, 2x, 4x), on documents from
-# toyworld.long_document (8 ledger entries and 4 problem openings; 2 ledger questions and 1 problem
-# continuation are asked, the other facts are distractors):
-#   far retrieval   layout "recall": the facts first, filler, the questions last, so each answer lies
-#                   about the whole length after its fact. Needs attention across the whole context.
-#   near retrieval  layout "near": the same kinds of questions, each right after its fact, at the end
-#                   of the document. Needs the model to work at positions up to 4x, but only to look
-#                   a few dozen tokens back, which pretraining taught.
-#   loss            next-token loss on held-out midtraining-style documents of 4x the pretraining
-#                   length, averaged over windows of the pretraining length.
-# A question counts as answered when the model's most likely token is right at every answer position,
-# given the document up to there: exactly what greedy decoding would write, scored for all questions of
-# a document in one forward pass. A model whose context is shorter than a document is run with its RoPE
-# tables extended at its own base (set_rope, the only way to run it there), which the result marks as
-# "extrapolated": that is how the pretrained model is measured beyond its 1x.
+# Measured at lengths that are multiples of the pretraining context (1x, 2x, 4x), on first-line-recall
+# documents (toyworld section 4): "Key: 47" on the first line, arithmetic drills, and "The key was 47."
+# at the very end, so the answer lies the whole length after its key. Pretraining taught this within
+# 256 tokens; only a model whose attention works across 1,024 positions answers at 4x.
+#   recall   greedy accuracy on the key, per length, with one result per document (for paired tests)
+#   loss     next-token loss on recall documents of 4x the pretraining length, per window of 1x
+# A key counts as recalled when the model's most likely token is right at every answer position, given
+# the document up to there: exactly what greedy decoding would write, scored in one forward pass. A model
+# whose context is shorter than a document is run with its RoPE tables extended at its own base
+# (set_rope, the only way to run it there), which the result marks as "extrapolated": that is how the
+# pretrained model is measured beyond its 1x.
 
 LONG_MULTIPLES = (1, 2, 4)  # 4x is midtraining's extension (CONTEXT_EXTENSION): the farthest it trained
-LONG_LAYOUTS = {"far": "recall", "near": "near"}  # report name -> toyworld.long_document layout
-# Chance: copying the number of a random one of the document's 12 facts (8 ledger, 4 problem openings).
-LONG_CHANCE = 1 / 12
+LONG_CHANCE = 1 / len(toyworld.RECALL_VALUES)  # guessing one of the 90 two-digit keys
 
 
 @torch.no_grad()
@@ -159,31 +164,21 @@ def document_losses(model: Phi4, documents: list[list[int]], pad_id: int, batch_
     return results
 
 
-def retrieval_accuracy(model: Phi4, documents: list[toyworld.LongDocument], pad_id: int) -> dict:
-    """Greedy accuracy on the documents' questions, overall and per kind, with the mean fact distance."""
+def recall_results(model: Phi4, documents: list[toyworld.LongDocument], pad_id: int) -> list[bool]:
+    """Per document: whether greedy decoding would write its key at the end (every token of it right)."""
     scored = document_losses(model, [doc.ids for doc in documents], pad_id)
-    answers = []  # (kind, correct, distance)
+    results = []
     for doc, (_, predicted) in zip(documents, scored):
-        for answer in doc.answers:
-            # A number can take several tokens: all of them must be right, as a greedy answer would need.
-            span = range(answer["position"], answer["position"] + answer["n_tokens"])
-            # The token at position p is predicted from position p - 1.
-            correct = all(int(predicted[p - 1]) == doc.ids[p] for p in span)
-            answers.append((answer["kind"], correct, answer["position"] - answer["fact_position"]))
-    # The mean distance shows that "far" really is far: about the document length, against a few dozen
-    # tokens for "near", so a gap between the two layouts is a gap in long-range attention.
-    entry = {"n": len(answers), "mean_distance": sum(a[2] for a in answers) / len(answers)}
-    for kind in ("all", "ledger", "problem"):
-        chosen = [ok for k, ok, _ in answers if kind in ("all", k)]  # "all" pools both kinds
-        entry[f"{kind}_accuracy"] = sum(chosen) / len(chosen)
-        entry[f"{kind}_ci95"] = stats.wilson_interval(sum(chosen), len(chosen))
-    return entry
+        answer = doc.answers[0]
+        span = range(answer["position"], answer["position"] + answer["n_tokens"])
+        results.append(all(int(predicted[p - 1]) == doc.ids[p] for p in span))  # token p is predicted at p - 1
+    return results
 
 
 @torch.no_grad()
-def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int, n_docs: int = 64,
+def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int, n_docs: int = 200,
                           seed: int = toyworld.LONG_EVAL_SEED, progress: bool = False) -> dict:
-    """Far and near retrieval at 1x, 2x and 4x base_len, and held-out loss by position (see the section comment)."""
+    """Recall at 1x, 2x and 4x base_len, and held-out loss by position (see the section comment)."""
     model.eval()
     trained_len = model.config.max_seq_len  # restored in `finally`, even when a length fails midway
     result = {"max_seq_len": trained_len, "rope_theta": model.config.rope_theta, "base_len": base_len,
@@ -192,23 +187,25 @@ def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int,
     if longest > trained_len:
         model.set_rope(max_seq_len=longest)  # same base: extrapolation past the trained context
     try:
-        # Six cells: (far, near) x (1x, 2x, 4x); k numbers them, so each cell has its own fixed documents.
-        settings = [(name, multiple) for name in LONG_LAYOUTS for multiple in LONG_MULTIPLES]
-        for k, (name, multiple) in enumerate(tqdm(settings, desc="long-context eval", disable=not progress)):
+        for k, multiple in enumerate(tqdm(LONG_MULTIPLES, desc="long-context eval", disable=not progress)):
             length = multiple * base_len
-            rng = random.Random(seed + k)  # the same documents for every model
-            documents = [toyworld.long_document(rng, tokenizer, length, layout=LONG_LAYOUTS[name]) for _ in range(n_docs)]
+            rng = random.Random(seed + k)  # the same documents for every model: results pair up by document
+            documents = [toyworld.recall_document(rng, tokenizer, length) for _ in range(n_docs)]
+            correct = recall_results(model, documents, tokenizer.pad_id)
             # "extrapolated": RoPE angles the model never saw in training, so a low score may be the
             # positions, not the retrieval; the report marks such cells with *.
-            entry = {"layout": name, "length": length, "multiple": multiple, "extrapolated": length > trained_len}
-            result["retrieval"].append({**entry, **retrieval_accuracy(model, documents, tokenizer.pad_id)})
-
-        # Loss by position, on documents like the midtraining ones but from the evaluation seed.
-        rng = random.Random(seed)
-        documents = [toyworld.long_training_document(rng, tokenizer, longest).ids for _ in range(n_docs)]
+            result["retrieval"].append({
+                "length": length, "multiple": multiple, "extrapolated": length > trained_len,
+                "mean_distance": sum(d.answers[0]["position"] - d.answers[0]["fact_position"] for d in documents) / n_docs,
+                "accuracy": sum(correct) / n_docs, "ci95": stats.wilson_interval(sum(correct), n_docs),
+                "results": "".join("1" if ok else "0" for ok in correct),
+            })
+        # Loss by position, on recall documents of the longest length from the evaluation seed.
+        rng = random.Random(seed + len(LONG_MULTIPLES))
+        documents = [toyworld.recall_document(rng, tokenizer, longest).ids for _ in range(min(n_docs, 64))]
         scored = document_losses(model, documents, tokenizer.pad_id)
         # One bucket per window of base_len positions: a model that only learned 1x has a flat loss in
-        # the first bucket and a rising one after it; a midtrained model stays flat (or falls: more context).
+        # the first bucket and a rising one after it; a midtrained model stays flat.
         buckets = []
         for start in range(0, longest, base_len):
             # Loss at position t is the loss of predicting token t + 1.
@@ -219,6 +216,23 @@ def evaluate_long_context(model: Phi4, tokenizer: data.Tokenizer, base_len: int,
         if longest > trained_len:
             model.set_rope(max_seq_len=trained_len)  # leave the model as it was loaded
     return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# The knowledge quiz: what only the web-like corpus knows (toyworld section 2)
+
+
+@torch.no_grad()
+def evaluate_quiz(model: Phi4, tokenizer: data.Tokenizer) -> dict:
+    """Greedy completion of every fact prompt ("Mia has a pet" -> " cat"): right when its first word is the fact."""
+    items = toyworld.quiz_items()
+    prompts = [tokenizer.encode(prompt) for prompt, _ in items]
+    answers = sample_completions(model, prompts, 1, 4, (tokenizer.bos_id,), temperature=0,
+                                 vocab_size=tokenizer.vocab_size)  # per item: [ids]; 4 tokens hold any fact word
+    # The first word of the completion, punctuation dropped: " harbor. Mia has" -> "harbor".
+    correct = [regex.findall(r"\p{L}+", tokenizer.decode(s[0]))[:1] == [word] for (_, word), s in zip(items, answers)]
+    return {"accuracy": sum(correct) / len(items), "n": len(items), "correct": sum(correct),
+            "ci95": stats.wilson_interval(sum(correct), len(items)), "results": "".join("1" if ok else "0" for ok in correct)}
 
 
 def pretraining_length(path: str, model: Phi4) -> int:
@@ -235,144 +249,32 @@ def pretraining_length(path: str, model: Phi4) -> int:
     return min(model.config.max_seq_len, preset.max_seq_len) if preset else model.config.max_seq_len
 
 
-def long_context_lines(root: str, stages: list[str]) -> list[str]:
-    """The report's long-context table: one row per stage folder that has an eval_long.json."""
-    rows, first = [], None  # first: the earliest stage with a result, whose cells name the columns
-    for stage in stages:
-        path = os.path.join(root, stage, "eval_long.json")
-        if not os.path.exists(path):
-            continue
-        result = files.read_json(path)
-        first = first or result  # the same --long settings give the same columns for every stage
-        cells = [
-            f"{100 * e['ledger_accuracy']:.0f}% / {100 * e['problem_accuracy']:.0f}%{'*' if e['extrapolated'] else ''}"
-            for e in result["retrieval"]
-        ]
-        cells += [f"{bucket['loss']:.3f}" for bucket in result["loss_by_position"]]  # one cell per window
-        rows.append(f"| {stage} | {result['max_seq_len']} | {result['rope_theta']:g} | " + " | ".join(cells) + " |")
-    if not rows:
-        return []
-    headers = [f"{e['layout']} {e['multiple']}x ({e['length']})" for e in first["retrieval"]]
-    headers += [f"loss {b['start']}-{b['end']}" for b in first["loss_by_position"]]
-    return [
-        "", "## Long context (midtraining: 4x context, RoPE base 250K)", "",
-        "| stage | context | RoPE base | " + " | ".join(headers) + " |",
-        "|---|---|---|" + "---|" * len(headers),
-        *rows,
-        "",
-        f"Retrieval cells: ledger / problem accuracy (greedy), {first['n_docs']} documents per cell, 2 ledger and 1 "
-        f"problem question each; chance (copying one of the document's 12 facts) {100 * first['chance']:.1f}%. "
-        "far: each fact about the whole document before its question; near: right before it, at the end of the "
-        "document. * = beyond the model's trained context (RoPE tables extended at its own base). "
-        "Loss: held-out long documents, mean next-token loss per window of positions.",
-    ]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The stage report
-
-# The recipe's order (report sections 3-4: pretraining, midtraining, SFT, then the DPO rounds), so the
-# report reads top to bottom as the model was built; unknown folders go last, by name.
-STAGE_ORDER = ("pretrain", "midtrain", "sft", "rs_sft", "dpo", "sft_dpo", "pts_dpo", "pts_dpo_dpo")
-
-# The toy version of the report's Table 9 (SFT -> +PTS DPO): which stage folder holds which row.
-TABLE9 = (("SFT", "sft"), ("SFT + PTS-DPO", "pts_dpo"), ("SFT + full-length DPO", "sft_dpo"),
-          ("SFT + PTS-DPO, then full-length DPO", "pts_dpo_dpo"))
-
-
-def accuracy_cells(result: dict | None) -> tuple[str, str]:
-    """'41.2% of 500 (37.0-45.6%)' for greedy pass@1 and for maj@k, or placeholders."""
-    if result is None:
-        return "not evaluated", "-"  # the stage trained but eval.py has not been run on it
-    low, high = result["ci95"]  # the interval goes next to the number: a 2-point gain inside it is noise
-    greedy = f"{100 * result['accuracy']:.1f}% of {result['n']} ({100 * low:.1f}-{100 * high:.1f}%)"
-    if "maj_accuracy" not in result:
-        return greedy, "-"  # evaluated with --maj-k 0
-    low, high = result["maj_ci95"]
-    return greedy, f"{100 * result['maj_accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
-
-
-def write_report(root: str, path: str):
-    """out/report.md: for every stage folder under root, what training did and what the eval measured."""
-    stages = [d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "log.jsonl"))] if os.path.isdir(root) else []
-    stages.sort(key=lambda d: (STAGE_ORDER.index(d) if d in STAGE_ORDER else len(STAGE_ORDER), d))  # recipe order
-    evals = {s: files.read_json(os.path.join(root, s, "eval.json")) if os.path.exists(os.path.join(root, s, "eval.json")) else None
-             for s in stages}
-    maj_k = next((e["maj_k"] for e in evals.values() if e and "maj_k" in e), None)  # the column header's k
-    lines = [
-        "# Report of the toy Phi-4 recipe",
-        "",
-        f"| stage | steps | train loss | held-out loss | median tok/s | wall (s) | held-out pass@1 (95% CI) | maj@{maj_k or 'k'} (95% CI) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for stage in stages:
-        records = files.read_jsonl(os.path.join(root, stage, "log.jsonl"))
-        last = records[-1]
-        # The latest held-out loss: it is logged only every few steps, so the last record may lack one.
-        val = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
-        # Median, not mean: the first steps include compilation and warm-up and would drag a mean down.
-        tok_s = sorted(r["tok_s"] for r in records)[len(records) // 2]
-        wall = f"{last['time_s']:.0f}" if "time_s" in last else "?"
-        val_text = f"{val:.4f}" if val is not None else "-"
-        greedy, majority = accuracy_cells(evals[stage])
-        lines.append(f"| {stage} | {last['step']} | {last['loss']:.4f} | {val_text} | {tok_s:,.0f} | {wall} | {greedy} | {majority} |")
-    lines += ["", "Held-out problems are decontaminated from all training text by the 13-gram rule (toyworld.py)."]
-
-    rs_summary = os.path.join(root, "rs", "summary.json")
-    if os.path.exists(rs_summary):
-        # pass@n (any of n samples right) is the ceiling of rejection sampling: problems it misses give
-        # no accepted answer at all, and sample accuracy is the share of samples that survive the oracle.
-        s = files.read_json(rs_summary)
-        lines += ["", "## Rejection sampling", "",
-                  f"{s['problems']} problems x {s['samples_per_problem']} samples at T={s['temperature']} from {s.get('init', '?')}: "
-                  f"{100 * s['sample_accuracy']:.1f}% of samples correct, pass@{s['samples_per_problem']} {100 * s['pass_at_n']:.1f}%, "
-                  f"{s['sft_records']} accepted answers (rs_sft trains on them), {s['pairs']} correct-vs-incorrect pairs (dpo trains on them)."]
-    dpo_rows = []
-    for stage in stages:
-        records = files.read_jsonl(os.path.join(root, stage, "log.jsonl"))
-        if "margin" in records[-1]:  # only DPO logs a margin: this picks the DPO stages
-            # A mean over the last steps: a single step's batch makes these numbers jump.
-            tail = records[-10:]
-            mean = lambda key: sum(r[key] for r in tail) / len(tail)
-            dpo_rows.append(f"| {stage} | {records[-1]['step']} | {mean('loss'):.3f} | {mean('chosen_reward'):.2f} | "
-                            f"{mean('rejected_reward'):.2f} | {mean('margin'):.2f} | {mean('accuracy'):.2f} |")
-    if dpo_rows:
-        lines += ["", "## DPO training (means of the last 10 steps)", "",
-                  "| stage | steps | loss | chosen reward | rejected reward | margin | preference accuracy |",
-                  "|---|---|---|---|---|---|---|", *dpo_rows]
-    if sum(evals.get(folder) is not None for _, folder in TABLE9) >= 2:  # a comparison needs two rows
-        lines += ["", "## Toy Table 9: Pivotal Token Search (report: SFT -> +PTS DPO, MATH 77.1 -> 80.5)", "",
-                  f"| model | held-out pass@1 (95% CI) | maj@{maj_k or 'k'} (95% CI) |", "|---|---|---|"]
-        for name, folder in TABLE9:
-            greedy, majority = accuracy_cells(evals.get(folder))
-            lines.append(f"| {name} | {greedy} | {majority} |")
-    lines += long_context_lines(root, stages)  # present once a stage has run eval.py --long
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # `or "."`: a bare file name has no folder
-    files.atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line; argv=None reads sys.argv, a list lets a test parse flags without a process.
 
     Impossible values stop here with argparse's usage message naming the flag, before a model is loaded.
     """
-    parser = cli.Parser(description="Score a checkpoint on the held-out problems, or write the report.")
+    parser = cli.Parser(description="Score a checkpoint on the held-out problems, long-context recall or the knowledge quiz.")
     parser.add_argument("--init", default=None, help="checkpoint folder (default: the newest under out/)")
     parser.add_argument("--chat", action="store_true", help="pose problems as a user turn (SFT and later stages)")
-    parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl")
+    parser.add_argument("--data", default=data.TOY_DATA_DIR, help="data folder with eval.jsonl (test) and dev.jsonl")
+    parser.add_argument("--split", choices=("test", "dev"), default="test",
+                        help="test: eval.jsonl -> eval.json (the reported numbers); dev: dev.jsonl -> eval_dev.json, "
+                        "the split every hyper-parameter is chosen on")
     parser.add_argument("--limit", type=cli.at_least(1), default=None, help="score only the first N problems (no eval.json is written)")
-    parser.add_argument("--maj-k", type=cli.at_least(0), default=8, help="also sampled maj@k with k votes (0: greedy only)")
+    parser.add_argument("--maj-k", type=cli.at_least(0), default=0, help="also sampled maj@k with k votes (0: greedy only)")
     parser.add_argument("--maj-temperature", type=cli.positive, default=0.7, help="sampling temperature of the maj@k votes")
     parser.add_argument("--max-new-tokens", type=cli.at_least(1), default=120, help="tokens per answer")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed of the maj@k votes")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     parser.add_argument("--long", action="store_true",
-                        help="retrieval of facts far back (far) and just before (near) in documents of 1x, 2x, 4x the "
+                        help="recall of a document's first line from its end, in documents of 1x, 2x, 4x the "
                         "pretraining context, and held-out loss by position; writes eval_long.json into --init")
+    parser.add_argument("--quiz", action="store_true",
+                        help="the knowledge quiz (facts only the web-like corpus states); writes eval_quiz.json into --init")
     parser.add_argument("--long-base", type=cli.at_least(1), default=None,
                         help="with --long: the pretraining context the multiples refer to (default: from the checkpoint)")
-    parser.add_argument("--long-docs", type=cli.at_least(1), default=64, help="with --long: documents per length")
-    parser.add_argument("--report", default=None, metavar="FILE", help="write a markdown report of every stage under out/ and exit")
+    parser.add_argument("--long-docs", type=cli.at_least(1), default=200, help="with --long: documents per length")
     return parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
 
 
@@ -384,11 +286,9 @@ def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
     result["seconds"] = time.perf_counter() - start
     print(f"context {result['max_seq_len']}, RoPE base {result['rope_theta']:g}; chance {100 * LONG_CHANCE:.1f}%")
     for entry in result["retrieval"]:
-        low, high = entry["all_ci95"]
-        print(f"{entry['layout']} retrieval at {entry['multiple']}x ({entry['length']} tokens, mean distance "
-              f"{entry['mean_distance']:.0f}): {100 * entry['all_accuracy']:.1f}% of {entry['n']} "
-              f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | ledger {100 * entry['ledger_accuracy']:.1f}%, "
-              f"problem {100 * entry['problem_accuracy']:.1f}%"
+        low, high = entry["ci95"]
+        print(f"recall at {entry['multiple']}x ({entry['length']} tokens, mean distance {entry['mean_distance']:.0f}): "
+              f"{100 * entry['accuracy']:.1f}% of {result['n_docs']} (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
               + (" | extrapolated past the trained context" if entry["extrapolated"] else ""))
     print("held-out loss by position: " + ", ".join(f"{b['start']}-{b['end']}: {b['loss']:.3f}" for b in result["loss_by_position"]))
     files.write_json(os.path.join(path, "eval_long.json"), result)
@@ -396,37 +296,44 @@ def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
 
 def run_heldout(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
     """Greedy pass@1 and maj@k on the held-out split; a full run writes eval.json beside the checkpoint."""
-    problems = toyworld.read_problems(os.path.join(args.data, "eval.jsonl"))[: args.limit]  # [:None] keeps all
+    split_file = "eval.jsonl" if args.split == "test" else "dev.jsonl"
+    problems = toyworld.read_problems(os.path.join(args.data, split_file))[: args.limit]  # [:None] keeps all
     start = time.perf_counter()
     result = evaluate_problems(model, tokenizer, problems, chat=args.chat, max_new_tokens=args.max_new_tokens,
                                maj_k=args.maj_k, temperature=args.maj_temperature, seed=args.seed)
-    low, high = stats.wilson_interval(result["correct"], result["n"])  # n = 500 puts +-4 points around 50%
-    result.update(ci95=[low, high], format="chat" if args.chat else "document", seconds=time.perf_counter() - start)
+    low, high = stats.wilson_interval(result["correct"], result["n"])  # n = 2,000 puts +-2 points around 50%
+    result.update(ci95=[low, high], split=args.split, format="chat" if args.chat else "document",
+                  seconds=time.perf_counter() - start)
     levels = ", ".join(f"L{k} {100 * v:.0f}%" for k, v in result["per_level"].items())  # "L1 80%, L2 55%, ..."
-    print(f"held-out pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
-          f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {result['seconds']:.1f}s")
+    kinds = f"takes {100 * result['per_kind']['takes']:.0f}%, other {100 * result['per_kind']['other']:.0f}%"
+    print(f"{args.split} pass@1 (greedy): {100 * result['accuracy']:.1f}% of {result['n']} "
+          f"(95% CI {100 * low:.1f}-{100 * high:.1f}%) | {levels} | {kinds} | {result['seconds']:.1f}s")
     if args.maj_k:
         result["maj_ci95"] = stats.wilson_interval(result["maj_correct"], result["n"])
         low, high = result["maj_ci95"]
         print(f"held-out maj@{args.maj_k} (T={result['maj_temperature']}): {100 * result['maj_accuracy']:.1f}% "
               f"(95% CI {100 * low:.1f}-{100 * high:.1f}%)")
     if args.limit is None:  # a partial score must not replace the stage's real one
-        files.write_json(os.path.join(path, "eval.json"), result)
+        files.write_json(os.path.join(path, "eval.json" if args.split == "test" else "eval_dev.json"), result)
+
+
+def run_quiz(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
+    """--quiz: the knowledge quiz -> eval_quiz.json beside the checkpoint."""
+    result = evaluate_quiz(model, tokenizer)
+    low, high = result["ci95"]
+    print(f"knowledge quiz: {100 * result['accuracy']:.1f}% of {result['n']} facts (95% CI {100 * low:.1f}-{100 * high:.1f}%)")
+    files.write_json(os.path.join(path, "eval_quiz.json"), result)
 
 
 if __name__ == "__main__":
     args = parse_args()
     try:
-        if args.report:  # the report reads what earlier runs wrote; it loads no model
-            write_report("out", args.report)
-            print(open(args.report).read())
-            sys.exit(0)
         path = args.init or checkpoint.newest_checkpoint()
         if path is None:
             raise ValueError("no checkpoint under out/; train one with `python train.py` or pass --init DIR")
         model, tokenizer = checkpoint.load_model(path, parallel.resolve_device(args.device))
         print(f"loaded {path}: {model.num_params():,} parameters, context {model.config.max_seq_len}")
-        (run_long if args.long else run_heldout)(model, tokenizer, path, args)
+        (run_long if args.long else run_quiz if args.quiz else run_heldout)(model, tokenizer, path, args)
     except ValueError as error:
         # Every ValueError message names what to change; a traceback would bury it.
         sys.exit(f"error: {error}")

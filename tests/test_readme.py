@@ -33,7 +33,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert test_command in ci_lines
 
 
-@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "eval.py", "rejection_sampling.py",
+@pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "eval.py", "report.py", "rejection_sampling.py",
                                     "dpo.py", "pts.py", "synth.py", "benchmarks.py", "bench.py", "kernels/flash_attention.py",
                                     "scripts/measure_hf_load.py"])
 def test_every_script_answers_help(script):
