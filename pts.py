@@ -277,6 +277,15 @@ def answer_logprobs(model, prompt_ids: list[int], answer: list[int], temperature
     return logits.log_softmax(dim=-1).gather(-1, targets)[:, 0].tolist()  # (n, V) -> (n, 1) -> n floats
 
 
+def success_curve(estimator: SuccessEstimator, answer: list[int]) -> list[float]:
+    """p(success | answer[:i]) for i = 0 .. len(answer): every prefix estimated, the report's Figure 3.
+
+    The search never needs this (it opens only the segments where p changes); it is for showing what
+    the search exploits: p stays flat along most of an answer and jumps at a few tokens.
+    """
+    return [estimator(answer[:i]) for i in range(len(answer) + 1)]
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3. From pivots to one-token DPO pairs
 
@@ -471,7 +480,9 @@ def run_search(args: argparse.Namespace, model, tokenizer: data.Tokenizer,
     """
     start = time.perf_counter()
     records, totals = [], dict(kept=0, too_easy=0, too_hard=0, answers=0, pivots=0, raising=0,
-                               lowering=0, no_pair=0, rollouts=0, rollout_tokens=0, estimates=0)
+                               lowering=0, no_pair=0, rollouts=0, rollout_tokens=0, estimates=0, decision_pivots=0)
+    decision_ids = {tokenizer.encode(f" {word}")[0] for word in toyworld.DECISIONS.values()}  # " gets", ...
+    figure = None  # Figure 3: the first searched answer with a pivot at a decision word
     bar = tqdm(problems, desc="pts", unit="question")
     for i, problem in enumerate(bar):
         # Seeds never overlap across questions: each question gets a block of 100,003 prefix seeds.
@@ -495,17 +506,41 @@ def run_search(args: argparse.Namespace, model, tokenizer: data.Tokenizer,
         totals["rollouts"] += estimator.rollouts
         totals["rollout_tokens"] += estimator.tokens
         totals["estimates"] += len(estimator.memo)
+        totals["decision_pivots"] += sum(pivot.token in decision_ids for pivot in result.pivots)
+        if figure is None and any(pivot.token in decision_ids for pivot in result.pivots):
+            figure = figure3(estimator, tokenizer, problem, args, decision_ids,
+                             lambda answer: answer_logprobs(model, estimator.prompt_ids, answer, args.temperature,
+                                                            tokenizer.vocab_size))
         # Records keep question order, so the pairs of one question sit together in the file.
         records += [pair_record(tokenizer, estimator.prompt_ids, problem, pair, args.rollouts) for pair in result.pairs]
         bar.set_postfix_str(f"kept {totals['kept']}, pivots {totals['pivots']}, pairs {len(records)}, "
                             f"rollouts {totals['rollouts']:,}")
     bar.close()
+    totals["figure3"] = figure
     return records, totals, time.perf_counter() - start
+
+
+def figure3(estimator: SuccessEstimator, tokenizer: data.Tokenizer, problem: toyworld.Problem,
+            args: argparse.Namespace, decision_ids: set[int], logprobs_of) -> dict | None:
+    """p(success) at every prefix of the first searched answer of this question with a decision-word pivot."""
+    for answer in estimator.estimate(()).continuations[: args.answers_per_question]:
+        # Memoized: finding the pivots again costs no rollout; the curve below costs one estimate per token.
+        pivots = find_pivotal_tokens(answer, logprobs_of(answer), estimator, args.p_gap)
+        if any(pivot.token in decision_ids for pivot in pivots):
+            return {"question": problem.question, "tokens": [tokenizer.decode([t]) for t in answer],
+                    "p_success": success_curve(estimator, answer),
+                    # Pivot at position k moves p from p_success[k] to p_success[k + 1]: marked after it.
+                    "pivots": [{"index": p.position + 1, "p_after": p.p_after, "token": tokenizer.decode([p.token])}
+                               for p in pivots]}
+    return None
 
 
 def write_results(args: argparse.Namespace, problems: list[toyworld.Problem], records: list[dict], totals: dict,
                   seconds: float) -> None:
     """The pair file, its summary beside it, and the same counts on the terminal."""
+    figure = totals.pop("figure3")
+    if figure is not None:
+        files.write_json(os.path.join(os.path.dirname(args.out) or ".", "figure3.json"), figure)
     rollouts_per_pair = round(totals["rollouts"] / len(records)) if records else None  # None: no pair found
     summary = dict(questions=len(problems), **totals, pairs=len(records), seconds=round(seconds, 1),
                    rollouts_per_pair=rollouts_per_pair, config=vars(args))
@@ -517,7 +552,8 @@ def write_results(args: argparse.Namespace, problems: list[toyworld.Problem], re
         f"questions: {len(problems)} tried, {totals['kept']} kept ({args.p_min} <= p <= {args.p_max}; "
         f"{totals['too_easy']} too easy, {totals['too_hard']} too hard)\n"
         f"answers searched: {totals['answers']}, pivots found: {totals['pivots']} "
-        f"({totals['raising']} raise p, {totals['lowering']} lower it), {totals['no_pair']} without a pair "
+        f"({totals['raising']} raise p, {totals['lowering']} lower it; {totals['decision_pivots']} at a decision "
+        f"word), {totals['no_pair']} without a pair "
         f"(no alternative, or it failed the check)\n"
         f"pairs: {len(records)} -> {args.out}\n"
         f"rollouts: {totals['rollouts']:,} ({totals['rollout_tokens']:,} tokens, {totals['estimates']:,} prefixes), "

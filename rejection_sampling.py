@@ -52,11 +52,13 @@ def rejection_sampling(
     top_p: float | None = None,
     seed: int = 0,
     batch_rows: int = 256,
+    max_accepted: int = 2,
 ) -> tuple[list[dict], list[dict], dict]:
     """Sample n answers per problem, let the oracle grade them -> (sft_records, pairs, summary).
 
-    sft_records: one conversation per problem that had a correct answer ({"messages": [...]}, the format
-      train.py --stage sft reads): the model's own accepted answer becomes its next training target.
+    sft_records: up to max_accepted conversations per problem, one per distinct correct answer
+      ({"messages": [...]}, the format train.py --stage sft reads): the model's own accepted answers
+      become its next training targets.
     pairs: one full-length preference pair per problem that had both a correct and an incorrect answer,
       {"prompt", "chosen", "rejected"} as text (what other DPO tools read) plus the exact token ids
       (`*_ids`, what dpo.py trains on: re-encoding the text could merge tokens differently).
@@ -73,7 +75,7 @@ def rejection_sampling(
     )  # [problem][sample] -> token ids, each cut just after its <|im_end|> (or at max_new_tokens)
     sft_records, pairs = [], []
     # Counters for the summary: correct samples, problems with no wrong answer, problems with no right one.
-    n_correct = n_all_right = n_all_wrong = 0
+    n_correct = n_all_right = n_all_wrong = n_distinct = 0
     for problem, prompt, group in zip(problems, prompts, samples):
         # Accepted: finished (last token <|im_end|>) and right; the oracle reads the text without <|im_end|>.
         # bool(s) first: an empty completion has no last token to look at, and is rejected.
@@ -83,9 +85,13 @@ def rejection_sampling(
         n_correct += len(good)
         n_all_right += not bad  # too easy: no pair, and the accepted answer is one the model already gives
         n_all_wrong += not good  # too hard for best-of-n: nothing to accept (pass@n misses it)
-        if good:
-            # Samples are i.i.d., so the first accepted one is a uniform pick among the accepted.
-            answer = tokenizer.decode(good[0][:-1])  # [:-1]: train.py's chat template adds <|im_end|> itself
+        # Distinct accepted answers, up to max_accepted per problem, in sample order (samples are i.i.d.,
+        # so the first ones are a uniform pick). Distinct: a copy of an answer adds weight, not information;
+        # two correct answers worded differently (the world varies its wording) are two examples.
+        # [:-1]: train.py's chat template adds <|im_end|> itself.
+        accepted = list(dict.fromkeys(tokenizer.decode(s[:-1]) for s in good))[:max_accepted]
+        n_distinct += len(accepted)
+        for answer in accepted:
             sft_records.append({"messages": [{"role": "user", "content": problem.question},
                                              {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
         # A pair needs both verdicts: a problem the model always solves (or never) teaches no preference.
@@ -104,7 +110,7 @@ def rejection_sampling(
         "sample_accuracy": n_correct / max(1, n * len(problems)),  # mean success rate q over problems
         "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),  # share of problems with >= 1 accepted answer
         "all_correct": n_all_right, "all_wrong": n_all_wrong,  # the problems that gave no pair, by cause
-        "sft_records": len(sft_records), "pairs": len(pairs),
+        "sft_records": len(sft_records), "pairs": len(pairs), "max_accepted": max_accepted,
     }
     return sft_records, pairs, summary
 
@@ -119,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip", type=cli.at_least(0), default=0, help="start at this problem of rl.jsonl")
     parser.add_argument("--samples", type=cli.at_least(2), default=8,
                         help="answers per problem (the n of best-of-n; at least 2, to choose among and to form pairs)")
+    parser.add_argument("--max-accepted", type=cli.at_least(1), default=2,
+                        help="distinct correct answers kept per problem as SFT data")
     parser.add_argument("--temperature", type=cli.positive, default=1.0, help="sampling temperature (> 0: answers must differ)")
     parser.add_argument("--top-k", type=cli.at_least(1), default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=cli.between(0.0, 1.0, low_open=True), default=None, help="nucleus sampling threshold, in (0, 1]")
@@ -141,7 +149,8 @@ if __name__ == "__main__":
             raise ValueError(f"{rl_file} has no problems after --skip {args.skip}")
         start = time.perf_counter()  # wall time of sampling and grading, recorded in the summary
         sft_records, pairs, summary = rejection_sampling(model, tokenizer, problems, args.samples, args.max_new_tokens,
-                                                         args.temperature, args.top_k, args.top_p, args.seed)
+                                                         args.temperature, args.top_k, args.top_p, args.seed,
+                                                         max_accepted=args.max_accepted)
         # The summary names the model the data came from, so each file can be traced to its round.
         summary.update(init=args.init, seconds=time.perf_counter() - start)
         # Written after all sampling is done: an interrupted run leaves no half file for train.py to read.

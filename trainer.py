@@ -184,12 +184,15 @@ def start_log(path: str, start_step: int):
 
 def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, loader, start_step: int, desc: str,
              step_fn: Callable[[], dict], show: dict[str, str], evaluate: Callable[[], float] | None = None,
-             eval_every: int = 0, flops_per_token: float | None = None) -> list[dict]:
+             eval_every: int = 0, flops_per_token: float | None = None,
+             should_stop: Callable[[list[dict]], str | None] | None = None) -> list[dict]:
     """Run optimizer steps start_step..last and return their records (rank 0 also appends them to log.jsonl).
 
     step_fn does one step's forward and backward and returns its metrics, already summed over ranks:
     at least "loss" and "n_tokens" (tokens processed on all ranks). show maps record keys to formats
-    for the progress bar. evaluate, when given, runs every eval_every steps and at the end.
+    for the progress bar. evaluate, when given, runs every eval_every steps and at the end. should_stop,
+    when given, sees the records after each step and returns a reason to end the run there (the model of
+    that step is saved, the reason printed), or None to go on.
     """
     device, W = world.device, world.world_size
     log_path = os.path.join(cfg.out, "log.jsonl")
@@ -238,7 +241,12 @@ def run_loop(cfg: RunConfig, world: parallel.Distributed, model, optimizer, load
         if world.is_main:
             with open(log_path, "a") as f:  # a line per step: a crash loses at most the step in progress
                 f.write(json.dumps(record) + "\n")
-        if cfg.save_every > 0 and ((step + 1) % cfg.save_every == 0 or is_last):
+        reason = should_stop(records) if should_stop else None
+        if cfg.save_every > 0 and ((step + 1) % cfg.save_every == 0 or is_last or reason):
             checkpoint.save_checkpoint(cfg.out, model, optimizer, step + 1, loader, cfg)
+        if reason:
+            if world.is_main:
+                print(f"stopping at step {step + 1}: {reason}")
+            break
     bar.close()
     return records

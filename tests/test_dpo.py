@@ -235,3 +235,41 @@ def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_d
     assert [r["loss"] for r in ranks] == pytest.approx([r["loss"] for r in single], rel=1e-5)
     assert [r["margin"] for r in ranks] == pytest.approx([r["margin"] for r in single], rel=1e-4, abs=1e-7)
     assert single[-1]["margin"] > 0  # it did learn something, so the comparison is not of two no-ops
+
+
+# ----------------------------------------------------------------------------------------------------
+# The NLL term (RPO) and the stop on a collapsing chosen reward
+
+
+def test_the_logged_nll_is_the_chosen_answers_mean_per_token_negative_log_likelihood(toy_data_dir, tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    records = preference_pairs(tokenizer, n=8)
+    for record in records[::2]:  # chosen answers of two lengths, so a per-token mean differs from a per-pair one
+        record["chosen_ids"] = tokenizer.encode("7 7 7")
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", records)
+    # One step over all 8 pairs: the NLL is logged from the forward before the update.
+    logged = dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"),
+                                         steps=1, batch_size=8, lr=1e-3, warmup_steps=0, device="cpu"))
+    model, _ = checkpoint.load_model(str(tmp_path / "init"), "cpu")
+    expected = sum(-naive_logprobs(model, r["prompt_ids"], r["chosen_ids"]) / len(r["chosen_ids"]) for r in records) / 8
+    assert logged[0]["nll"] == pytest.approx(expected, rel=1e-4)
+    assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the DPO part alone: policy == reference
+
+
+def test_a_chosen_reward_below_the_floor_for_ten_steps_is_a_reason_to_stop():
+    steady = [{"chosen_reward": -0.5}] * 10
+    assert dpo.chosen_reward_collapse(steady, floor=-1.0) is None
+    assert dpo.chosen_reward_collapse(steady[:9] + [{"chosen_reward": -10.0}] * 0, floor=-1.0) is None  # < 10 steps
+    falling = [{"chosen_reward": -0.5}] * 5 + [{"chosen_reward": -2.0}] * 5  # mean -1.25
+    assert "-1.25" in dpo.chosen_reward_collapse(falling, floor=-1.0)
+    assert dpo.chosen_reward_collapse(falling, floor=-1.3) is None
+
+
+def test_dpo_stops_and_saves_at_the_step_the_chosen_reward_collapses(toy_data_dir, tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
+    # A floor above any reward the run can reach at the start (rewards begin at 0): it stops at step 10.
+    records = dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"),
+                                          steps=30, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu",
+                                          min_chosen_reward=5.0))
+    assert len(records) == 10 and checkpoint.read_checkpoint(str(tmp_path / "dpo"))["step"] == 10

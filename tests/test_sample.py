@@ -113,18 +113,6 @@ def test_wilson_interval_matches_known_values():
     assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
 
 
-def test_the_report_lists_each_stage_with_its_loss_and_accuracy(tmp_path):
-    stage = tmp_path / "out" / "pretrain"
-    stage.mkdir(parents=True)
-    records = [{"step": s, "loss": 1.0 / s, "tok_s": 100.0 * s, "time_s": s} for s in (1, 2, 3)]
-    records[-1]["val_loss"] = 0.5
-    (stage / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    (stage / "eval.json").write_text(json.dumps({"accuracy": 0.25, "n": 8, "correct": 2, "ci95": [0.07, 0.59]}))
-    evaluation.write_report(str(tmp_path / "out"), str(tmp_path / "report.md"))
-    row = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| pretrain")][0]
-    assert row == "| pretrain | 3 | 0.3333 | 0.5000 | 200 | 3 | 25.0% of 8 (7.0-59.0%) | - |"
-
-
 # ----------------------------------------------------------------------------------------------------
 # Batched sampling, maj@k and rejection sampling
 
@@ -178,3 +166,32 @@ def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_corre
     assert pair["chosen_ids"] == canned[0][1] and pair["rejected_ids"] == canned[0][0]
     assert pair["chosen"] == tokenizer.decode(canned[0][1]) and pair["prompt"] == tokenizer.decode(pair["prompt_ids"])
     assert summary["sample_accuracy"] == pytest.approx(4 / 9) and summary["all_wrong"] == 1 and summary["all_correct"] == 1
+
+
+def test_rejection_sampling_keeps_distinct_correct_answers_up_to_the_cap(toy_data_dir, monkeypatch):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    problem = toyworld.make_split(9, 1)[0]
+    end = tokenizer.im_end_id
+    # Three correct answers in two wordings (one repeated), and three more wordings of the right answer.
+    first, second, third = (tokenizer.encode(f"{prefix}Answer: {problem.answer}") + [end]
+                            for prefix in ("", "So:\n", "Well:\n"))
+    canned = [[first, first, second, third]]
+    monkeypatch.setattr(rejection_sampling, "sample_completions", lambda model, prompts, n, *a, **k: canned)
+    sft, _, _ = rejection_sampling.rejection_sampling(None, tokenizer, [problem], n=4, max_accepted=2)
+    assert [r["messages"][1]["content"] for r in sft] == [tokenizer.decode(first[:-1]), tokenizer.decode(second[:-1])]
+    sft, _, _ = rejection_sampling.rejection_sampling(None, tokenizer, [problem], n=4, max_accepted=5)
+    assert len(sft) == 3  # the repeated answer counts once
+
+
+def test_the_knowledge_quiz_grades_the_first_word_of_each_completion_against_the_fact(toy_data_dir, monkeypatch):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    items = toyworld.quiz_items()
+    # Right for every third item, with the sentence going on as a fact page does; wrong words for the rest.
+    def fake_sample_completions(model, prompts, n, *args, **kwargs):
+        return [[tokenizer.encode(f" {items[i][1]}. Mia has" if i % 3 == 0 else " museum")] for i in range(len(prompts))]
+
+    monkeypatch.setattr(evaluation, "sample_completions", fake_sample_completions)
+    result = evaluation.evaluate_quiz(None, tokenizer)
+    expected = [i % 3 == 0 or word == "museum" for i, (_, word) in enumerate(items)]
+    assert result["results"] == "".join("1" if ok else "0" for ok in expected)
+    assert result["correct"] == sum(expected) and result["n"] == len(items)
