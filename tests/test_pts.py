@@ -32,6 +32,7 @@ from pts import (
     model_estimator,
     pair_record,
     search_question,
+    success_curve,
     split_point,
 )
 from sample import generate
@@ -297,3 +298,10 @@ def test_an_impossible_flag_fails_before_loading_a_model_and_names_the_flag():
     run = subprocess.run([sys.executable, "pts.py", "--init", "no/such/dir", "--rollouts", "1"], capture_output=True,
                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert run.returncode != 0 and run.stderr.startswith("error: ") and "--rollouts" in run.stderr
+
+
+def test_the_success_curve_estimates_every_prefix_and_shows_the_pivots_as_jumps():
+    oracle = CountingSuccess(steps)
+    curve = success_curve(oracle, list(range(100, 140)))
+    assert curve == [steps(i) for i in range(41)]  # one value per prefix, the empty one included
+    assert [i for i in range(40) if abs(curve[i + 1] - curve[i]) >= 0.2] == [9, 29]  # the pivots of `steps`
