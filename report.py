@@ -155,7 +155,7 @@ def long_context_table(root: str, stages: list[str]) -> list[str]:
     headers += [f"loss {b['start']}-{b['end']}" for b in first["loss_by_position"]]
     return ["## Long context (midtraining: 4x context, RoPE base 250K)", "",
             "| stage | context | RoPE base | " + " | ".join(headers) + " |", "|---|---|---|" + "---|" * len(headers), *rows, "",
-            f"Recall: the document's first line (\"Key: 47\") written at its end, greedy; {first['n_docs']} documents per "
+            f"Recall: the document's first line (\"Key: Mia\") written at its end, greedy; {first['n_docs']} documents per "
             f"length; chance {100 * first['chance']:.1f}%. * = beyond the model's trained context (RoPE tables extended at "
             "its own base). Loss: recall documents of 4x length, mean next-token loss per window of positions."]
 
