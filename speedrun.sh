@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~19 min on 2 cores).
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~20 min on 2 cores).
 #
-#   data      the synthetic world -> BPE tokenizer -> uint32 shards, 13-gram-decontaminated eval split
-#   pretrain  the toy Phi-4 (GQA, RoPE, SwiGLU) learns worked solutions             -> out/pretrain
-#   midtrain  4x context, RoPE base 10K -> 250K, LR/10, 30% long documents         -> out/midtrain
-#   sft       chat format, loss on assistant tokens only                            -> out/sft
-#   rs        8 answers per problem graded by the oracle: best-of-n data + pairs    -> out/rs
-#   rs_sft    a second SFT round on the accepted answers                            -> out/rs_sft
-#   dpo       DPO on full-length correct-vs-incorrect pairs                         -> out/dpo
-#   pts       Pivotal Token Search on the SFT model: single-token pairs             -> out/pts
-#   table 9   SFT + PTS-DPO, SFT + full-length DPO, and both in sequence            -> out/pts_dpo, ...
-#   eval      held-out greedy pass@1 and maj@8 after every stage                    -> out/STAGE/eval.json
-#   report    what every stage measured                                             -> out/report.md
+#   data         the synthetic world -> BPE tokenizer -> two pretraining mixtures, test/dev/post-training splits
+#   pretrain     synthetic-heavy mixture + 30% recall rows                                -> out/pretrain
+#   pretrain_web the same tokens, web-heavy (report Table 2's synthetic-vs-web contrast)  -> out/pretrain_web
+#   midtrain     4x context, RoPE base 10K -> 250K, LR/3, 50% long recall documents       -> out/midtrain
+#                and the same run keeping base 10K (the ablation)                         -> out/midtrain_base10k
+#   sft          chat format, answers from an imperfect teacher                           -> out/sft
+#   rs           8 samples per new problem graded by the oracle: distinct correct answers -> out/rs
+#   rs_sft       a second SFT round on the accepted answers                               -> out/rs_sft
+#   dpo          pairs sampled from rs_sft itself, DPO + NLL on the chosen answer, its
+#                learning rate chosen on the dev split among three                        -> out/dpo
+#   table 9      from SFT, equal steps: DPO on PTS pairs vs on full-length pairs, then both -> out/pts_dpo, ...
+#   eval         test pass@1 after every stage, recall at 1x/2x/4x, the knowledge quiz    -> out/STAGE/eval*.json
+#   report       paired differences (McNemar) for every effect, figures                   -> out/report.md
 # Every stage prints its wall time; the total comes last.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,12 +28,16 @@ stage() {  # stage NAME COMMAND...: run one step of the recipe and say how long 
 
 stage data python data.py
 stage pretrain python train.py --stage pretrain --out out/pretrain
-stage eval python eval.py --init out/pretrain
-stage midtrain python train.py --stage midtrain --init out/pretrain --out out/midtrain
-stage midtrain_base10k python train.py --stage midtrain --init out/pretrain --rope-theta 10000 --out out/midtrain_base10k
-stage eval python eval.py --init out/midtrain
-stage eval python eval.py --init out/midtrain_base10k
+stage pretrain_web python train.py --stage pretrain --data out/data/toy/web --out out/pretrain_web
+for name in pretrain pretrain_web; do
+    stage eval python eval.py --init out/$name
+    stage eval_quiz python eval.py --init out/$name --quiz
+done
+
+stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --out out/midtrain
+stage midtrain_base10k python train.py --stage midtrain --init out/pretrain --batch-size 4 --rope-theta 10000 --out out/midtrain_base10k
 for name in pretrain midtrain midtrain_base10k; do stage eval_long python eval.py --init out/$name --long; done
+for name in midtrain midtrain_base10k; do stage eval python eval.py --init out/$name; done
 
 stage sft python train.py --stage sft --init out/midtrain --out out/sft
 stage eval python eval.py --init out/sft --chat
@@ -39,18 +45,27 @@ stage eval python eval.py --init out/sft --chat
 stage rs python rejection_sampling.py --init out/sft --problems 3000 --out out/rs
 stage rs_sft python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --out out/rs_sft
 stage eval python eval.py --init out/rs_sft --chat
-stage dpo python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl --out out/dpo
+# On-policy pairs: sampled from the model DPO starts from, on problems rs did not use.
+stage rs_dpo python rejection_sampling.py --init out/rs_sft --skip 3000 --problems 1500 --out out/rs_dpo
+# The DPO learning rate is chosen on the dev split, never on the test split; the winner becomes out/dpo.
+for lr in 3e-5 1e-4 3e-4; do
+    stage dpo_lr$lr python dpo.py --init out/rs_sft --pairs out/rs_dpo/pairs.jsonl --lr $lr --out out/dpo_sweep/lr$lr
+    stage eval_dev python eval.py --init out/dpo_sweep/lr$lr --chat --split dev
+done
+best_lr=$(python report.py --best-dev out/dpo_sweep)
+echo "[speedrun] DPO learning rate chosen on dev: $best_lr"
+rm -rf out/dpo && cp -r out/dpo_sweep/lr$best_lr out/dpo
 stage eval python eval.py --init out/dpo --chat
 
-# A toy Table 9 (report section 4.3): the same DPO steps on PTS pairs, on full-length pairs, and both.
-stage pts python pts.py --init out/sft --out out/pts/pairs.jsonl --questions 1000 --rollouts 32
-stage pts_dpo python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo --steps 40
+# A toy Table 9 (report section 4.3): from SFT, the same DPO steps on PTS pairs and on full-length pairs.
+stage pts python pts.py --init out/sft --out out/pts/pairs.jsonl --questions 600 --rollouts 32
+stage pts_dpo python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --lr $best_lr --out out/pts_dpo --steps 60
 stage eval python eval.py --init out/pts_dpo --chat
-stage sft_dpo python dpo.py --init out/sft --pairs out/rs/pairs.jsonl --out out/sft_dpo --steps 40
+stage sft_dpo python dpo.py --init out/sft --pairs out/rs/pairs.jsonl --lr $best_lr --out out/sft_dpo --steps 60
 stage eval python eval.py --init out/sft_dpo --chat
-stage pts_dpo_dpo python dpo.py --init out/pts_dpo --pairs out/rs/pairs.jsonl --out out/pts_dpo_dpo --steps 40
+stage pts_dpo_dpo python dpo.py --init out/pts_dpo --pairs out/rs/pairs.jsonl --lr $best_lr --out out/pts_dpo_dpo --steps 60
 stage eval python eval.py --init out/pts_dpo_dpo --chat
 
 python sample.py --init out/dpo --chat --num-samples 2
-python eval.py --report out/report.md
+python report.py
 echo "[speedrun] total: $((SECONDS - run_start)) s"
