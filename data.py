@@ -234,6 +234,13 @@ def read_conversations(path: str) -> list[list[dict]]:
     return conversations
 
 
+def longest_document(path: str, bos_id: int) -> int:
+    """The length in tokens of the longest document of a shard (documents start with <|endoftext|>)."""
+    shard = read_shard(path)
+    starts = np.flatnonzero(np.asarray(shard) == bos_id)
+    return int(np.diff([*starts, len(shard)]).max()) if len(starts) else len(shard)
+
+
 def shard_paths(data_dir: str, split: str) -> list[str]:
     """The shards of one split (`train` or `val`) in a data directory, in order."""
     if not os.path.isdir(data_dir):
@@ -463,7 +470,7 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_te
     recall = {split: [toyworld.long_training_document(recall_rng, tokenizer, seq_len + 1).ids
                       for _ in tqdm(range(n), desc=f"recall {split}", unit="doc", mininterval=1.0)]
               for split, n in (("train", n_recall), ("val", 64))}
-    meta = {"seed": seed, "vocab_size": 0, "recall_tokens": seq_len + 1, "test_problems": len(test), "dev_problems": len(dev),
+    meta = {"seed": seed, "vocab_size": 0, "test_problems": len(test), "dev_problems": len(dev),
             "sft_problems": len(sft), "sft_teacher_right": teacher_right, "rl_problems": len(rl),
             "dropped_by_13gram": {"dev": dropped_dev, "sft": dropped_sft, "rl": dropped_rl,
                                   "pretraining": n_stories - len(stories)}, "mixtures": {}}

@@ -47,6 +47,7 @@ import torch.distributed as dist
 import checkpoint
 import cli
 import data
+import files
 import parallel
 import trainer
 from model import CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
@@ -370,8 +371,7 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
     # and, where the data has recall documents (the toy world's), --long-fraction of the rows hold one
     # each, at position 0 as data.MixtureLoader explains: the document's first line is always in the row.
     if data.shard_paths(cfg.data, "recall_train") and cfg.long_fraction:
-        longest = int(json.load(open(os.path.join(cfg.data, "meta.json"))).get("recall_tokens", 0)) \
-            if os.path.exists(os.path.join(cfg.data, "meta.json")) else 0
+        longest = max(data.longest_document(path, tokenizer.bos_id) for path in data.shard_paths(cfg.data, "recall_train"))
         if longest > seq_len + 1:
             raise ValueError(f"--data {cfg.data} has recall documents of up to {longest} tokens, more than a row of "
                              f"--seq-len {seq_len}; pass --long-fraction 0 (no recall rows) or raise --seq-len")
