@@ -47,7 +47,6 @@ import torch.distributed as dist
 import checkpoint
 import cli
 import data
-import files
 import parallel
 import trainer
 from model import CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
