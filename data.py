@@ -234,11 +234,14 @@ def read_conversations(path: str) -> list[list[dict]]:
     return conversations
 
 
-def longest_document(path: str, bos_id: int) -> int:
-    """The length in tokens of the longest document of a shard (documents start with <|endoftext|>)."""
+def shard_documents(path: str, bos_id: int) -> list[np.ndarray]:
+    """The documents of a shard, as views into its memory map (each opens with <|endoftext|>)."""
     shard = read_shard(path)
-    starts = np.flatnonzero(np.asarray(shard) == bos_id)
-    return int(np.diff([*starts, len(shard)]).max()) if len(starts) else len(shard)
+    starts = np.flatnonzero(np.asarray(shard) == bos_id)  # each document opens with <|endoftext|>
+    if len(shard) and (len(starts) == 0 or starts[0] != 0):
+        raise ValueError(f"{path} does not start with <|endoftext|>; rebuild it with `python data.py`")
+    ends = [*starts[1:], len(shard)]  # a document runs up to the next one's <|endoftext|>
+    return [shard[start:end] for start, end in zip(starts, ends)]
 
 
 def shard_paths(data_dir: str, split: str) -> list[str]:
@@ -293,12 +296,7 @@ class MixtureLoader:
         self.n_replay_rows = self.replay.total // (seq_len + 1)  # whole rows only: the tail is never read
         self.documents: list[np.ndarray] = []  # views into the memory-mapped shards, one per document
         for path in long_paths:
-            shard = read_shard(path)
-            starts = np.flatnonzero(np.asarray(shard) == bos_id)  # each document opens with <|endoftext|>
-            if len(shard) and (len(starts) == 0 or starts[0] != 0):
-                raise ValueError(f"{path} does not start with <|endoftext|>; rebuild the long documents")
-            ends = [*starts[1:], len(shard)]  # a document runs up to the next one's <|endoftext|>
-            self.documents += [shard[start:end] for start, end in zip(starts, ends)]
+            self.documents += shard_documents(path, bos_id)
         longest = max((len(doc) for doc in self.documents), default=0)
         if longest > seq_len + 1:
             raise ValueError(
@@ -394,7 +392,14 @@ def write_split(tokenizer, documents, out_dir, split, shard_tokens=50_000_000) -
 
 
 def clean_split(problems: list[toyworld.Problem], banned: set) -> tuple[list[toyworld.Problem], int]:
-    """The problems whose question shares no 13-gram with `banned`, and how many were dropped."""
+    """The problems whose question shares no 13-gram with `banned`, and how many were dropped.
+
+    `banned` holds the 13-grams of the questions of every split drawn before (report section 2), one
+    set, so each problem costs one hash lookup per n-gram instead of a comparison with every earlier
+    question. Questions are indexed, not solutions: the worked solutions are formulaic lines ("You get
+    3: 12 + 3 = 15.") shared by thousands of unrelated problems, so their n-grams say nothing about
+    leakage, whereas a shared 13-word stretch of question text means the problem itself leaked.
+    """
     kept = [p for p in problems if not (toyworld.ngrams(p.question) & banned)]
     return kept, len(problems) - len(kept)
 

@@ -525,6 +525,8 @@ def long_training_document(rng: random.Random, tokenizer: Tokenizer, n_tokens: i
 
 # ----------------------------------------------------------------------------------------------------
 # 5. Decontamination (report section 2: a 13-gram overlap with an evaluation set flags a sample)
+#
+# The rule's n-grams; data.clean_split applies it to every split against all the splits drawn before.
 
 
 def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
@@ -532,22 +534,6 @@ def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
     # Lowercased, punctuation dropped: a copy that only changes case, commas or line breaks still matches.
     words = regex.findall(r"\p{L}+|\p{N}+", text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def decontaminate(texts: list[str], eval_texts: list[str], n: int = 13) -> tuple[list[str], int]:
-    """Drop every training text sharing an n-gram with any eval text; return (kept, n_dropped).
-
-    We index the eval questions, not their solutions: the worked solutions are formulaic equations
-    ("12 + 5 = 17.") shared by thousands of unrelated problems, so their n-grams say nothing about
-    leakage, whereas a shared 13-word stretch of question text means the problem itself leaked.
-    """
-    # One set of every eval n-gram: each training text then costs one hash lookup per n-gram, not a
-    # comparison with every eval text (60,000 x 2,000 pairs at toy scale).
-    banned = set()
-    for text in eval_texts:
-        banned |= ngrams(text, n)
-    kept = [text for text in texts if not (ngrams(text, n) & banned)]  # text shorter than n words: kept
-    return kept, len(texts) - len(kept)
 
 
 def read_problems(path: str) -> list[Problem]:

@@ -370,7 +370,8 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
     # and, where the data has recall documents (the toy world's), --long-fraction of the rows hold one
     # each, at position 0 as data.MixtureLoader explains: the document's first line is always in the row.
     if data.shard_paths(cfg.data, "recall_train") and cfg.long_fraction:
-        longest = max(data.longest_document(path, tokenizer.bos_id) for path in data.shard_paths(cfg.data, "recall_train"))
+        longest = max(len(doc) for path in data.shard_paths(cfg.data, "recall_train")
+                      for doc in data.shard_documents(path, tokenizer.bos_id))
         if longest > seq_len + 1:
             raise ValueError(f"--data {cfg.data} has recall documents of up to {longest} tokens, more than a row of "
                              f"--seq-len {seq_len}; pass --long-fraction 0 (no recall rows) or raise --seq-len")

@@ -244,10 +244,10 @@ def test_no_two_splits_share_a_13_gram(toy_data_dir, tokenizer):
     assert all(grams.values())
 
 
-def test_a_shared_13_gram_flags_a_training_text_and_12_shared_words_do_not():
+def test_a_shared_13_gram_flags_a_problem_and_12_shared_words_do_not():
     words = [f"word{chr(97 + i)}" for i in range(20)]
-    eval_text = " ".join(words)
-    train_13 = "zz " + " ".join(words[3:16]) + " yy"
-    train_12 = "zz " + " ".join(words[3:15]) + " yy"
-    kept, dropped = toyworld.decontaminate([train_13, train_12], [eval_text])
-    assert kept == [train_12] and dropped == 1
+    banned = toyworld.ngrams(" ".join(words))
+    shares_13 = toyworld.Problem("zz " + " ".join(words[3:16]) + " yy", "", 0, 1)
+    shares_12 = toyworld.Problem("zz " + " ".join(words[3:15]) + " yy", "", 0, 1)
+    kept, dropped = data.clean_split([shares_13, shares_12], banned)
+    assert kept == [shares_12] and dropped == 1
