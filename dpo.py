@@ -75,6 +75,7 @@ def sequence_logprobs(model: Phi4, ids: torch.Tensor, completion_mask: torch.Ten
     """
     if bool(completion_mask[:, 0].any()):
         raise ValueError("completion_mask marks the first token, which no position predicts; a completion needs a prompt")
+    # BEGIN SOLUTION sequence_logprobs: position t predicts token t + 1: sum log_softmax of completion tokens per row (or the mean)
     mask = completion_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1; which are completion tokens
     rows = mask.nonzero()[:, 0]  # (N,) the row of each completion token
     # select=mask: the model applies the LM head to the N completion positions only (see above).
@@ -88,6 +89,7 @@ def sequence_logprobs(model: Phi4, ids: torch.Tensor, completion_mask: torch.Ten
         # clamp: a row with no completion token (never produced by collate, possible from a caller)
         # would divide 0 by 0; it keeps its sum of 0 instead of becoming NaN.
         return sums / mask.sum(dim=1).clamp(min=1)
+    # END SOLUTION sequence_logprobs
     return sums
 
 
@@ -116,6 +118,7 @@ def dpo_loss(
     """
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}; pass --beta > 0")
+    # BEGIN SOLUTION dpo_loss: -logsigmoid(beta * (chosen log-ratio - rejected log-ratio)).mean(); detached beta * log-ratios
     # The reference enters only through these differences: a pair the reference already prefers gets
     # no extra push, which is what keeps DPO from rewarding what the policy knew before training.
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
@@ -123,6 +126,7 @@ def dpo_loss(
     # logsigmoid is the stable form of log(sigmoid(x)): no overflow for large |x|.
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
     return loss, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+    # END SOLUTION dpo_loss
 
 
 # ----------------------------------------------------------------------------------------------------

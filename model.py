@@ -152,6 +152,7 @@ def rope_tables(max_seq_len: int, head_dim: int, theta: float, device=None) -> t
     Computed in float32 even for bf16 models: at position 16K the angle has ~5 significant digits and
     bf16 keeps ~3, which would blur nearby positions together.
     """
+    # BEGIN SOLUTION rope: angle m * theta^(-2i/D) per position m and pair i, repeated twice along D; return cos, sin
     # One frequency per channel pair: theta^(-2i/D) for i in [0, D/2).
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
     positions = torch.arange(max_seq_len, dtype=torch.float32, device=device)
@@ -159,10 +160,12 @@ def rope_tables(max_seq_len: int, head_dim: int, theta: float, device=None) -> t
     # Rotate-half layout: channel i and channel i + D/2 share an angle, so repeat the table twice.
     angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, D)
     return angles.cos(), angles.sin()
+    # END SOLUTION rope
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, heads, T, D) by the angles of its positions; cos and sin are (T, D)."""
+    # BEGIN SOLUTION rope: x * cos + cat([-x2, x1]) * sin, x1 and x2 the halves of the last dim; float32, then x's dtype
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     # A 2-D rotation of each pair (x1, x2): (x1 cos - x2 sin, x2 cos + x1 sin), written as one
@@ -171,6 +174,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     # Do the arithmetic in float32 and cast back, so bf16 models get the same angles as fp32 ones.
     out = x.float() * cos + rotated.float() * sin
     return out.to(x.dtype)
+    # END SOLUTION rope
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -188,6 +192,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     `mask` (B, T, S), True where row b's query t may see key s, replaces that causal mask: batched
     generation keeps rows of different lengths in one cache, and only the row knows where it ends.
     """
+    # BEGIN SOLUTION gqa_attention: q as (B, K, G, T, D); float32 scores * scale; -inf where masked (causal: bottom-right); softmax; @ v
     B, H, T, D = q.shape
     K, S = k.shape[1], k.shape[2]
     G = H // K
@@ -207,6 +212,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     attn_probs = attn_scores.softmax(dim=-1)
     out = attn_probs @ v.float()  # (B, K, G, T, D)
     return out.to(q.dtype).reshape(B, H, T, D)  # (B, H, T, D)
+    # END SOLUTION gqa_attention
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
@@ -316,12 +322,14 @@ class KVCache:
             self.k[layer, rows, :, positions] = k.transpose(1, 2)  # (B, K, T, D) -> (B, T, K, D)
             self.v[layer, rows, :, positions] = v.transpose(1, 2)  # (B, K, T, D) -> (B, T, K, D)
             return self.k[layer], self.v[layer]  # (B, K, max_len, D) each
+        # BEGIN SOLUTION kv_cache: write k, v at columns length .. length + T (refuse past max_len); return columns 0 .. end
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} tokens > {self.max_len}; allocate a longer cache")
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # END SOLUTION kv_cache
 
     def advance(self, n_tokens: int):
         """Called once per forward (after the last layer) to commit the new tokens."""
@@ -367,9 +375,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32: the mean of squares of bf16 activations loses precision.
+        # BEGIN SOLUTION rmsnorm_swiglu: in float32: x * rsqrt(mean of x^2 over the last dim + eps) * weight, back to x's dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (x32 * self.weight.float()).to(x.dtype)
+        # END SOLUTION rmsnorm_swiglu
 
 
 class MLP(nn.Module):
@@ -382,7 +392,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.ffn_dim, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # BEGIN SOLUTION rmsnorm_swiglu: down_proj(silu(gate_proj(x)) * up_proj(x))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        # END SOLUTION rmsnorm_swiglu
 
 
 class Block(nn.Module):
@@ -454,6 +466,7 @@ class Phi4(nn.Module):
     def set_rope(self, max_seq_len: int | None = None, rope_theta: float | None = None):
         """(Re)build the RoPE tables, optionally for a new context length or base (midtraining)."""
         if max_seq_len is not None or rope_theta is not None:
+            # BEGIN SOLUTION context_extension: replace max_seq_len and/or rope_theta in the config; every Attention shares the new one
             self.config = replace(
                 self.config,
                 max_seq_len=max_seq_len or self.config.max_seq_len,
@@ -462,6 +475,7 @@ class Phi4(nn.Module):
             for module in self.modules():
                 if isinstance(module, Attention):
                     module.config = self.config
+            # END SOLUTION context_extension
         device = self.embed.weight.device
         cos, sin = rope_tables(self.config.max_seq_len, self.config.head_dim, self.config.rope_theta, device)
         self.rope_cos, self.rope_sin = cos, sin

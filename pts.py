@@ -112,6 +112,7 @@ def split_point(logprobs: list[float], start: int, end: int) -> int:
     Example: log-probs [-6.0, -0.1, -0.1, -0.1] total -6.3; the first token alone holds more than half,
     so the cut is right after it (k = 1), where a middle cut would give k = 2.
     """
+    # BEGIN SOLUTION pivotal_tokens: the smallest k such that tokens start..k-1 hold half the total log-prob (middle if it is 0)
     total = sum(logprobs[start:end])
     if total >= 0.0:
         # Every token had probability 1 (log-prob 0): no surprise to split by, so cut in the middle.
@@ -123,6 +124,7 @@ def split_point(logprobs: list[float], start: int, end: int) -> int:
             return k + 1
     # Only the last token is left: it holds more than half of the mass by itself.
     return end - 1
+    # END SOLUTION pivotal_tokens
 
 
 def find_pivotal_tokens(
@@ -158,6 +160,7 @@ def find_pivotal_tokens(
             p_memo[length] = float(p_success(tuple(tokens[:length])))
         return p_memo[length]
 
+    # BEGIN SOLUTION pivotal_tokens: subdivide segments from (0, n) with a stack, left first; cut at split_point while p changes >= p_gap
     segments = []  # (start, end) pairs covering 0..n in order: the report's Subdivide output
     stack = [(0, len(tokens))]
     while stack:
@@ -176,6 +179,7 @@ def find_pivotal_tokens(
         for start, end in segments
         if end - start == 1 and abs(p(start) - p(end)) >= p_gap
     ]
+    # END SOLUTION pivotal_tokens
 
 
 # ----------------------------------------------------------------------------------------------------

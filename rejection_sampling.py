@@ -41,6 +41,34 @@ from model import Phi4
 from sample import sample_completions
 
 
+def judge(tokenizer: data.Tokenizer, problem: toyworld.Problem, group: list[list[int]],
+          max_accepted: int) -> tuple[list[str], list[int] | None, list[int] | None, int]:
+    """The oracle's verdicts on one problem's sampled answers -> (accepted, chosen, rejected, n_correct).
+
+    accepted: up to max_accepted distinct correct answers, as text without <|im_end|> (train.py's chat
+      template adds it back), in sample order.
+    chosen, rejected: the first correct and the first incorrect answer, as ids that keep their <|im_end|>
+      (so DPO also learns to stop), when the problem has both; else None, None.
+    n_correct: how many of the answers were correct.
+    Only finished answers (ending in <|im_end|>) can be correct; a rambling answer that ran out of tokens
+    is a good *rejected* example, since stopping is part of what the model must learn.
+    """
+    # BEGIN SOLUTION rejection_sampling: correct = finished and passes toyworld.check; distinct texts; first right/wrong pair
+    # The oracle reads the text without <|im_end|>. bool(s) first: an empty answer has no last token, and is wrong.
+    verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
+    good = [s for s, ok in zip(group, verdicts) if ok]  # accepted, in sample order
+    bad = [s for s, ok in zip(group, verdicts) if not ok]  # wrong, or unfinished
+    # Distinct: a copy of an answer adds weight, not information; two correct answers worded differently are
+    # two examples. The first ones, since samples are i.i.d.: a uniform pick.
+    accepted = list(dict.fromkeys(tokenizer.decode(s[:-1]) for s in good))[:max_accepted]
+    # A pair needs both verdicts: a problem the model always solves (or never) teaches no preference. One pair,
+    # the first of each kind: more would be near-copies of one preference.
+    if good and bad:
+        return accepted, good[0], bad[0], len(good)
+    return accepted, None, None, len(good)
+    # END SOLUTION rejection_sampling
+
+
 def rejection_sampling(
     model: Phi4,
     tokenizer: data.Tokenizer,
@@ -63,7 +91,7 @@ def rejection_sampling(
       {"prompt", "chosen", "rejected"} as text (what other DPO tools read) plus the exact token ids
       (`*_ids`, what dpo.py trains on: re-encoding the text could merge tokens differently).
     Only finished answers (ending in <|im_end|>) can be accepted; a rambling answer that ran out of
-    tokens is a good *rejected* example, since stopping is part of what the model must learn.
+    tokens is rejected (judge says why).
     """
     # <|im_end|> closes the assistant turn in Phi-4's chat format: the one stop token of an answer.
     stop = (tokenizer.im_end_id,)
@@ -75,32 +103,19 @@ def rejection_sampling(
     )  # [problem][sample] -> token ids, each cut just after its <|im_end|> (or at max_new_tokens)
     sft_records, pairs = [], []
     # Counters for the summary: correct samples, problems with no wrong answer, problems with no right one.
-    n_correct = n_all_right = n_all_wrong = n_distinct = 0
+    n_correct = n_all_right = n_all_wrong = 0
     for problem, prompt, group in zip(problems, prompts, samples):
-        # Accepted: finished (last token <|im_end|>) and right; the oracle reads the text without <|im_end|>.
-        # bool(s) first: an empty completion has no last token to look at, and is rejected.
-        verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
-        good = [s for s, ok in zip(group, verdicts) if ok]  # accepted, in sample order
-        bad = [s for s, ok in zip(group, verdicts) if not ok]  # wrong, or unfinished
-        n_correct += len(good)
-        n_all_right += not bad  # too easy: no pair, and the accepted answer is one the model already gives
-        n_all_wrong += not good  # too hard for best-of-n: nothing to accept (pass@n misses it)
-        # Distinct accepted answers, up to max_accepted per problem, in sample order (samples are i.i.d.,
-        # so the first ones are a uniform pick). Distinct: a copy of an answer adds weight, not information;
-        # two correct answers worded differently (the world varies its wording) are two examples.
-        # [:-1]: train.py's chat template adds <|im_end|> itself.
-        accepted = list(dict.fromkeys(tokenizer.decode(s[:-1]) for s in good))[:max_accepted]
-        n_distinct += len(accepted)
+        accepted, chosen, rejected, n_good = judge(tokenizer, problem, group, max_accepted)
+        n_correct += n_good
+        n_all_right += n_good == len(group)  # too easy: no pair, and the accepted answer is one the model already gives
+        n_all_wrong += n_good == 0  # too hard for best-of-n: nothing to accept (pass@n misses it)
         for answer in accepted:
             sft_records.append({"messages": [{"role": "user", "content": problem.question},
                                              {"role": "assistant", "content": answer}], "source": "rejection_sampling"})
-        # A pair needs both verdicts: a problem the model always solves (or never) teaches no preference.
-        # The chosen/rejected ids keep <|im_end|>, so DPO also learns to stop.
-        if good and bad:
-            # One pair per problem, the first of each kind: more would be near-copies of one preference.
+        if chosen is not None:
             pairs.append({
-                "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(good[0]), "rejected": tokenizer.decode(bad[0]),
-                "prompt_ids": prompt, "chosen_ids": good[0], "rejected_ids": bad[0],
+                "prompt": tokenizer.decode(prompt), "chosen": tokenizer.decode(chosen), "rejected": tokenizer.decode(rejected),
+                "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
                 "source": "rejection_sampling", "question": problem.question, "answer": problem.answer,
             })
     # pass@n against sample accuracy is the headroom best-of-n offers: the gap is what the accepted

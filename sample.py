@@ -75,6 +75,7 @@ def sample_next(
     """
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,); no randomness, so no draw is used
+    # BEGIN SOLUTION sampling: logits / temperature in float32; -inf below the k-th best; top-p: -inf once the tokens before reach p
     # Dividing by temperature before the softmax: below 1 sharpens toward argmax, above 1 flattens.
     logits = logits.float() / temperature  # float32: a bf16 softmax loses the tail the filters act on
     if top_k is not None and top_k < logits.shape[-1]:
@@ -87,6 +88,7 @@ def sample_next(
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
+    # END SOLUTION sampling
     probs = logits.softmax(dim=-1)  # (B, V); a token masked to -inf gets probability exactly 0
     if uniform is None:
         uniform = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=torch.float64)

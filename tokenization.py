@@ -141,6 +141,7 @@ class Tokenizer:
                 pair_words.setdefault(pair, set()).add(w)
 
         for _ in tqdm(range(n_merges), desc="training BPE", disable=not verbose):
+            # BEGIN SOLUTION bpe: merge the most frequent pair (ties: larger pair) in every word holding it; update both indexes
             if not pair_counts:
                 break  # every word is a single token already: the corpus is too small for this vocab
             # Most frequent pair; ties broken by the pair itself so training is deterministic.
@@ -168,6 +169,7 @@ class Tokenizer:
                     # Stale entries (pairs the word lost) stay in pair_words; they only cost a visit later.
                     pair_counts[pair] += freq
                     pair_words.setdefault(pair, set()).add(w)
+            # END SOLUTION bpe
         # tiktoken applies merges by rank: the earlier a token was learned, the lower its rank.
         ranks = {b: i for i, b in enumerate(token_bytes)}
         return cls(name, ranks)
@@ -220,6 +222,7 @@ class Tokenizer:
         """
         ids, mask = [], []
         for message in messages:
+            # BEGIN SOLUTION chat_mask: <|im_start|> role <|im_sep|> (no loss), content <|im_end|> (loss if assistant); refuse bad roles
             role, content = message["role"], message["content"]
             if role not in ("system", "user", "assistant"):
                 raise ValueError(f"unknown chat role {role!r}")
@@ -227,6 +230,7 @@ class Tokenizer:
             body = self.encode(content) + [self.im_end_id]
             ids += header + body
             mask += [0] * len(header) + [int(role == "assistant")] * len(body)  # one flag per id in `ids`
+            # END SOLUTION chat_mask
         return ids, mask
 
     def render_prompt(self, messages: list[dict]) -> list[int]:

@@ -181,11 +181,13 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
         pretrained, pretrain_lr = get_config(cfg.size), None
     else:
         raise ValueError("--stage midtrain extends a pretrained model: pass --init out/pretrain (or --resume)")
+    # BEGIN SOLUTION context_extension: seq_len: --seq-len or 4x the pretrained context; lr: --lr or pretraining's / divisor
     return {
         "seq_len": cfg.seq_len or CONTEXT_EXTENSION * pretrained.max_seq_len,
         # Rounded to 6 digits so the log shows 0.0003, not 0.00030000000000000003.
         "lr": cfg.lr or float(f"{(pretrain_lr or STAGE_DEFAULTS['pretrain']['lr']) / MIDTRAIN_LR_DIVISOR:.6g}"),
     }
+    # END SOLUTION context_extension
 
 
 def midtrain_changes(record: dict, config: ModelConfig, cfg: TrainConfig) -> list[str]:
@@ -453,11 +455,12 @@ def lm_step(model, loader, grad_accum: int, world: parallel.Distributed, precisi
         # of target tokens on all ranks: every token then weighs the same, however they fall into
         # micro-batches and ranks.
         batches = [loader.next_batch() for _ in range(grad_accum)]
+        n_tokens = parallel.global_sum(sum(inputs.size for inputs, _ in batches), world)  # padding too: for tok/s
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        # BEGIN SOLUTION lr_schedule: count the step's targets (!= -100) on all ranks; backward each micro-batch's sum / that
         n_targets = parallel.global_sum(sum(int((t != -100).sum()) for _, t in batches), world)
         if n_targets == 0:
             raise ValueError("a training batch has no target token (SFT rows without an assistant turn?)")
-        n_tokens = parallel.global_sum(sum(inputs.size for inputs, _ in batches), world)  # padding too: for tok/s
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for inputs, targets in batches:
             inputs = torch.from_numpy(inputs).to(device, non_blocking=True)  # (B, T) token ids
             targets = torch.from_numpy(targets).to(device, non_blocking=True)  # (B, T), -100 where not scored
@@ -467,6 +470,7 @@ def lm_step(model, loader, grad_accum: int, world: parallel.Distributed, precisi
             # into the sum, so the gradient is exactly that of the global token-weighted mean loss.
             (loss * W).backward()
             loss_sum += loss.detach()
+        # END SOLUTION lr_schedule
         dist.all_reduce(loss_sum)  # each rank holds its share of the global mean; the shares add up to it
         return {"loss": loss_sum.item(), "n_tokens": n_tokens}
 

@@ -150,11 +150,13 @@ def with_given(cfg: RunConfig, given: set[str] | None) -> RunConfig:
 
 def learning_rate(step: int, cfg: RunConfig) -> float:
     """LR for optimizer step `step` (0-based): linear warm-up to cfg.lr, then linear decay."""
+    # BEGIN SOLUTION lr_schedule: warm-up lr * (step + 1) / warmup_steps, then linear decay to lr * min_lr_ratio at cfg.steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps  # step 0 gets lr / warmup_steps: no step is wasted at LR 0
     decay_steps = max(1, cfg.steps - cfg.warmup_steps)  # a run that is all warm-up must not divide by zero
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)  # 0 at the peak, 1 at step --steps
     return cfg.lr * (1.0 - progress * (1.0 - cfg.min_lr_ratio))
+    # END SOLUTION lr_schedule
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:

@@ -30,14 +30,30 @@ def find_cl100k() -> str | None:
     return cached if os.path.exists(cached) else None
 
 
+def pytest_addoption(parser):
+    parser.addoption("--exercise", action="append", default=[], metavar="ID",
+                     help="run only the tests that grade exercise ID (repeatable; 'any' for every graded test); "
+                          "see EXERCISES.md")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` tests cleanly on machines without CUDA, whatever -m says."""
+    """Keep only the tests of --exercise; skip `gpu` tests cleanly on machines without CUDA, whatever -m says."""
+    wanted = set(config.getoption("exercise"))
+    if wanted:
+        keep = [item for item in items if exercise_ids(item) & wanted or ("any" in wanted and exercise_ids(item))]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def exercise_ids(item) -> set[str]:
+    """The exercises a test grades: the ids of all its `exercise` markers (module-level and its own)."""
+    return {i for marker in item.iter_markers("exercise") for i in marker.args}
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +82,15 @@ def tiny_model():
         return model.eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    """A tokenizer of the 256 single bytes and Phi-4's special tokens: no merges, so no BPE training needed
+    (tests of code that only needs ids use it, so they do not depend on the `bpe` exercise)."""
+    import data
+
+    return data.Tokenizer("bytes", {bytes([i]): i for i in range(256)})
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ def test_the_default_shape_is_the_toy_model_train_py_builds():
     assert (config.vocab_size, config.n_layer, config.d_model, config.max_seq_len) == (832, 4, 128, 256)
 
 
+@pytest.mark.exercise("rope")
 def test_the_transformers_copy_holds_our_weights_exactly_in_bf16(transformers):
     ours = bench.build_ours(bench.bench_config("toy", None, 2), torch.device("cpu"), torch.bfloat16, seed=1)
     theirs = bench.build_theirs(ours, transformers).state_dict()
@@ -65,6 +66,7 @@ def test_the_transformers_copy_holds_our_weights_exactly_in_bf16(transformers):
     assert torch.equal(theirs["lm_head.weight"], ours.lm_head.weight)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_both_models_give_the_same_logits_on_the_same_input(pair):
     ours, theirs = pair
     idx = torch.randint(0, 832, (3, 37), generator=torch.Generator().manual_seed(5))
@@ -72,6 +74,7 @@ def test_both_models_give_the_same_logits_on_the_same_input(pair):
         torch.testing.assert_close(theirs(idx).logits, ours(idx), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
 def test_with_bench_settings_transformers_decodes_our_greedy_tokens(transformers):
     # A wide init separates the logits, so greedy choices are not near-ties that rounding could flip.
     config = replace(bench.bench_config("toy", None, 2), init_std=0.2)
@@ -95,6 +98,7 @@ def transformers_n(theirs) -> int:
     return sum(p.numel() for name, p in theirs.named_parameters() if "embed_tokens" not in name)
 
 
+@pytest.mark.exercise("rope")
 def test_the_train_flops_are_6n_plus_attention_counted_on_the_transformers_model(pair):
     ours, theirs = pair
     config, T = theirs.config, 256
@@ -102,6 +106,7 @@ def test_the_train_flops_are_6n_plus_attention_counted_on_the_transformers_model
     assert bench.train_flops_per_token(ours, T) == expected == ours.flops_per_token(T)
 
 
+@pytest.mark.exercise("rope")
 def test_the_decode_flops_are_two_per_weight_outside_the_embedding(pair):
     ours, theirs = pair
     assert bench.decode_flops_per_token(ours) == 2 * transformers_n(theirs)
@@ -156,6 +161,7 @@ def test_compilation_is_timed_into_an_empty_cache_and_the_setting_restored():
     assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") == before and not os.path.exists(folder)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_a_short_run_prints_every_row_of_both_tables(transformers, capsys, tmp_path):
     results = bench.run(bench.parse_args(SHORT_RUN + ["--json", str(tmp_path / "bench.json")]))
     lines = capsys.readouterr().out.splitlines()
@@ -170,6 +176,7 @@ def test_a_short_run_prints_every_row_of_both_tables(transformers, capsys, tmp_p
         results["rows"][0]["flops_per_token"]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_without_transformers_one_line_says_so_and_ours_still_runs(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
     results = bench.run(bench.parse_args(SHORT_RUN + ["--parts", "decode"]))

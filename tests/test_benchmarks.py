@@ -322,6 +322,7 @@ def tiny_model_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 @pytest.mark.parametrize("task", benchmarks.TASKS)
 def test_a_tiny_random_model_runs_end_to_end_and_writes_items_and_summary(task, tiny_model_dir, tmp_path):
     data = write_data(tmp_path)
@@ -353,6 +354,7 @@ def right_answer(task: str, item: dict, prompt: str) -> str:
     return f"```python\n{item['prompt']}{item['canonical_solution']}```"
 
 
+@pytest.mark.exercise("bpe", "chat_mask")
 @pytest.mark.parametrize("task", benchmarks.TASKS)
 @pytest.mark.parametrize("perfect", [True, False])
 def test_a_mock_model_that_is_always_right_scores_100_and_one_that_never_answers_scores_0(task, perfect, tmp_path, monkeypatch):

@@ -94,28 +94,33 @@ def naive_bpe_encode(tokenizer: data.Tokenizer, text: str) -> list[int]:
     return ids
 
 
+@pytest.mark.exercise("bpe")
 def test_trained_bpe_encodes_like_a_naive_merge_loop(toy_tokenizer):
     rng = random.Random(5)
     text = toyworld.problem_document(toyworld.make_problem(rng, 4)) + "\nsomething unseen: zebra 12345!"
     assert toy_tokenizer.encode(text) == naive_bpe_encode(toy_tokenizer, text)
 
 
+@pytest.mark.exercise("bpe")
 def test_trained_bpe_has_the_requested_vocab_with_specials_after_the_ranks(toy_tokenizer):
     assert toy_tokenizer.vocab_size == 512
     assert toy_tokenizer.special_tokens["<|dummy_0|>"] == 512 - 96
     assert toy_tokenizer.im_end_id == 512 - 96 + 9  # the same offset as 100265 - 100256
 
 
+@pytest.mark.exercise("bpe")
 def test_trained_bpe_compresses_its_training_text(toy_tokenizer):
     text = toyworld.problem_document(toyworld.make_problem(random.Random(1), 2))
     assert len(toy_tokenizer.encode(text)) < len(text.encode("utf-8")) / 2
 
 
+@pytest.mark.exercise("bpe")
 @pytest.mark.parametrize("text", UNICODE_SAMPLES)
 def test_trained_bpe_round_trips_arbitrary_unicode(toy_tokenizer, text):
     assert toy_tokenizer.decode(toy_tokenizer.encode(text)) == text
 
 
+@pytest.mark.exercise("bpe")
 def test_trained_bpe_saves_to_plain_json_and_loads_identically(toy_tokenizer, tmp_path):
     path = tmp_path / "tok.json"
     toy_tokenizer.save(str(path))
@@ -134,6 +139,7 @@ def test_training_on_empty_text_fails_clearly():
 # -- chat rendering -----------------------------------------------------------------------------
 
 
+@pytest.mark.exercise("chat_mask")
 def test_render_chat_uses_phi4_format_and_masks_only_assistant_content_and_im_end(phi4):
     messages = [
         {"role": "system", "content": "Be brief."},
@@ -153,6 +159,27 @@ def test_render_chat_uses_phi4_format_and_masks_only_assistant_content_and_im_en
     assert ids[-1] == phi4.im_end_id
 
 
+@pytest.mark.exercise("chat_mask")
+def test_render_chat_gives_the_phi4_format_and_loss_on_each_assistant_content_and_its_end_only(byte_tokenizer):
+    tok = byte_tokenizer
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
+                {"role": "assistant", "content": "6."}]
+    ids, mask = tok.render_chat(messages)
+    # The oracle: the format written out as text with the special tokens allowed, turn by turn.
+    expected_ids, expected_mask = [], []
+    for m in messages:
+        header = tok.encode(f"<|im_start|>{m['role']}<|im_sep|>", allow_special=True)
+        body = tok.encode(f"{m['content']}<|im_end|>", allow_special=True)
+        expected_ids += header + body
+        expected_mask += [0] * len(header) + [int(m["role"] == "assistant")] * len(body)
+    assert ids == expected_ids and mask == expected_mask
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "4<|im_end|>6.<|im_end|>"
+    with pytest.raises(ValueError, match="role"):
+        tok.render_chat([{"role": "tool", "content": "x"}])
+
+
+@pytest.mark.exercise("bpe", "chat_mask")
 def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_that_is_not_eos(toy_tokenizer):
     tok = toy_tokenizer
     chats = [
@@ -178,6 +205,7 @@ def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_
         assert all(targets[r, t - 1] == tok.im_end_id for t in im_end_positions)
 
 
+@pytest.mark.exercise("chat_mask")
 def test_render_prompt_ends_with_an_open_assistant_header(phi4):
     ids = phi4.render_prompt([{"role": "user", "content": "Hi"}])
     assert ids[-3:] == [100264, 78191, 100266]
@@ -256,6 +284,7 @@ def test_an_empty_corpus_folder_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --input-dir")
 
 
+@pytest.mark.exercise("bpe")
 def test_a_users_text_folder_becomes_shards_with_a_trained_bpe(tmp_path):
     folder = tmp_path / "texts"
     folder.mkdir()

@@ -33,6 +33,7 @@ def naive_logprobs(model, prompt: list[int], completion: list[int]) -> float:
 # The loss
 
 
+@pytest.mark.exercise("dpo_loss")
 def test_policy_equal_to_reference_gives_loss_ln2_and_zero_rewards():
     logps = torch.tensor([-12.0, -3.5, -40.0])
     other = torch.tensor([-9.0, -7.0, -1.0])
@@ -41,6 +42,7 @@ def test_policy_equal_to_reference_gives_loss_ln2_and_zero_rewards():
     assert torch.equal(chosen, torch.zeros(3)) and torch.equal(rejected, torch.zeros(3))
 
 
+@pytest.mark.exercise("dpo_loss")
 def test_dpo_loss_matches_its_formula_on_known_numbers():
     loss, chosen, rejected = dpo.dpo_loss(torch.tensor([-2.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-4.0]), beta=0.5)
     # chosen log-ratio +1, rejected log-ratio -1 -> rewards +0.5 and -0.5, loss -log sigmoid(1)
@@ -48,6 +50,7 @@ def test_dpo_loss_matches_its_formula_on_known_numbers():
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))), rel=1e-6)
 
 
+@pytest.mark.exercise("dpo_loss")
 def test_swapping_chosen_and_rejected_flips_the_sign_of_the_margin():
     generator = torch.Generator().manual_seed(0)
     pc, pr, rc, rr = (-20 * torch.rand(5, generator=generator) for _ in range(4))
@@ -57,6 +60,7 @@ def test_swapping_chosen_and_rejected_flips_the_sign_of_the_margin():
     assert (chosen - rejected).abs().min() > 0  # the check above is not vacuous
 
 
+@pytest.mark.exercise("dpo_loss")
 def test_the_loss_gradient_raises_chosen_and_lowers_rejected_log_probs():
     pc = torch.tensor([-4.0], requires_grad=True)
     pr = torch.tensor([-4.0], requires_grad=True)
@@ -74,6 +78,39 @@ def test_a_non_positive_beta_is_refused_naming_the_flag():
 # Sequence log-probs
 
 
+class BigramLM(torch.nn.Module):
+    """A stand-in model with Phi4's forward(ids, select=) contract: next-token logits are a table row per token."""
+
+    def __init__(self, vocab: int = 13):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, ids, select=None):
+        logits = self.table[ids]  # (B, T, V)
+        return logits if select is None else logits[select]  # (N, V) for the selected positions
+
+
+@pytest.mark.exercise("sequence_logprobs")
+def test_summed_and_mean_logprobs_of_a_bigram_model_equal_a_token_by_token_float64_loop():
+    model = BigramLM()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 10, 11]])
+    # Row 0: prompt of 2, completion of 3, one pad. Row 1: prompt of 1, completion of 5.
+    completion = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
+    table = model.table.detach().double()
+    expected = []
+    for row, flags in zip(ids.tolist(), completion.tolist()):
+        # Token t is scored by the distribution after token t - 1.
+        expected.append(sum(table[row[t - 1]].log_softmax(-1)[row[t]].item() for t in range(1, len(row)) if flags[t]))
+    sums = dpo.sequence_logprobs(model, ids, completion)
+    assert sums.dtype == torch.float32
+    assert sums.tolist() == pytest.approx(expected, rel=1e-6)
+    means = dpo.sequence_logprobs(model, ids, completion, average=True)
+    assert means.tolist() == pytest.approx([expected[0] / 3, expected[1] / 5], rel=1e-6)
+    sums.sum().backward()  # the policy's log-probs must carry gradient to its weights
+    assert model.table.grad is not None and model.table.grad.abs().sum() > 0
+
+
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs")
 def test_summed_logprobs_match_a_naive_per_token_loop_on_padded_rows(tiny_model):
     model = tiny_model(**DPO_MODEL).eval()
     pairs = [dpo.Pair([1, 5, 9], [4, 4, 7, 2], [3]), dpo.Pair([8, 2, 2, 6, 1, 1], [5], [9, 9, 9, 9, 3])]
@@ -91,6 +128,7 @@ def test_the_completion_mask_of_a_batch_covers_exactly_the_completion_tokens():
     assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, 0, 0]]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs")
 def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length(tiny_model):
     model = tiny_model(**DPO_MODEL).eval()
     ids, mask = dpo.collate([dpo.Pair([1, 2], [3, 4, 5], [6])], pad_id=0, device="cpu")
@@ -100,6 +138,7 @@ def test_mean_per_token_logprobs_are_the_sums_divided_by_completion_length(tiny_
     assert means.tolist() == pytest.approx([sums[0].item() / 3, sums[1].item() / 1], rel=1e-6)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs")
 def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt(tiny_model):
     model = tiny_model(**DPO_MODEL).eval()
     prompt = [3, 1, 4, 1, 5]
@@ -110,6 +149,7 @@ def test_a_single_token_completion_scores_the_log_softmax_after_the_prompt(tiny_
     assert got.tolist() == pytest.approx([last[9].item(), last[2].item()], abs=1e-5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocast(dtype, tiny_model):
     model = tiny_model(**DPO_MODEL)
@@ -128,6 +168,7 @@ def test_logprobs_have_no_nan_and_stay_near_float32_under_half_precision_autocas
     assert torch.allclose(half, reference, rtol=0.05)
 
 
+@pytest.mark.exercise("rope")
 def test_a_completion_on_the_first_position_is_refused(tiny_model):
     model = tiny_model(**DPO_MODEL).eval()
     with pytest.raises(ValueError, match="first token"):
@@ -143,6 +184,7 @@ def write_pairs(path, records):
     return str(path)
 
 
+@pytest.mark.exercise("bpe")
 def test_pairs_with_empty_completions_or_too_long_for_the_context_are_skipped_and_counted(toy_data_dir, tmp_path):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     good = {"prompt": "Q: 1 + 2?", "chosen": "Answer: 3", "rejected": "Answer: 4"}
@@ -154,6 +196,7 @@ def test_pairs_with_empty_completions_or_too_long_for_the_context_are_skipped_an
         dpo.read_pairs(write_pairs(tmp_path / "q.jsonl", records[1:]), tokenizer, max_len=64)
 
 
+@pytest.mark.exercise("bpe")
 def test_token_ids_in_a_pair_record_win_over_its_text(toy_data_dir, tmp_path):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     record = {"prompt": "x", "chosen": "yy", "rejected": "z", "prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8]}
@@ -173,6 +216,7 @@ def preference_pairs(tokenizer, n=48):
     return records
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_dir, tmp_path, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer))
@@ -183,6 +227,7 @@ def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_d
     assert records[-1]["accuracy"] == 1.0 and records[-1]["margin"] > 1.0 and records[-1]["loss"] < 0.4
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_with_the_pairs(toy_data_dir, tmp_path, monkeypatch, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
@@ -202,6 +247,7 @@ def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_w
     assert [r["ref_rejected_logp"] for r in stored] == pytest.approx(expected[16:].tolist(), abs=1e-5)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_resuming_dpo_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=24))
@@ -218,6 +264,7 @@ def test_dpo_without_init_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--init" in result.stderr
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_data_dir, tmp_path, tiny_checkpoint):
     """The FSDP2 path of train.py, reused: each rank takes half of every batch of pairs."""
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
@@ -241,6 +288,7 @@ def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_d
 # The NLL term (RPO) and the stop on a collapsing chosen reward
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_the_logged_nll_is_the_chosen_answers_mean_per_token_negative_log_likelihood(toy_data_dir, tmp_path, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     records = preference_pairs(tokenizer, n=8)
@@ -265,6 +313,7 @@ def test_a_chosen_reward_below_the_floor_for_ten_steps_is_a_reason_to_stop():
     assert dpo.chosen_reward_collapse(falling, floor=-1.3) is None
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_dpo_stops_and_saves_at_the_step_the_chosen_reward_collapses(toy_data_dir, tmp_path, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))

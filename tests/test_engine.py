@@ -50,6 +50,7 @@ def one_at_a_time(model, prompt, row, max_new_tokens, stop, temperature, seed, t
     return sequence[len(prompt):]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_greedy_answers_to_prompts_of_different_lengths_equal_one_at_a_time_decoding_without_a_cache(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
@@ -65,6 +66,7 @@ def test_greedy_answers_to_prompts_of_different_lengths_equal_one_at_a_time_deco
     assert len(answers[LENGTHS.index(50)][0]) <= 14
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache", "sampling")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_seeded_samples_equal_one_at_a_time_sampling_from_each_rows_own_stream(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
@@ -80,6 +82,7 @@ def test_seeded_samples_equal_one_at_a_time_sampling_from_each_rows_own_stream(a
     assert any(len(set(map(tuple, group))) > 1 for group in answers)  # n real samples, not one copied
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_a_samples_tokens_depend_neither_on_batch_rows_nor_on_the_other_prompts(tiny_model):
     model = tiny_model()
     prompts = make_prompts()
@@ -90,6 +93,7 @@ def test_a_samples_tokens_depend_neither_on_batch_rows_nor_on_the_other_prompts(
     assert sample_completions(model, prompts[:1], 4, 20, **options)[0] == wide[0]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_generate_with_num_samples_gives_the_engines_samples_of_the_same_rows(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 61, (3, 8), generator=torch.Generator().manual_seed(4))  # (B, T): equal lengths
@@ -100,6 +104,7 @@ def test_generate_with_num_samples_gives_the_engines_samples_of_the_same_rows(ti
         assert ids[:end] == answers[row // 2][row % 2]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_per_row_positions_give_each_row_the_logits_it_gets_decoded_alone(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
@@ -129,6 +134,7 @@ def test_the_triton_attention_refuses_a_per_row_mask_with_a_message_naming_the_o
         model_module.triton_attention(q, k, v, mask=torch.ones(1, 1, 4, dtype=torch.bool))
 
 
+@pytest.mark.exercise("rope")
 def test_a_prompt_that_fills_the_context_raises_a_clear_error(tiny_model):
     model = tiny_model()
     with pytest.raises(ValueError, match="context"):

@@ -181,6 +181,7 @@ def reference_logits(tensors: dict[str, torch.Tensor], idx: torch.Tensor) -> tor
 # Loading
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_a_sharded_gqa_checkpoint_written_by_hand_gives_the_reference_logits(tmp_path):
     tensors = random_hf_tensors()
     model = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors, n_shards=3))
@@ -190,6 +191,7 @@ def test_a_sharded_gqa_checkpoint_written_by_hand_gives_the_reference_logits(tmp
     torch.testing.assert_close(logits.double(), reference_logits(tensors, idx), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exercise("rope")
 def test_the_fused_qkv_is_split_at_the_gqa_widths_not_in_thirds(tmp_path):
     tensors = random_hf_tensors()
     attn = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors)).blocks[1].attn
@@ -199,6 +201,7 @@ def test_the_fused_qkv_is_split_at_the_gqa_widths_not_in_thirds(tmp_path):
     assert torch.equal(attn.v_proj.weight, qkv[(H + K) * D :])
 
 
+@pytest.mark.exercise("rope")
 def test_the_fused_gate_up_is_split_gate_first(tmp_path):
     tensors = random_hf_tensors()
     mlp = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors)).blocks[0].mlp
@@ -207,6 +210,7 @@ def test_the_fused_gate_up_is_split_gate_first(tmp_path):
     assert torch.equal(mlp.up_proj.weight, gate_up[FFN:])
 
 
+@pytest.mark.exercise("rope")
 def test_loading_converts_to_the_requested_dtype(tmp_path):
     tensors = random_hf_tensors()
     model = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors), dtype=torch.bfloat16)
@@ -215,6 +219,7 @@ def test_loading_converts_to_the_requested_dtype(tmp_path):
     assert model.rope_cos.dtype == torch.float32  # the RoPE tables stay float32 whatever the weights
 
 
+@pytest.mark.exercise("rope")
 def test_a_bfloat16_checkpoint_loads_in_bfloat16_by_default(tmp_path):
     tensors = {name: t.to(torch.bfloat16) for name, t in random_hf_tensors().items()}
     model = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors, torch_dtype="bfloat16"))
@@ -252,6 +257,7 @@ def test_phi3_variants_we_do_not_implement_are_refused_by_name(tmp_path, overrid
         Phi4.from_pretrained(folder)
 
 
+@pytest.mark.exercise("rope")
 def test_a_transformers_5_style_config_with_rope_parameters_is_read(tmp_path):
     config = {"rope_parameters": {"rope_theta": 12345.0, "rope_type": "default", "partial_rotary_factor": 1.0}}
     folder = write_hf_folder(tmp_path, random_hf_tensors(), rope_theta=None, dtype="float32", **config)
@@ -262,6 +268,7 @@ def test_a_transformers_5_style_config_with_rope_parameters_is_read(tmp_path):
 # Saving
 
 
+@pytest.mark.exercise("rope")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_then_load_round_trips_every_tensor_bitwise(tmp_path, dtype):
     model = random_model(dtype=dtype)
@@ -275,6 +282,7 @@ def test_save_then_load_round_trips_every_tensor_bitwise(tmp_path, dtype):
     assert loaded.config == model.config
 
 
+@pytest.mark.exercise("rope")
 def test_saved_shards_hold_the_fused_hf_layout_for_an_independent_reader(tmp_path):
     model = random_model()
     model.save_pretrained(tmp_path, max_shard_bytes=20_000)
@@ -293,6 +301,7 @@ def test_saved_shards_hold_the_fused_hf_layout_for_an_independent_reader(tmp_pat
     assert torch.equal(tensors["model.layers.1.post_attention_layernorm.weight"], model.blocks[1].mlp_norm.weight)
 
 
+@pytest.mark.exercise("rope")
 def test_saved_config_has_the_phi3_keys_and_phi4s_special_ids(tmp_path):
     model = random_model(vocab_size=100352, n_layer=1, d_model=8, n_head=2, n_kv_head=1, ffn_dim=16).to(torch.bfloat16)
     model.save_pretrained(tmp_path)
@@ -305,6 +314,7 @@ def test_saved_config_has_the_phi3_keys_and_phi4s_special_ids(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]  # small: one file, no index
 
 
+@pytest.mark.exercise("rope")
 def test_saving_fewer_shards_into_an_old_folder_removes_the_stale_ones(tmp_path):
     model = random_model()
     model.save_pretrained(tmp_path, max_shard_bytes=20_000)
@@ -379,6 +389,7 @@ def transformers_phi3(seed=0):
     return model.eval()
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_transformers_checkpoint_loads_into_ours_with_equal_logits(tmp_path):
     theirs = transformers_phi3()
     theirs.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")
@@ -389,6 +400,7 @@ def test_transformers_checkpoint_loads_into_ours_with_equal_logits(tmp_path):
         torch.testing.assert_close(ours(idx), theirs(idx).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_our_checkpoint_loads_into_transformers_with_equal_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
     ours = random_model()
@@ -500,6 +512,7 @@ def small_bpe() -> data.Tokenizer:
     return data.Tokenizer.train("Mia has 3 apples. Leo buys 4 more apples. " * 20, vocab_size=400)
 
 
+@pytest.mark.exercise("bpe")
 def test_from_hf_reads_back_a_bpe_trained_here(tmp_path):
     trained = small_bpe()
     ours = hf.load_tokenizer(write_hf_tokenizer(tmp_path, trained.mergeable_ranks))
@@ -508,6 +521,7 @@ def test_from_hf_reads_back_a_bpe_trained_here(tmp_path):
     assert ours.name == "hf-bpe"  # not the full Phi-4 vocabulary: train.py sizes the embedding to it
 
 
+@pytest.mark.exercise("bpe")
 def test_special_tokens_also_listed_in_the_vocabulary_are_not_taken_for_bpe_ranks(tmp_path):
     trained = small_bpe()
     folder = write_hf_tokenizer(tmp_path, trained.mergeable_ranks)
@@ -543,6 +557,7 @@ def test_from_hf_without_tokenizer_files_says_which_files_it_needs(tmp_path):
 # Chatting with a folder: streaming and the CLI
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_streamed_tokens_are_exactly_the_generated_ones():
     model = random_model()
     idx = torch.randint(0, V, (2, 5), generator=torch.Generator().manual_seed(4))
@@ -552,6 +567,7 @@ def test_streamed_tokens_are_exactly_the_generated_ones():
     assert torch.equal(out, generate(model, idx, 12, temperature=0.8, seed=5))  # the callback changes nothing
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache")
 def test_sample_py_chats_with_a_tiny_hf_folder_and_prints_the_greedy_reply(tmp_path):
     tokenizer = small_bpe()
     folder = write_hf_tokenizer(tmp_path, tokenizer.mergeable_ranks)

@@ -124,6 +124,7 @@ CASES = {
 }
 
 
+@pytest.mark.exercise("flash_forward")
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_output_and_gradients_match_float64_oracle(case):
     B, H, K, T, S, D, causal, dtype = CASES[case]
@@ -131,6 +132,7 @@ def test_output_and_gradients_match_float64_oracle(case):
     assert_all_close(*kernel_and_oracle(q, k, v, dout, causal), dtype)
 
 
+@pytest.mark.exercise("flash_forward")
 @pytest.mark.gpu
 @pytest.mark.parametrize("T, S, causal", [(257, 257, True), (100, 100, False), (17, 300, True)])
 def test_bfloat16_output_and_gradients_match_float64_oracle_at_phi4_head_shapes(T, S, causal):
@@ -152,6 +154,7 @@ def test_oracle_matches_torch_sdpa_when_queries_and_keys_align():
         torch.testing.assert_close(oracle_attention(q, k, v, causal), expected)
 
 
+@pytest.mark.exercise("flash_forward")
 def test_chunked_prefill_equals_the_last_rows_of_full_causal_attention():
     # A KV cache holds S keys; the newest T queries must see exactly what they would in one full pass.
     q_full, k, v, _ = make_inputs(2, 4, 2, 100, 100, 32, torch.float32)
@@ -161,11 +164,13 @@ def test_chunked_prefill_equals_the_last_rows_of_full_causal_attention():
     assert_close(chunk, expected, torch.float32, "out")
 
 
+@pytest.mark.exercise("flash_forward")
 def test_explicit_scale_is_used_instead_of_one_over_sqrt_head_dim():
     q, k, v, dout = make_inputs(2, 4, 2, 17, 40, 32, torch.float32)
     assert_all_close(*kernel_and_oracle(q, k, v, dout, causal=True, scale=0.5), torch.float32)
 
 
+@pytest.mark.exercise("flash_forward")
 def test_non_contiguous_inputs_in_the_models_layout_are_handled():
     # The model holds (B, T, H, D) and passes transposed views; the kernel must honour the real strides.
     B, H, K, T, D = 2, 4, 2, 33, 32
@@ -178,6 +183,7 @@ def test_non_contiguous_inputs_in_the_models_layout_are_handled():
     assert_all_close(*kernel_and_oracle(q, k, v, dout, causal=True), torch.float32)
 
 
+@pytest.mark.exercise("flash_forward")
 def test_causal_attention_never_reads_key_blocks_above_the_diagonal():
     # Poison V beyond the first query block's diagonal with NaN. A masked key still multiplies its value
     # by probability 0 and 0 * NaN = NaN, so finite rows prove those blocks were skipped, not just masked.

@@ -54,6 +54,7 @@ def reference_tables(n_positions: int, head_dim: int, theta: float) -> tuple[tor
     return cos, sin
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "context_extension")
 @pytest.mark.parametrize("theta", [250_000.0, 10_000.0])  # the recipe, and the ablation that keeps the base
 def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, theta, capsys, toy_run):
     flags = dict(stage="midtrain", init=pretrained, seq_len=None, batch_size=2, eval_batches=1)
@@ -75,6 +76,7 @@ def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_ba
     torch.testing.assert_close(model.rope_sin.double(), sin, atol=2e-5, rtol=0)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "context_extension")
 def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir, pretrained, tmp_path, toy_run):
     flags = dict(stage="midtrain", seq_len=None, batch_size=2, steps=3)
     straight = train.train(toy_run(tmp_path / "a", init=pretrained, **flags))
@@ -85,6 +87,7 @@ def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir,
     assert checkpoint.read_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
 
 
+@pytest.mark.exercise("rope")
 def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_channel_pair_but_the_first():
     """Raising the base slows every rotation but the fastest: the slow pairs, which carry long-range
     position, then stay within the angles pretraining saw over 4x the distance."""
@@ -100,6 +103,7 @@ def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_
     assert rope_tables(1025, 32, 250_000.0)[1][1024, 15] < rope_tables(257, 32, 10_000.0)[1][256, 15]
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "context_extension")
 def test_positions_beyond_the_extended_table_raise_a_clear_error_instead_of_wrapping():
     model = Phi4(ModelConfig(vocab_size=64, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=16))
     model.set_rope(max_seq_len=64, rope_theta=250_000.0)  # what midtraining does
@@ -113,6 +117,7 @@ def test_positions_beyond_the_extended_table_raise_a_clear_error_instead_of_wrap
         model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
 
 
+@pytest.mark.exercise("bpe")
 def test_midtraining_without_a_pretrained_model_exits_with_one_clear_line_naming_the_flag(toy_data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "--stage", "midtrain", "--data", toy_data_dir, "--out", str(tmp_path)],
@@ -123,6 +128,7 @@ def test_midtraining_without_a_pretrained_model_exits_with_one_clear_line_naming
     assert last.startswith("error:") and "--init" in last
 
 
+@pytest.mark.exercise("context_extension")
 def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a_third_of_the_lr(tmp_path):
     # A checkpoint record of a pretrained 14b (no weights are read to plan the extension).
     (tmp_path / "shards-0000001-abcdef").mkdir()
@@ -138,6 +144,7 @@ def test_the_14b_midtraining_goes_from_4096_to_16384_tokens_with_base_250k_and_a
 # -- long documents ----------------------------------------------------------------------------------
 
 
+@pytest.mark.exercise("bpe")
 def test_the_long_shards_hold_recall_documents_of_every_length_that_fit_a_row(toy_data_dir, toy_tokenizer):
     meta = data.ensure_long_documents(toy_data_dir, 257)
     assert meta["doc_tokens"] == 257 and meta["long_train_documents"] > 0
@@ -217,6 +224,7 @@ def test_long_documents_longer_than_a_row_are_refused_with_the_flag_to_change(mi
 # -- the evaluation ----------------------------------------------------------------------------------
 
 
+@pytest.mark.exercise("bpe", "rope", "context_extension")
 def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shifted_one_0(toy_tokenizer, monkeypatch):
     model = Phi4(ModelConfig(vocab_size=960, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=256))
 
@@ -240,6 +248,7 @@ def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shif
     assert model.config.max_seq_len == 256 and model.rope_cos.shape[0] == 256  # left as it was loaded
 
 
+@pytest.mark.exercise("bpe")
 def test_pretraining_rows_hold_recall_documents_at_position_zero_at_the_stated_share(toy_data_dir, toy_tokenizer, toy_run, tmp_path):
     cfg = toy_run(tmp_path, seq_len=256, long_fraction=0.3)
     loader, val_loader = train.make_loaders(cfg, toy_tokenizer, 256)

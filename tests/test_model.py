@@ -73,6 +73,7 @@ def kernel_can_run() -> bool:
     return kernels.HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "flash_forward")
 @pytest.mark.parametrize("other", ["sdpa", "triton"])
 def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other, tiny_model):
     if other == "triton" and not kernel_can_run():
@@ -86,6 +87,7 @@ def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_th
     torch.testing.assert_close(model(idx), naive, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention")
 def test_gqa_equals_mha_with_each_kv_head_repeated(tiny_model):
     gqa = tiny_model(attn_impl="naive", **MODEL_TEST)
     mha = Phi4(tiny_config(n_kv_head=6, attn_impl="naive")).eval()
@@ -102,6 +104,7 @@ def test_gqa_equals_mha_with_each_kv_head_repeated(tiny_model):
     torch.testing.assert_close(gqa(idx), mha(idx), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_changing_future_tokens_never_changes_earlier_logits(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl, **MODEL_TEST)
@@ -112,6 +115,7 @@ def test_changing_future_tokens_never_changes_earlier_logits(attn_impl, tiny_mod
     assert not torch.allclose(model(idx)[:, 17:], model(changed)[:, 17:])
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_kv_cache_prefill_then_decode_matches_full_recompute(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl, **MODEL_TEST)
@@ -126,6 +130,7 @@ def test_kv_cache_prefill_then_decode_matches_full_recompute(attn_impl, tiny_mod
     assert cache.length == 25
 
 
+@pytest.mark.exercise("rope")
 def test_rope_is_the_rotate_half_rotation_of_channel_pairs_i_and_i_plus_half():
     D, theta = 8, 10000.0
     cos, sin = rope_tables(5, D, theta)
@@ -139,6 +144,7 @@ def test_rope_is_the_rotate_half_rotation_of_channel_pairs_i_and_i_plus_half():
             assert out[0, 0, m, i + D // 2].item() == pytest.approx(b * math.cos(angle) + a * math.sin(angle), abs=1e-5)
 
 
+@pytest.mark.exercise("rope")
 def test_rope_scores_depend_only_on_relative_position():
     cos, sin = rope_tables(40, 16, 10000.0)
     q, k = torch.randn(16), torch.randn(16)
@@ -147,6 +153,7 @@ def test_rope_scores_depend_only_on_relative_position():
     assert (qs[7] @ ks[3]).item() == pytest.approx((qs[30] @ ks[26]).item(), rel=1e-4)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "context_extension")
 def test_set_rope_rebuilds_tables_for_a_new_length_and_base(tiny_model):
     model = tiny_model(**MODEL_TEST)
     model.set_rope(max_seq_len=256, rope_theta=250_000.0)
@@ -158,12 +165,14 @@ def test_set_rope_rebuilds_tables_for_a_new_length_and_base(tiny_model):
     model(torch.zeros(1, 200, dtype=torch.long))  # positions past the old 64 now work
 
 
+@pytest.mark.exercise("rope")
 def test_positions_beyond_the_rope_table_raise_a_clear_error(tiny_model):
     model = tiny_model(**MODEL_TEST)
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient(tiny_model):
     model = tiny_model(**MODEL_TEST)
     idx = torch.randint(0, 97, (2, 33))
@@ -179,6 +188,7 @@ def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient(tiny
     torch.testing.assert_close(chunked_grad, model.lm_head.weight.grad, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_meta_construction_then_init_weights_is_reproducible(tiny_model):
     with torch.device("meta"):
         a = Phi4(tiny_config())
@@ -191,12 +201,14 @@ def test_meta_construction_then_init_weights_is_reproducible(tiny_model):
     torch.testing.assert_close(a(idx), b(idx))
 
 
+@pytest.mark.exercise("rope")
 def test_init_gives_std_0_02_weights_and_unit_norm_gains(tiny_model):
     model = tiny_model(d_model=96, n_head=6, ffn_dim=192, **MODEL_TEST)
     assert model.blocks[0].mlp.up_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert torch.all(model.blocks[1].attn_norm.weight == 1)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention")
 def test_flops_per_token_matches_the_matmuls_counted_in_a_forward_pass(tiny_model):
     """The oracle is torch's FLOP counter on a real forward (naive attention: the full T x T products,
     as the PaLM convention counts them), times 3 for forward + backward. It sees only matmuls, so the
@@ -209,3 +221,82 @@ def test_flops_per_token_matches_the_matmuls_counted_in_a_forward_pass(tiny_mode
         model(torch.zeros(1, T, dtype=torch.long))
     norm_params = sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
     assert 3 * counter.get_total_flops() / T == model.flops_per_token(T) - 6 * norm_params
+
+
+@pytest.mark.exercise("rmsnorm_swiglu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_and_swiglu_equal_their_float64_formulas(dtype):
+    from model import MLP, RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5)
+    norm.weight.data = torch.randn(16)
+    x = (torch.randn(3, 5, 16) * 4).to(dtype)
+    x64 = x.double()
+    expected = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    got = norm(x)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-5)
+
+    mlp = MLP(ModelConfig(**TINY_MODEL))
+    y = torch.randn(2, 4, TINY_MODEL["d_model"])
+    gate, up, down = (m.weight.double() for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+    g = y.double() @ gate.T
+    expected = (g * torch.sigmoid(g) * (y.double() @ up.T)) @ down.T  # silu(g) = g * sigmoid(g)
+    torch.testing.assert_close(mlp(y).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _attention_float64(q, k, v, visible):
+    """Per-head loops in float64: query head h reads key/value head h // (H / K); visible (B, T, S)."""
+    B, H, T, D = q.shape
+    G = H // k.shape[1]
+    out = torch.zeros(B, H, T, D, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            scores = q[b, h].double() @ k[b, h // G].double().T / math.sqrt(D)  # (T, S)
+            scores = scores.masked_fill(~visible[b], float("-inf"))
+            out[b, h] = scores.softmax(-1) @ v[b, h // G].double()
+    return out
+
+
+@pytest.mark.exercise("gqa_attention")
+def test_naive_attention_equals_per_head_float64_loops_for_gqa_causal_chunks_and_row_masks():
+    from model import naive_attention
+
+    torch.manual_seed(0)
+    B, H, K, D = 2, 6, 2, 8
+    for T, S in [(7, 7), (3, 9), (1, 5)]:  # a square training block, a chunk after 6 cached keys, one decode step
+        q, k, v = torch.randn(B, H, T, D), torch.randn(B, K, S, D), torch.randn(B, K, S, D)
+        # Bottom-right causal: query t sits at position S - T + t and sees keys 0 .. S - T + t.
+        causal = torch.ones(T, S, dtype=torch.bool).tril(S - T).expand(B, T, S)
+        torch.testing.assert_close(naive_attention(q, k, v, causal=True).double(), _attention_float64(q, k, v, causal), rtol=1e-5, atol=1e-6)
+        everything = torch.ones(B, T, S, dtype=torch.bool)
+        torch.testing.assert_close(naive_attention(q, k, v, causal=False).double(), _attention_float64(q, k, v, everything), rtol=1e-5, atol=1e-6)
+    # A per-row mask replaces the causal one: row 0 may not see its first two keys, row 1 sees only keys 0-2.
+    q, k, v = torch.randn(B, H, 4, D), torch.randn(B, K, 6, D), torch.randn(B, K, 6, D)
+    mask = torch.ones(B, 4, 6, dtype=torch.bool)
+    mask[0, :, :2] = False
+    mask[1, :, 3:] = False
+    torch.testing.assert_close(naive_attention(q, k, v, mask=mask).double(), _attention_float64(q, k, v, mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.exercise("kv_cache")
+def test_the_kv_cache_returns_every_key_stored_so_far_per_layer_and_refuses_to_overflow():
+    config = ModelConfig(**TINY_MODEL)
+    K, D = config.n_kv_head, config.head_dim
+    cache = KVCache(config, batch_size=2, max_len=6)
+    torch.manual_seed(0)
+    first = [(torch.randn(2, K, 4, D), torch.randn(2, K, 4, D)) for _ in range(config.n_layer)]
+    for layer, (k, v) in enumerate(first):
+        got_k, got_v = cache.update(layer, k, v)
+        assert torch.equal(got_k, k) and torch.equal(got_v, v)
+    cache.advance(4)
+    second = [(torch.randn(2, K, 2, D), torch.randn(2, K, 2, D)) for _ in range(config.n_layer)]
+    for layer, (k, v) in enumerate(second):
+        got_k, got_v = cache.update(layer, k, v)
+        # Each layer returns its own keys: the first 4 tokens, then these 2.
+        assert torch.equal(got_k, torch.cat([first[layer][0], k], dim=2))
+        assert torch.equal(got_v, torch.cat([first[layer][1], v], dim=2))
+    cache.advance(2)
+    with pytest.raises(ValueError, match="KV cache full"):
+        cache.update(0, torch.randn(2, K, 1, D), torch.randn(2, K, 1, D))

@@ -66,6 +66,7 @@ def two_rank_runs(toy_data_dir, tmp_path_factory):
 # -- data parallelism and sharded checkpoints ---------------------------------------------------
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_two_ranks_give_the_same_losses_as_one_process_with_the_same_global_batch(two_rank_runs, toy_data_dir, tmp_path, toy_run):
     single = one_process(toy_run, tmp_path)
     ranks = two_rank_runs["straight"]
@@ -77,6 +78,7 @@ def test_two_ranks_give_the_same_losses_as_one_process_with_the_same_global_batc
     assert ranks[-1]["loss"] < ranks[0]["loss"] - 0.5  # and it learns
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_a_sharded_checkpoint_resumes_to_the_same_losses_as_an_uninterrupted_run(two_rank_runs):
     resumed, straight = two_rank_runs["resumed"], two_rank_runs["straight"]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]  # steps 1-2 before the stop, 3-4 after
@@ -84,6 +86,7 @@ def test_a_sharded_checkpoint_resumes_to_the_same_losses_as_an_uninterrupted_run
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_dir, tmp_path, toy_run):
     out = tmp_path / "run"
     shutil.copytree(two_rank_runs["stopped_at_2"], out)
@@ -96,6 +99,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(two_rank_runs, toy_data_di
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight[2:]], rel=1e-5)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_initial_weights_are_the_same_at_any_world_size(toy_data_dir, tmp_path):
     # One step at learning rate 0 leaves the initial weights in the checkpoint, sharded over 2 ranks.
     torchrun(toy_data_dir, tmp_path / "two", steps=1, lr=0.0, eval_batches=0)
@@ -107,12 +111,14 @@ def test_initial_weights_are_the_same_at_any_world_size(toy_data_dir, tmp_path):
     assert all(torch.equal(sharded[name], reference[name]) for name in reference)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_activation_checkpointing_changes_memory_not_the_losses(toy_data_dir, tmp_path, toy_run):
     plain = one_process(toy_run, tmp_path / "plain", steps=2, eval_batches=0)
     recomputed = one_process(toy_run, tmp_path / "ac", steps=2, eval_batches=0, activation_checkpointing=True)
     assert [r["loss"] for r in recomputed] == [r["loss"] for r in plain]
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_a_global_batch_that_the_ranks_cannot_share_evenly_is_refused_naming_the_flags(toy_data_dir, tmp_path, toy_run):
     with pytest.raises(ValueError, match="--batch-tokens 320 .* --batch-size 4"):
         one_process(toy_run, tmp_path, batch_tokens=320)
@@ -170,6 +176,7 @@ def saved_bytes_per_token(block: torch.nn.Module, dtype: torch.dtype, d_model: i
     return (measured[1] - measured[0]) / (2 * 16)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_the_activation_count_matches_the_tensors_autograd_saves(dtype):
     config = ModelConfig(vocab_size=64, n_layer=1, d_model=64, n_head=4, n_kv_head=2, ffn_dim=96, max_seq_len=32)
@@ -178,6 +185,7 @@ def test_the_activation_count_matches_the_tensors_autograd_saves(dtype):
     assert saved_bytes_per_token(block, dtype, 64, 32) == expected
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_a_checkpointed_block_keeps_only_its_input():
     config = ModelConfig(vocab_size=64, n_layer=1, d_model=64, n_head=4, n_kv_head=2, ffn_dim=96, max_seq_len=32)
     block = Phi4(config).blocks[0].to(torch.bfloat16)
@@ -185,6 +193,7 @@ def test_a_checkpointed_block_keeps_only_its_input():
     assert saved_bytes_per_token(block, torch.bfloat16, 64, 32) == 2 * 64  # one bf16 row of d_model
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "lr_schedule")
 @pytest.mark.gpu
 def test_the_single_gpu_benchmark_reports_throughput_mfu_and_peak_memory(tmp_path):
     """The README's one-GPU benchmark, shrunk: bf16 FSDP, activation checkpointing, compiled blocks."""

@@ -75,6 +75,7 @@ def steps(length: int) -> float:
 # find_pivotal_tokens
 
 
+@pytest.mark.exercise("pivotal_tokens")
 @pytest.mark.parametrize("logprob_seed", [None, 0, 1, 2, 3])
 def test_a_step_function_of_the_prefix_gives_exactly_its_pivots_with_their_probabilities(logprob_seed):
     tokens = list(range(100, 140))
@@ -86,11 +87,13 @@ def test_a_step_function_of_the_prefix_gives_exactly_its_pivots_with_their_proba
     assert pivots[0].raises and not pivots[1].raises
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_a_smaller_gap_also_finds_the_small_step():
     pivots = find_pivotal_tokens(list(range(40)), [-1.0] * 40, CountingSuccess(steps), p_gap=0.05)
     assert [p.position for p in pivots] == [9, 19, 29]
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_a_rise_and_a_fall_inside_one_segment_cancel_and_are_not_searched():
     # The report's algorithm keeps a segment whole when its two ends agree: a known blind spot.
     bump = CountingSuccess(lambda n: 0.9 if 10 <= n < 20 else 0.5)
@@ -98,6 +101,7 @@ def test_a_rise_and_a_fall_inside_one_segment_cancel_and_are_not_searched():
     assert sorted(map(len, bump.calls)) == [0, 40]
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_the_cut_is_where_the_cumulative_log_prob_reaches_half_the_segment_total():
     assert split_point([-6.0, -0.1, -0.1, -0.1], 0, 4) == 1  # the first token holds most of the mass
     assert split_point([-1.0] * 8, 0, 8) == 4  # uniform mass: the middle
@@ -106,6 +110,7 @@ def test_the_cut_is_where_the_cumulative_log_prob_reaches_half_the_segment_total
     assert split_point([-5.0, -1.0, -1.0, -1.0, -1.0], 1, 5) == 3  # a segment that starts inside the answer
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_a_sequence_whose_first_token_carries_most_log_prob_is_split_right_after_it():
     success = CountingSuccess(lambda n: 0.0 if n < 5 else 1.0)
     find_pivotal_tokens(list(range(8)), [-10.0] + [-0.1] * 7, success, p_gap=0.2)
@@ -113,6 +118,7 @@ def test_a_sequence_whose_first_token_carries_most_log_prob_is_split_right_after
     assert [len(c) for c in success.calls[:3]] == [0, 8, 1]
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_p_success_is_called_at_most_once_per_distinct_prefix():
     success = CountingSuccess(steps)
     rng = random.Random(5)
@@ -120,6 +126,7 @@ def test_p_success_is_called_at_most_once_per_distinct_prefix():
     assert len(success.calls) == len(set(success.calls))
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_evaluations_grow_with_the_log_of_the_length_not_the_length():
     def calls(length: int) -> int:
         success = CountingSuccess(lambda n: 0.2 if n <= length // 3 else 0.8)  # one pivot, at length // 3
@@ -145,6 +152,7 @@ def test_mismatched_inputs_and_a_bad_gap_fail_with_a_clear_message():
 # Rollouts from a shared prefix
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache", "sampling")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_rollouts_from_a_shared_prefix_equal_rollouts_that_rerun_the_prefix(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
@@ -157,6 +165,7 @@ def test_rollouts_from_a_shared_prefix_equal_rollouts_that_rerun_the_prefix(attn
         assert len({tuple(row) for row in shared.tolist()}) > 1  # real samples, not one answer copied
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_rollouts_never_sample_ids_past_the_tokenizer_vocabulary(tiny_model):
     # The toy model's vocabulary is padded past the tokenizer's last id; those ids have no text.
     model = tiny_model()
@@ -178,6 +187,7 @@ def test_expanding_the_cache_copies_each_row_next_to_itself():
     assert cache.k[0, 1, 0, 0, 0] == 1.0
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_answer_logprobs_equal_a_step_by_step_float32_reference(tiny_model):
     model = tiny_model()
     prompt, answer = [5, 9, 2, 40], [7, 7, 30, 1, 59]
@@ -190,6 +200,7 @@ def test_answer_logprobs_equal_a_step_by_step_float32_reference(tiny_model):
     assert got == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_the_model_estimator_counts_rollouts_and_grades_a_finished_answer_without_any(tiny_model):
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Then she buys 2 more. Answer: 5\n" * 20, 400)
     model = tiny_model(vocab_size=tokenizer.vocab_size)
@@ -246,6 +257,7 @@ def test_questions_outside_the_band_are_not_searched_and_cost_one_estimate():
         assert estimator.rollouts == 8
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_a_raising_and_a_lowering_pivot_give_the_same_pair_once():
     # x: 7 (right) in 3 rollouts of 8, 8 in 3, 9 in 2 -> p(question) = 3/8.
     estimator = mock_estimator([7, 8, 9])
@@ -261,6 +273,7 @@ def test_a_raising_and_a_lowering_pivot_give_the_same_pair_once():
     assert (pair.p_chosen, pair.p_rejected) == (1.0, 0.0)
 
 
+@pytest.mark.exercise("pivotal_tokens")
 def test_an_alternative_whose_own_estimate_does_not_move_p_gives_no_pair():
     # From [1, 2], rollouts through 8 end [3, 4, STOP] and fail; but from [1, 2, 8] every rollout
     # recovers with [5, STOP]. The first-token rate says 8 is bad, its own estimate says it is not.
@@ -280,6 +293,7 @@ def test_the_alternative_token_rule_on_known_rollout_tallies():
     assert alternative_token(estimate, Pivot(0, 10, 0.3, 0.0)) is None  # only 9 is left, at exactly 1/2
 
 
+@pytest.mark.exercise("bpe", "pivotal_tokens")
 def test_pair_records_hold_one_token_completions_and_the_fields_dpo_reads():
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Answer: 5\n" * 20, 400)
     estimator = mock_estimator([7, 8, 9])

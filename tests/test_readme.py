@@ -66,6 +66,10 @@ def test_the_file_tree_lists_exactly_the_tracked_python_files():
     assert {name for name in tracked if not name.startswith("tests/")} <= listed
 
 
+@pytest.mark.exercise(
+    "bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache", "lr_schedule", "context_extension", "sampling",
+    "rejection_sampling", "sequence_logprobs", "dpo_loss", "pivotal_tokens",
+)
 @pytest.mark.slow
 def test_the_main_job_runs_as_written_on_a_fresh_copy(tmp_path):
     """Runs speedrun.sh (minutes) in a copy of the tracked files, as a fresh clone would."""

@@ -107,6 +107,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.exercise("bpe", "rope")
 @pytest.mark.parametrize("argv, expected", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
 def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_file(workspace, toy_data_dir, argv, expected):
     argv = [arg.format(ws=workspace, data=toy_data_dir) for arg in argv]
@@ -134,6 +135,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_a_checkpoint_record_carrying_a_pickle_payload_is_refused_without_running_it(tmp_path, tiny_checkpoint):
     tiny_checkpoint(tmp_path / "ckpt")
     marker = tmp_path / "payload-ran"
@@ -146,6 +148,7 @@ def test_a_checkpoint_record_carrying_a_pickle_payload_is_refused_without_runnin
     assert not marker.exists()
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_checkpoint):
     tiny_checkpoint(tmp_path / "ckpt")
     record = checkpoint.read_checkpoint(str(tmp_path / "ckpt"))
@@ -160,6 +163,7 @@ def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_check
         checkpoint.load_model(str(tmp_path / "ckpt"))
 
 
+@pytest.mark.exercise("rope")
 def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_model):
     model = tiny_model()
     with torch.no_grad():
@@ -171,6 +175,7 @@ def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_model):
         hf.load_phi4(str(tmp_path / "hf"))
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_config_json_takes_its_special_token_ids_from_the_tokenizer_on_a_padded_vocabulary(tmp_path, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "ckpt")
     model, _ = checkpoint.load_model(str(tmp_path / "ckpt"))
@@ -186,6 +191,7 @@ def test_config_json_takes_its_special_token_ids_from_the_tokenizer_on_a_padded_
 # -- resume continues the saved run ----------------------------------------------------------------
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_resume_with_a_changed_schedule_flag_is_refused_naming_it(toy_run, tmp_path):
     train.train(toy_run(tmp_path, steps=4, stop_at=2))
     cfg = trainer.with_given(toy_run(tmp_path, steps=6, resume=True), {"steps", "resume", "out"})
@@ -193,6 +199,7 @@ def test_resume_with_a_changed_schedule_flag_is_refused_naming_it(toy_run, tmp_p
         train.train(cfg)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_resume_takes_the_saved_schedule_and_logs_each_step_once(toy_run, tmp_path):
     """The stage defaults (steps 1200, warm-up 50) must not replace the saved run's 4 and 1 on resume."""
     straight = train.train(toy_run(tmp_path / "a", steps=4, save_every=1))
@@ -209,6 +216,7 @@ def test_resume_takes_the_saved_schedule_and_logs_each_step_once(toy_run, tmp_pa
 # -- DPO and non-finite values ------------------------------------------------------------------
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 @pytest.mark.parametrize("stale", ["another model", "NaN values"])
 def test_dpo_with_untrustworthy_reference_logprobs_recomputes_them_and_starts_at_ln_2(tmp_path, tiny_checkpoint, stale):
     tokenizer = tiny_checkpoint(tmp_path / "a", seed=1)
@@ -226,6 +234,7 @@ def test_dpo_with_untrustworthy_reference_logprobs_recomputes_them_and_starts_at
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_a_non_finite_loss_stops_training_before_the_step_and_saves_nothing(toy_run, tmp_path, tiny_model):
     model = tiny_model()
     cfg = toy_run(tmp_path, steps=3, save_every=1, lr=1e-3, warmup_steps=1)
@@ -244,6 +253,7 @@ def test_a_non_finite_loss_stops_training_before_the_step_and_saves_nothing(toy_
     assert not os.path.exists(tmp_path / "ckpt.pt")
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
 def test_generation_that_reaches_the_context_says_so(tiny_model, capsys):
     import sample
 

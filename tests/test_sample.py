@@ -7,6 +7,7 @@ import torch
 from sample import generate, sample_next
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache")
 @pytest.mark.parametrize("attn_impl", ["naive", "sdpa"])
 def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl, tiny_model):
     model = tiny_model(attn_impl=attn_impl)
@@ -17,6 +18,7 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_seeded_sampling_with_the_cache_equals_sampling_without_it(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(2))
@@ -25,6 +27,7 @@ def test_seeded_sampling_with_the_cache_equals_sampling_without_it(tiny_model):
     assert torch.equal(a, b)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_the_same_seed_gives_the_same_samples_and_another_seed_differs(tiny_model):
     model = tiny_model()
     idx = torch.zeros(4, 3, dtype=torch.long)
@@ -33,6 +36,7 @@ def test_the_same_seed_gives_the_same_samples_and_another_seed_differs(tiny_mode
     assert not torch.equal(a, generate(model, idx, 25, temperature=1.5, seed=2))
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
 def test_rows_stop_at_a_stop_token_and_are_padded_with_it(tiny_model):
     model = tiny_model()
     idx = torch.randint(0, 61, (4, 3), generator=torch.Generator().manual_seed(3))
@@ -44,6 +48,7 @@ def test_rows_stop_at_a_stop_token_and_are_padded_with_it(tiny_model):
     assert first <= 3 and all(t == stop for t in row[first:])
 
 
+@pytest.mark.exercise("sampling")
 def test_top_k_of_one_and_a_tiny_top_p_both_equal_greedy():
     logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
     greedy = logits.argmax(-1)
@@ -52,6 +57,7 @@ def test_top_k_of_one_and_a_tiny_top_p_both_equal_greedy():
     assert torch.equal(sample_next(logits, 1.0, top_p=1e-6, generator=g), greedy)
 
 
+@pytest.mark.exercise("sampling")
 def test_top_p_samples_only_from_the_smallest_set_reaching_p():
     # Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two (0.5 < 0.7 <= 0.8).
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]])).repeat(2000, 1)
@@ -61,12 +67,14 @@ def test_top_p_samples_only_from_the_smallest_set_reaching_p():
     assert share == pytest.approx(0.5 / 0.8, abs=0.04)  # renormalised within the kept set
 
 
+@pytest.mark.exercise("rope")
 def test_a_prompt_longer_than_the_context_raises_a_clear_error(tiny_model):
     model = tiny_model()
     with pytest.raises(ValueError, match="context"):
         generate(model, torch.zeros(1, 64, dtype=torch.long), 5)
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
 def test_generation_stops_at_the_end_of_the_context_instead_of_wrapping(tiny_model):
     model = tiny_model()
     out = generate(model, torch.zeros(1, 60, dtype=torch.long), 50, temperature=0)
@@ -85,6 +93,7 @@ import sample  # noqa: E402
 import stats  # noqa: E402
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch, tiny_model):
     """A fake sampler that answers correctly exactly for odd-indexed problems must score 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
@@ -117,6 +126,7 @@ def test_wilson_interval_matches_known_values():
 # Batched sampling, maj@k and rejection sampling
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
 def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end_after_the_stop_token(tiny_model):
     model = tiny_model()
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10, 11]]
@@ -128,6 +138,7 @@ def test_sampled_completions_at_temperature_zero_equal_greedy_generation_and_end
         assert group == [out[:end]] * 3
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_sampled_completions_are_reproducible_and_differ_across_samples(tiny_model):
     model = tiny_model()
     first = sample.sample_completions(model, [[1, 2, 3]], n=6, max_new_tokens=10, stop_tokens=(), temperature=1.0, seed=3)
@@ -141,6 +152,7 @@ def test_majority_answer_picks_the_most_frequent_answer_and_ignores_missing_ones
     assert evaluation.majority_answer(["nothing", ""]) is None
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rejection_sampling")
 def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_correct_with_an_incorrect_one(toy_data_dir, monkeypatch):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     problems = toyworld.make_split(7, 3)
@@ -168,21 +180,34 @@ def test_rejection_sampling_keeps_only_oracle_approved_answers_and_pairs_a_corre
     assert summary["sample_accuracy"] == pytest.approx(4 / 9) and summary["all_wrong"] == 1 and summary["all_correct"] == 1
 
 
-def test_rejection_sampling_keeps_distinct_correct_answers_up_to_the_cap(toy_data_dir, monkeypatch):
-    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+@pytest.mark.exercise("rejection_sampling")
+def test_judging_accepts_only_finished_correct_answers_and_pairs_the_first_right_with_the_first_wrong(byte_tokenizer):
+    tok = byte_tokenizer
+    problem = toyworld.make_split(7, 1)[0]
+    end = tok.im_end_id
+    right = tok.encode(f"Answer: {problem.answer}") + [end]
+    wrong = tok.encode(f"Answer: {problem.answer + 1}") + [end]
+    unfinished = tok.encode(f"Answer: {problem.answer}")  # ran out of tokens before <|im_end|>
+    accepted, chosen, rejected, n_correct = rejection_sampling.judge(tok, problem, [unfinished, [], wrong, right, right], 5)
+    assert accepted == [f"Answer: {problem.answer}"] and n_correct == 2
+    assert chosen == right and rejected == unfinished  # the first of each kind, <|im_end|> kept in the pair
+    assert rejection_sampling.judge(tok, problem, [right, right], 5) == ([f"Answer: {problem.answer}"], None, None, 2)
+    assert rejection_sampling.judge(tok, problem, [wrong, unfinished], 5) == ([], None, None, 0)
+
+
+@pytest.mark.exercise("rejection_sampling")
+def test_judging_keeps_distinct_correct_answers_up_to_the_cap(byte_tokenizer):
+    tok = byte_tokenizer
     problem = toyworld.make_split(9, 1)[0]
-    end = tokenizer.im_end_id
-    # Three correct answers in two wordings (one repeated), and three more wordings of the right answer.
-    first, second, third = (tokenizer.encode(f"{prefix}Answer: {problem.answer}") + [end]
-                            for prefix in ("", "So:\n", "Well:\n"))
-    canned = [[first, first, second, third]]
-    monkeypatch.setattr(rejection_sampling, "sample_completions", lambda model, prompts, n, *a, **k: canned)
-    sft, _, _ = rejection_sampling.rejection_sampling(None, tokenizer, [problem], n=4, max_accepted=2)
-    assert [r["messages"][1]["content"] for r in sft] == [tokenizer.decode(first[:-1]), tokenizer.decode(second[:-1])]
-    sft, _, _ = rejection_sampling.rejection_sampling(None, tokenizer, [problem], n=4, max_accepted=5)
-    assert len(sft) == 3  # the repeated answer counts once
+    # Three correct answers in two wordings (one repeated), and a third wording.
+    first, second, third = (tok.encode(f"{prefix}Answer: {problem.answer}") + [tok.im_end_id] for prefix in ("", "So:\n", "Well:\n"))
+    accepted, *_ = rejection_sampling.judge(tok, problem, [first, first, second, third], max_accepted=2)
+    assert accepted == [tok.decode(first[:-1]), tok.decode(second[:-1])]
+    accepted, *_ = rejection_sampling.judge(tok, problem, [first, first, second, third], max_accepted=5)
+    assert len(accepted) == 3  # the repeated answer counts once
 
 
+@pytest.mark.exercise("bpe")
 def test_the_knowledge_quiz_grades_the_first_word_of_each_completion_against_the_fact(toy_data_dir, monkeypatch):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     items = toyworld.quiz_items()

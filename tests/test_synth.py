@@ -543,6 +543,7 @@ def tiny_teacher_model():
     return model.Phi4(config), tokenizer
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_teacher_model, tmp_path, monkeypatch):
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()
@@ -562,6 +563,7 @@ def test_a_pipeline_runs_offline_with_a_local_checkpoint_as_teacher(tiny_teacher
     assert len(record["votes"]) == 3 and record["pipeline"] == "plurality"
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_teacher_model):
     teacher = teachers.LocalTeacher(*tiny_teacher_model, max_new_tokens=16, temperature=1.0)
     replies = [teacher.complete(prompts.solve_messages(MID), sample_index=i) for i in range(3)]

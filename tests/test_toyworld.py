@@ -211,6 +211,7 @@ def tokenizer(toy_data_dir):
     return data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
 
 
+@pytest.mark.exercise("bpe")
 def test_a_recall_document_fills_its_length_and_asks_for_its_first_line(tokenizer):
     rng = random.Random(4)
     for length in (64, 256, 1024):
@@ -229,6 +230,7 @@ def test_a_recall_document_fills_its_length_and_asks_for_its_first_line(tokenize
 # -- decontamination between splits ---------------------------------------------------------------
 
 
+@pytest.mark.exercise("bpe")
 def test_no_two_splits_share_a_13_gram(toy_data_dir, tokenizer):
     splits = {name: [p.question for p in toyworld.read_problems(f"{toy_data_dir}/{name}.jsonl")]
               for name in ("eval", "dev", "sft", "rl")}

@@ -23,6 +23,7 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden_loss.json")
 SMALL = dict(steps=8, batch_tokens=512, warmup_steps=2, eval_batches=2, seed=7)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_resuming_from_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir, tmp_path, toy_run):
     straight = train.train(toy_run(tmp_path / "a", **SMALL))
     first = train.train(toy_run(tmp_path / "b", **SMALL | dict(stop_at=3)))
@@ -32,6 +33,7 @@ def test_resuming_from_a_checkpoint_gives_the_same_losses_as_an_uninterrupted_ru
     assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_gradient_accumulation_matches_one_big_micro_batch(toy_data_dir, tmp_path, toy_run):
     one = train.train(toy_run(tmp_path / "a", **SMALL | dict(steps=3, batch_size=8)))
     accumulated = train.train(toy_run(tmp_path / "b", **SMALL | dict(steps=3, batch_size=2)))  # 4 x 2 rows
@@ -39,6 +41,7 @@ def test_gradient_accumulation_matches_one_big_micro_batch(toy_data_dir, tmp_pat
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope")
 def test_overfitting_one_batch_drives_the_loss_near_zero(toy_data_dir):
     cfg = TrainConfig(data=toy_data_dir, seq_len=32, seed=0)
     model = checkpoint.build_model(train.model_config(cfg, train.prepare_data(cfg), None), "cpu")
@@ -55,6 +58,7 @@ def test_overfitting_one_batch_drives_the_loss_near_zero(toy_data_dir):
     assert first > 5.0 and loss.item() < 0.05
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_the_first_steps_of_the_toy_run_follow_the_golden_loss_curve(toy_data_dir, tmp_path, toy_run):
     """Guards against silent changes to init, data order, loss or optimizer. Regenerate the golden file
     with REGENERATE_GOLDEN=1 only after a deliberate change, and say why in the commit."""
@@ -68,6 +72,7 @@ def test_the_first_steps_of_the_toy_run_follow_the_golden_loss_curve(toy_data_di
     assert losses[-1] < losses[0] - 0.5  # and it is learning
 
 
+@pytest.mark.exercise("lr_schedule")
 def test_learning_rate_warms_up_linearly_then_decays_linearly_to_the_floor():
     cfg = TrainConfig(lr=1.0, warmup_steps=4, steps=14, min_lr_ratio=0.1)
     lrs = [trainer.learning_rate(s, cfg) for s in range(14)]
@@ -76,6 +81,7 @@ def test_learning_rate_warms_up_linearly_then_decays_linearly_to_the_floor():
     assert trainer.learning_rate(14, cfg) == pytest.approx(0.1)
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_weight_decay_applies_to_matrices_and_not_to_norm_gains(toy_data_dir):
     cfg = TrainConfig(data=toy_data_dir, seq_len=32)
     model = checkpoint.build_model(train.model_config(cfg, train.prepare_data(cfg), None), "cpu")
@@ -84,6 +90,7 @@ def test_weight_decay_applies_to_matrices_and_not_to_norm_gains(toy_data_dir):
     assert {id(p) for p in no_decay["params"]} == {id(p) for n, p in model.named_parameters() if "norm" in n}
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 @pytest.mark.parametrize("crash_in", ["shards", "record"])
 def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir, tmp_path, monkeypatch, crash_in, toy_run):
     """A checkpoint is a folder of tensor shards (written through torch.save streams by every rank) and
@@ -113,6 +120,7 @@ def test_an_interrupted_save_leaves_the_last_good_checkpoint_intact(toy_data_dir
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in good_weights.items())
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_a_checkpoint_records_the_resolved_configs(toy_data_dir, tmp_path, toy_run):
     train.train(toy_run(tmp_path, **SMALL | dict(steps=1)))
     state = checkpoint.read_checkpoint(str(tmp_path))
@@ -133,12 +141,14 @@ def test_an_unknown_size_exits_non_zero_naming_the_flag():
     assert result.returncode != 0 and "--size" in result.stderr and "15b" in result.stderr
 
 
+@pytest.mark.exercise("bpe")
 def test_a_missing_checkpoint_exits_with_one_clear_line(tmp_path, toy_data_dir):
     result = run_train_cli("--init", str(tmp_path / "nowhere"), "--data", toy_data_dir, "--out", str(tmp_path / "o"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in")
 
 
+@pytest.mark.exercise("bpe")
 def test_a_corrupt_checkpoint_exits_with_one_clear_line(tmp_path, toy_data_dir):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "ckpt.pt").write_bytes(b"not a checkpoint")
@@ -153,12 +163,14 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
 
 
+@pytest.mark.exercise("bpe")
 def test_a_batch_too_large_for_memory_is_refused_before_training_naming_the_flags(tmp_path, toy_data_dir):
     result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--seq-len" in result.stderr
 
 
+@pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_dir, tmp_path, toy_run):
     # 128 tokens: the toy world's conversations (two people, the chat template) do not fit in 64.
     train.train(toy_run(tmp_path / "pre", **SMALL | dict(steps=2, seq_len=128)))
@@ -178,6 +190,7 @@ def test_sft_loss_is_the_mean_cross_entropy_over_assistant_tokens_only(toy_data_
     assert 0 < keep.sum() < keep.numel()  # some positions are masked out, some are not
 
 
+@pytest.mark.exercise("bpe")
 def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, toy_data_dir):
     result = subprocess.run(
         [sys.executable, "train.py", "--stage", "sft", "--data", toy_data_dir, "--out", str(tmp_path)],
@@ -186,6 +199,7 @@ def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, to
     assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "--init" in result.stderr
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
 def test_bf16_autocast_changes_the_rounding_not_the_training(toy_run, tmp_path):
     """--bf16-autocast runs the CPU matmuls in bf16: the losses move by rounding only (an autocast that
     silently did nothing would give exactly the fp32 losses), and both runs learn alike."""
@@ -193,3 +207,57 @@ def test_bf16_autocast_changes_the_rounding_not_the_training(toy_run, tmp_path):
     bf16 = [r["loss"] for r in train.train(toy_run(tmp_path / "bf16", steps=4, bf16_autocast=True))]
     assert fp32 != bf16
     assert bf16 == pytest.approx(fp32, abs=2e-2)
+
+
+class BigramLM(torch.nn.Module):
+    """A stand-in language model for the step function: next-token logits are a table row per current token."""
+
+    def __init__(self, vocab: int = 11):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, inputs, targets, reduction="mean"):
+        logits = self.table[inputs]  # (B, T, V)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
+
+
+class FixedBatches:
+    """A loader that hands out the given (inputs, targets) batches in order."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def next_batch(self):
+        return self.batches.pop(0)
+
+
+@pytest.mark.exercise("lr_schedule")
+def test_four_micro_batches_give_the_loss_and_gradient_of_the_mean_over_all_their_target_tokens():
+    import numpy as np
+
+    import parallel
+
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 11, size=(4, 6))
+    targets = rng.integers(0, 11, size=(4, 6))
+    targets[0, :5] = -100  # rows with 1, 3, 6 and 6 scored tokens: a per-micro-batch mean would overweight row 0
+    targets[1, :3] = -100
+    world = parallel.init_distributed(torch.device("cpu"))
+    try:
+        results = {}
+        for accum in (1, 4):
+            model = BigramLM()
+            rows = np.split(np.arange(4), accum)
+            step = train.lm_step(model, FixedBatches((inputs[r], targets[r]) for r in rows), accum, world)
+            results[accum] = (step()["loss"], model.table.grad.clone())
+    finally:
+        parallel.shutdown(world)
+    # The oracle: one float64 mean over every scored token of the four rows.
+    table = BigramLM().table.detach().double().requires_grad_()
+    mask = torch.from_numpy(targets != -100)
+    logits = table[torch.from_numpy(inputs)][mask]
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)[mask])
+    loss.backward()
+    for accum, (got_loss, got_grad) in results.items():
+        assert got_loss == pytest.approx(loss.item(), rel=1e-6), accum
+        torch.testing.assert_close(got_grad.double(), table.grad, rtol=1e-5, atol=1e-7)
