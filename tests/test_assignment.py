@@ -154,6 +154,13 @@ def test_a_bad_marker_is_refused_naming_the_file_and_line(tmp_path, message):
         make_assignment.find_blocks(str(tmp_path), ["chapter.py"], {"rope", "bpe"})
 
 
+def test_make_assignment_answers_help_and_refuses_a_missing_out_dir_in_one_line():
+    helped = subprocess.run([sys.executable, "make_assignment.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert helped.returncode == 0 and "usage" in helped.stdout
+    bare = subprocess.run([sys.executable, "make_assignment.py"], cwd=ROOT, capture_output=True, text=True)
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1 and "OUT_DIR" in bare.stderr
+
+
 def test_the_trace_report_names_tests_whose_markers_differ_from_the_blocks_they_run():
     traced = {"tests/t.py::test_a[1]": {"rope"}, "tests/t.py::test_a[2]": {"bpe"}, "tests/t.py::test_b": set(),
               "tests/t.py::test_c": {"rope"}}
