@@ -139,6 +139,50 @@ def effects_table(root: str) -> list[str]:
                     "proportions; p is the exact McNemar test on b and c. shown: the interval excludes 0 and p < 0.05."]
 
 
+def seed_folders(root: str) -> list[tuple[int, str]]:
+    """(seed, folder) of the repeated post-training comparisons (speedrun.sh --seeds N writes ROOT/seedK/)."""
+    found = []
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith("seed") and name[4:].isdigit() and os.path.isdir(os.path.join(root, name)):
+            found.append((int(name[4:]), os.path.join(root, name)))
+    return sorted(found)
+
+
+def seeds_table(root: str) -> list[str]:
+    """The effects whose stages were repeated with other seeds: one row per seed, then how many showed it.
+
+    A stage missing from a seed folder (rs_sft, sft: they are not repeated) is read from ROOT: every seed
+    starts from the same parent, only the order of the DPO pairs changes.
+    """
+    repeats = seed_folders(root)
+    if not repeats:
+        return []
+    lines = ["## Seeds (the cheap comparisons repeated with other orders of the pairs)", "",
+             "| effect | seed | A | B | B - A, points (95% CI) | b / c | McNemar p | shown |", "|---|---|---|---|---|---|---|---|"]
+    for claim, a, b, measurement, _ in EFFECTS:
+        runs = [(1, root)] + [(seed, folder) for seed, folder in repeats
+                              if os.path.isdir(os.path.join(folder, a)) or os.path.isdir(os.path.join(folder, b))]
+        if len(runs) == 1:
+            continue  # neither stage of this effect was repeated
+        diffs, shown = [], 0
+        for seed, folder in runs:
+            where = lambda stage: folder if os.path.isdir(os.path.join(folder, stage)) else root  # noqa: E731
+            first, second = item_results(where(a), a, measurement), item_results(where(b), b, measurement)
+            if not first or not second or len(first) != len(second):
+                lines.append(f"| {claim} | {seed} | - | - | not measured | - | - | - |")
+                continue
+            d = stats.paired_difference(first, second)
+            diffs.append(d["diff"])
+            shown += d["significant"] and d["p"] < 0.05
+            lines.append(f"| {claim} | {seed} | {100 * sum(first) / len(first):.1f}% | {100 * sum(second) / len(second):.1f}% | "
+                         f"{paired_cells(first, second)} |")
+        if diffs:
+            lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "
+                         f"{shown} of {len(diffs)} |")
+    return lines + ["", "Seed 1 is the main run. The seeds change the order in which DPO sees its pairs, nothing else: "
+                    "an effect that shows for one seed and not the others is the noise of training, not of the test set."]
+
+
 def long_context_table(root: str, stages: list[str]) -> list[str]:
     rows, first = [], None
     for stage in stages:
@@ -234,7 +278,7 @@ def write_report(root: str, path: str) -> None:
     """out/report.md (and its figures) from every stage folder under root."""
     stages = stage_folders(root)
     lines = ["# Report of the toy Phi-4 recipe", "", *effects_table(root), "", *stage_table(root, stages), ""]
-    for section in (long_context_table(root, stages), post_training_notes(root, stages), sweep_table(root),
+    for section in (seeds_table(root), long_context_table(root, stages), post_training_notes(root, stages), sweep_table(root),
                     write_figures(root, stages)):
         lines += section + ([""] if section else [])
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # `or "."`: a bare file name has no folder

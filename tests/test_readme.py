@@ -81,3 +81,20 @@ def test_the_main_job_runs_as_written_on_a_fresh_copy(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| pretrain |" in report and "not evaluated" not in report
+
+
+@pytest.mark.parametrize("args", [["--seeds", "0"], ["--seeds"], ["--seeds", "two"], ["--fast"]])
+def test_speedrun_refuses_a_bad_argument_in_one_line_before_running_anything(tmp_path, args):
+    # A copy without the project beside it: were the check to let the argument through, the first stage
+    # would fail at once instead of starting a 20-minute run.
+    shutil.copy2(os.path.join(ROOT, "speedrun.sh"), tmp_path / "speedrun.sh")
+    result = subprocess.run(["bash", "speedrun.sh", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_speedrun_answers_help_with_its_stages_and_the_seeds_option(tmp_path):
+    shutil.copy2(os.path.join(ROOT, "speedrun.sh"), tmp_path / "speedrun.sh")
+    result = subprocess.run(["bash", "speedrun.sh", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--seeds N" in result.stdout and "pretrain_web" in result.stdout
+    assert "set -euo" not in result.stdout

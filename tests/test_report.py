@@ -120,3 +120,20 @@ def test_the_best_dev_run_of_a_sweep_is_picked_by_dev_accuracy_alone(tmp_path):
     empty = subprocess.run([sys.executable, "report.py", "--best-dev", str(tmp_path / "none")], cwd=ROOT,
                            capture_output=True, text=True)
     assert empty.returncode == 1 and empty.stderr.startswith("error:") and "eval_dev.json" in empty.stderr
+
+
+def test_each_seed_of_a_repeated_comparison_is_paired_against_its_own_run_and_the_shown_seeds_are_counted(tmp_path):
+    # Seed 1 (the main run): DPO solves 60 more of 400 than RS-SFT. Seed 2: the same RS-SFT (not repeated),
+    # a DPO that solves 2 more: not shown. The PTS comparison was not repeated and gets no rows.
+    base = "1" * 100 + "0" * 300
+    make_stage(tmp_path, "rs_sft", results=base)
+    make_stage(tmp_path, "dpo", results="1" * 160 + "0" * 240)
+    make_stage(tmp_path / "seed2", "dpo", results="1" * 102 + "0" * 298)
+    report.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    seed_rows = rows(tmp_path / "report.md", "DPO (on-policy, + NLL) vs RS-SFT |")
+    assert len(seed_rows) == 2
+    assert "| 1 | 25.0% | 40.0% | +15.0 (" in seed_rows[0] and seed_rows[0].endswith("| 0 / 60 | 1.7e-18 | yes |")  # p = 2 * 2^-60
+    assert "| 2 | 25.0% | 25.5% | +0.5 (" in seed_rows[1] and seed_rows[1].endswith("| 0 / 2 | 0.5 | no |")
+    (summary,) = rows(tmp_path / "report.md", "DPO (on-policy, + NLL) vs RS-SFT: mean of 2 seeds")
+    assert "| +7.8 |" in summary and summary.endswith("| 1 of 2 |")
+    assert not rows(tmp_path / "report.md", "PTS-DPO vs full-length DPO, equal steps, from SFT | 1 |")
