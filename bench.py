@@ -75,6 +75,7 @@ from sample import generate
 # The row labels of the printed tables (tests/test_bench.py looks for each).
 TRAIN_ROW = "train step"
 GREEDY_ROW = "decode batch 1 greedy"
+COMPILED_ROW = "decode batch 1 greedy, compiled"
 SAMPLING_ROW = "decode batch {n} sampling"
 FP32_ROW = "fp32 eager"
 BF16_ROW = "bf16 autocast"
@@ -289,14 +290,15 @@ def check_decoded(out: torch.Tensor, prompt: torch.Tensor, new_tokens: int, who:
                            f"{(prompt.shape[0], prompt.shape[1] + new_tokens)}: the decode comparison is off")
 
 
-def our_decode(model, prompt, new_tokens: int, temperature: float, seed: int) -> Callable[[], float]:
-    """A call generates new_tokens after every row of prompt (B, T) with sample.generate -> tokens/s."""
+def our_decode(model, prompt, new_tokens: int, temperature: float, seed: int, compiled: bool = False) -> Callable[[], float]:
+    """A call generates new_tokens after every row of prompt (B, T) with sample.generate -> tokens/s
+    (`compiled`: each decode step through sample.compiled_decode_step)."""
 
     def run() -> float:
         device = prompt.device
         synchronize(device)
         start = time.perf_counter()
-        out = generate(model, prompt, new_tokens, temperature=temperature, seed=seed)
+        out = generate(model, prompt, new_tokens, temperature=temperature, seed=seed, compiled=compiled)
         synchronize(device)
         check_decoded(out, prompt, new_tokens, "ours")
         return prompt.shape[0] * new_tokens / (time.perf_counter() - start)
@@ -445,6 +447,9 @@ def print_comparison(rows: list[dict], peak: float | None):
         print(f"{row['name']:<32} {ours:>12,.0f} {theirs or float('nan'):>12,.0f} {ratio}   "
               f"{flops_cell(ours, row['flops_per_token'], peak):<24} "
               f"{flops_cell(theirs, row['flops_per_token'], peak):<24}", flush=True)
+    for row in rows:
+        if "compile_s" in row:
+            print(f"({row['name']}: the first call, compile included, took {row['compile_s']:.1f} s)")
 
 
 def print_precision(results: dict, flops_per_token: float, peak: float | None, label: str):
@@ -492,7 +497,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="weights of the ours-vs-HF rows (default float32 on CPU, bfloat16 on GPU); "
                         "the precision part is always fp32 weights")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
-    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the precision part")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave torch.compile out (the compiled decode row and the precision part)")
     parser.add_argument("--no-hf", action="store_true", help="leave transformers out (ours only)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write every measurement to this file")
     parser.add_argument("--seed", type=int, default=0, help="weights, batch and sampling seed")
@@ -584,6 +590,15 @@ def compare_with_transformers(args: argparse.Namespace, config, device, ours, th
                 runs["hf"] = their_decode(theirs, transformers, prompt, args.new_tokens, temperature, args.seed)
             rates, _ = interleaved(runs, args.repeats)
             rows.append(comparison_row(name, decode_flops_per_token(ours), rates))
+        if not args.no_compile and device.type == "cpu":
+            # The same greedy decode with our steps compiled (sample.compiled_decode_step), against the same
+            # transformers generate, alternating again: the first call's time is the compile.
+            runs = {"ours": our_decode(ours, prompt_ids[:1], args.new_tokens, 0.0, args.seed, compiled=True)}
+            if theirs is not None:
+                runs["hf"] = their_decode(theirs, transformers, prompt_ids[:1], args.new_tokens, 0.0, args.seed)
+            rates, warmup_s = interleaved(runs, args.repeats)
+            rows.append({**comparison_row(COMPILED_ROW, decode_flops_per_token(ours), rates),
+                         "compile_s": warmup_s["ours"]})
     if "train" in args.parts:
         # After decoding: training moves the weights, and decoding should see the weights both sides loaded.
         batch = random_batch(config.vocab_size, args.batch_size, args.seq_len, device, args.seed)
@@ -593,6 +608,14 @@ def compare_with_transformers(args: argparse.Namespace, config, device, ours, th
         rates, _ = interleaved(runs, args.repeats)
         rows.insert(0, comparison_row(f"{TRAIN_ROW}, batch {args.batch_size} x {args.seq_len}",
                                       train_flops_per_token(ours, args.seq_len), rates))
+        if device.type == "cpu" and has_fast_bf16(device) and next(ours.parameters()).dtype == torch.float32:
+            # What the toy recipe trains with (speedrun.sh: --bf16-autocast), and the same autocast for
+            # transformers: both sides get the CPU's bf16 matmuls, so the ratio is of the code, not the dtype.
+            runs = {"ours": TrainStep(ours, our_loss, batch, args.train_steps, autocast=True)}
+            if theirs is not None:
+                runs["hf"] = TrainStep(theirs, their_loss, batch, args.train_steps, autocast=True)
+            rates, _ = interleaved(runs, args.repeats)
+            rows.insert(1, comparison_row(f"{TRAIN_ROW} bf16 autocast", train_flops_per_token(ours, args.seq_len), rates))
     return rows
 
 

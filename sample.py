@@ -139,6 +139,7 @@ def generate(
     on_token=None,
     num_samples: int = 1,
     vocab_size: int | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Continue each row of idx (B, T) by up to max_new_tokens tokens -> (B * num_samples, T + n).
 
@@ -157,6 +158,9 @@ def generate(
     `vocab_size` (pass tokenizer.vocab_size) keeps sampling to real token ids: the model's vocabulary is
     padded past the tokenizer's last id (to a multiple of 64), and a padding id, rare as it is at
     temperature 1, has no text to decode.
+
+    `compiled=True` runs each one-token decode step through compiled_decode_step (the same tokens; worth
+    its one-off compile only for long runs of batch-1 decoding, see there).
     """
     model.eval()
     B, T = idx.shape
@@ -177,8 +181,12 @@ def generate(
     # Sized for B rows; with num_samples it is expanded after the prefill, never prefilled n times.
     cache = KVCache(model.config, B, T + max_new_tokens, device=device, dtype=dtype) if use_cache else None
 
+    step = compiled_decode_step(model) if compiled and cache is not None else None
+
     def last_logits(tokens: torch.Tensor) -> torch.Tensor:
         """Logits of the next token after `tokens` (B, t): the new tokens when cached, else everything."""
+        if step is not None and tokens.shape[1] == 1:
+            return step(tokens, cache)[:, :vocab_size]  # (B, V), or (B, vocab_size)
         # Only the last position's logits are needed: skip the LM head (the largest matmul) elsewhere.
         hidden = model.hidden_states(tokens, cache)  # (B, t, C)
         return model.lm_head(hidden[:, -1])[:, :vocab_size]  # (B, V), or (B, vocab_size)
@@ -208,6 +216,26 @@ def generate(
         # one position's forward per token against t positions', the gap `--bench` measures.
         logits = last_logits(next_token[:, None] if use_cache else out)
     return out
+
+
+def compiled_decode_step(model: Phi4):
+    """(tokens (B, 1), cache) -> next-token logits (B, V): one decode step of `model`, through torch.compile.
+
+    A one-token step of a small model is almost all overhead: ~25 small ops per layer, each a Python call
+    and a kernel launch costing more than its arithmetic. Compiling fuses them, and inductor's cpp_wrapper
+    calls the fused kernels from generated C++ instead of Python. dynamic=True gives one graph for every
+    cache length and batch size, so the growing cache does not recompile each step. The compile costs
+    tens of seconds once per process and model, so generate() uses it only when asked (bench.py measures
+    both, and the first call's time).
+    """
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        def forward(tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+            return model.lm_head(model.hidden_states(tokens, cache)[:, -1])  # (B, V)
+
+        step = torch.compile(forward, dynamic=True, options={"cpp_wrapper": True})
+        model._compiled_decode_step = step  # one compile per model, however many generate() calls
+    return step
 
 
 def strip_stop(ids: list[int], stop_tokens) -> list[int]:

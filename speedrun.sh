@@ -45,43 +45,18 @@ stage() {  # stage NAME COMMAND...: run one step of the recipe and say how long 
     echo "[speedrun] $name: $((SECONDS - start)) s"
 }
 
-# Two independent runs at once, each on half the cores: on 2 cores two 1-thread trainings get through
-# 1.36x the steps per second of one 2-thread training after the other (150 steps each: 53 s against 72 s).
-# The second run's output goes to out/NAME.log; its last line is printed when both are done.
-half=$(( $(nproc) / 2 ))
-[ "$half" -ge 1 ] || half=1
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT  # an interrupted or failed run leaves no orphan behind
-side_by_side() {  # side_by_side NAME_A COMMAND_A... ::: NAME_B COMMAND_B...
-    local start=$SECONDS name_a=$1 first=()
-    shift
-    while [ "$1" != ":::" ]; do first+=("$1"); shift; done
-    shift
-    local name_b=$1
-    shift
-    OMP_NUM_THREADS=$half "$@" > "out/$name_b.log" 2>&1 &
-    local pid=$!
-    OMP_NUM_THREADS=$half "${first[@]}"
-    if ! wait "$pid"; then
-        cat "out/$name_b.log"
-        echo "[speedrun] $name_b failed (its output is above and in out/$name_b.log)" >&2
-        exit 1
-    fi
-    tail -n 1 "out/$name_b.log"
-    echo "[speedrun] $name_a + $name_b, side by side: $((SECONDS - start)) s"
-}
-
 stage data python data.py
 # 1,600 steps with the matmuls in bf16 (1.45x faster on this CPU, so less time than 1,200 in fp32): at
 # 1,200 fp32 steps this corpus gave no first-line recall to extend (LAB.md has both runs).
-side_by_side pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain \
-    ::: pretrain_web python train.py --stage pretrain --bf16-autocast --steps 1600 --data out/data/toy/web --out out/pretrain_web
+stage pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain
+stage pretrain_web python train.py --stage pretrain --bf16-autocast --steps 1600 --data out/data/toy/web --out out/pretrain_web
 for name in pretrain pretrain_web; do
     stage eval python eval.py --init out/$name
     stage eval_quiz python eval.py --init out/$name --quiz
 done
 
-side_by_side midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --out out/midtrain \
-    ::: midtrain_base10k python train.py --stage midtrain --init out/pretrain --batch-size 4 --rope-theta 10000 --out out/midtrain_base10k
+stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --out out/midtrain
+stage midtrain_base10k python train.py --stage midtrain --init out/pretrain --batch-size 4 --rope-theta 10000 --out out/midtrain_base10k
 for name in pretrain midtrain midtrain_base10k; do stage eval_long python eval.py --init out/$name --long; done
 for name in midtrain midtrain_base10k; do stage eval python eval.py --init out/$name; done
 

@@ -18,6 +18,18 @@ def test_greedy_generation_with_the_cache_equals_generation_without_it(attn_impl
     assert torch.equal(cached, uncached)
 
 
+@pytest.mark.slow  # compiling takes tens of seconds on a CPU
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
+def test_compiled_decode_steps_give_the_tokens_of_the_eager_ones_greedy_and_seeded(tiny_model):
+    model = tiny_model()
+    idx = torch.randint(0, 61, (3, 7), generator=torch.Generator().manual_seed(1))
+    for temperature in (0.0, 1.0):  # greedy, then sampling from each row's own seeded stream
+        eager = generate(model, idx, 40, temperature=temperature, seed=5)
+        compiled = generate(model, idx, 40, temperature=temperature, seed=5, compiled=True)
+        assert torch.equal(compiled, eager)
+    assert generate(model, idx[:1], 30, temperature=0, compiled=True).shape == (1, 37)  # a new batch size, no error
+
+
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
 def test_seeded_sampling_with_the_cache_equals_sampling_without_it(tiny_model):
     model = tiny_model()
