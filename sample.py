@@ -181,12 +181,12 @@ def generate(
     # Sized for B rows; with num_samples it is expanded after the prefill, never prefilled n times.
     cache = KVCache(model.config, B, T + max_new_tokens, device=device, dtype=dtype) if use_cache else None
 
-    step = compiled_decode_step(model) if compiled and cache is not None else None
+    decode_step = compiled_decode_step(model) if compiled and cache is not None else None
 
     def last_logits(tokens: torch.Tensor) -> torch.Tensor:
         """Logits of the next token after `tokens` (B, t): the new tokens when cached, else everything."""
-        if step is not None and tokens.shape[1] == 1:
-            return step(tokens, cache)[:, :vocab_size]  # (B, V), or (B, vocab_size)
+        if decode_step is not None and tokens.shape[1] == 1:
+            return decode_step(tokens, cache)[:, :vocab_size]  # (B, V), or (B, vocab_size)
         # Only the last position's logits are needed: skip the LM head (the largest matmul) elsewhere.
         hidden = model.hidden_states(tokens, cache)  # (B, t, C)
         return model.lm_head(hidden[:, -1])[:, :vocab_size]  # (B, V), or (B, vocab_size)
