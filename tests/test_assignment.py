@@ -41,6 +41,13 @@ def test_the_exercise_table_the_sections_and_the_blocks_name_the_same_exercises(
     assert sections == IDS  # one section per exercise, in the table's order
 
 
+def test_each_section_of_exercises_md_quotes_the_hints_of_its_exercises_blocks():
+    with open(os.path.join(ROOT, EXERCISES_FILE)) as f:
+        sections = {part.split("`")[1]: part for part in f.read().split("\n## ")[1:] if part[:1].isdigit()}
+    for block in reference_blocks():
+        assert f"`{block.hint}`" in sections[block.exercise], block.exercise
+
+
 def test_every_exercise_has_its_own_tests_and_every_test_marker_names_a_known_exercise():
     graded = graded_tests(os.path.join(ROOT, "tests"))
     assert set().union(*graded.values()) <= set(IDS)
