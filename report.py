@@ -179,7 +179,8 @@ def seeds_table(root: str) -> list[str]:
         if diffs:
             lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "
                          f"{shown} of {len(diffs)} |")
-    return lines + ["", "Seed 1 is the main run. The seeds change the order in which DPO sees its pairs, nothing else: "
+    return lines + ["", "Seed 1 is the main run (dpo.py's default --seed 1337); seed K is --seed K. The seeds change the "
+                    "order in which DPO sees its pairs, nothing else: "
                     "an effect that shows for one seed and not the others is the noise of training, not of the test set."]
 
 
