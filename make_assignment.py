@@ -195,6 +195,7 @@ def make_assignment(out_dir: str, only: set[str] | None = None, root: str = ROOT
     for block in blocks:
         by_path.setdefault(block.path, []).append(block)
     # Written to a temporary sibling, then renamed: an interrupted run leaves no half-made handout.
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".assignment-", dir=os.path.dirname(out_dir))
     try:
         for path in paths:

@@ -139,6 +139,8 @@ def test_only_blanks_the_named_exercises_and_refuses_unknown_ones(tmp_path):
         make_assignment.make_assignment(str(tmp_path / "b"), only={"ropes"}, root=ROOT)
     with pytest.raises(ValueError, match="exists"):
         make_assignment.make_assignment(str(tmp_path / "a"), root=ROOT)
+    make_assignment.make_assignment(str(tmp_path / "new" / "folders" / "c"), only={"dpo_loss"}, root=ROOT)
+    assert (tmp_path / "new" / "folders" / "c" / "assignment.json").exists()
 
 
 BAD_MARKERS = {
