@@ -391,6 +391,11 @@ def write_split(tokenizer, documents, out_dir, split, shard_tokens=50_000_000) -
     return len(tokens)
 
 
+def question_ngrams(problems: list[toyworld.Problem]) -> set:
+    """The 13-grams of the problems' questions: what a split drawn later must not share (clean_split)."""
+    return set().union(*(toyworld.ngrams(p.question) for p in problems))
+
+
 def clean_split(problems: list[toyworld.Problem], banned: set) -> tuple[list[toyworld.Problem], int]:
     """The problems whose question shares no 13-gram with `banned`, and how many were dropped.
 
@@ -425,9 +430,9 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_te
     # The test split is drawn first and from its own seed, so it is the same whatever the training data
     # was built with: scores stay comparable across builds.
     test = toyworld.make_split(EVAL_SEED, n_test)
-    banned = set().union(*(toyworld.ngrams(p.question) for p in test))
+    banned = question_ngrams(test)
     dev, dropped_dev = clean_split(toyworld.make_split(DEV_SEED, n_dev), banned)
-    banned |= set().union(*(toyworld.ngrams(p.question) for p in dev))
+    banned |= question_ngrams(dev)
 
     # Post-training problems, never seen in pretraining: SFT answers come from the imperfect teacher
     # (toyworld section 3); rl.jsonl keeps the reference solutions, though only the oracle reads them.
@@ -435,11 +440,9 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_te
     teacher = [toyworld.teacher_problem(post_rng, post_rng.randint(1, 4)) for _ in range(n_sft)]
     sft, dropped_sft = clean_split([p for p, _ in teacher], banned)
     teacher_right = sum(toyworld.check(p, p.solution) for p in sft)
-    for problem in sft:  # problems to sample on are new to SFT too: what rejection sampling finds is new
-        banned |= toyworld.ngrams(problem.question)
+    banned |= question_ngrams(sft)  # problems to sample on are new to SFT too: what rejection sampling finds is new
     rl, dropped_rl = clean_split([toyworld.make_problem(post_rng, post_rng.randint(1, 4)) for _ in range(n_rl)], banned)
-    for problem in rl:
-        banned |= toyworld.ngrams(problem.question)
+    banned |= question_ngrams(rl)
 
     # Pretraining stories, rendered twice: synthetic-heavy and web-heavy, document by document.
     rng = random.Random(seed)

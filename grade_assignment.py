@@ -61,6 +61,11 @@ def read_exercises(path: str = os.path.join(ROOT, EXERCISES_FILE)) -> list[dict]
     return rows
 
 
+def exercise_ids(item) -> set[str]:
+    """The exercises a collected test grades: the ids of all its `exercise` markers (module-level and its own)."""
+    return {i for marker in item.iter_markers("exercise") for i in marker.args}
+
+
 def _exercise_ids(decorators) -> set[str]:
     """The ids of every `pytest.mark.exercise(...)` among decorators (or a pytestmark value)."""
     ids = set()
@@ -101,7 +106,7 @@ class Recorder:
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
-            self.ids[item.nodeid] = sorted({i for m in item.iter_markers("exercise") for i in m.args})
+            self.ids[item.nodeid] = sorted(exercise_ids(item))
 
     def pytest_runtest_logreport(self, report):
         record = self.results.setdefault(report.nodeid, {"test": report.nodeid, "outcome": "passed", "text": ""})

@@ -84,12 +84,18 @@ def item_results(root: str, stage: str, measurement: str) -> list[bool] | None:
 def paired_cells(first: list[bool], second: list[bool]) -> str:
     """'+4.2 (+2.1 to +6.3), 120/204, p 0.0001' for the paired difference second - first."""
     d = stats.paired_difference(first, second)
-    # Shown only when both agree: the interval excludes 0 and the exact test rejects "no difference" at
-    # 5%. On thousands of items they always agree; on a handful (a unit test) the score interval can
-    # exclude 0 while the exact test cannot, and then no effect is claimed.
-    shown = d["significant"] and d["p"] < 0.05
     return (f"{100 * d['diff']:+.1f} ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}) | {d['b']} / {d['c']} | "
-            f"{d['p']:.2g} | {'yes' if shown else 'no'}")
+            f"{d['p']:.2g} | {'yes' if is_shown(d) else 'no'}")
+
+
+def is_shown(d: dict) -> bool:
+    """Whether a paired difference (stats.paired_difference) counts as an effect.
+
+    Only when both agree: the interval excludes 0 and the exact test rejects "no difference" at 5%. On
+    thousands of items they always agree; on a handful (a unit test) the score interval can exclude 0
+    while the exact test cannot, and then no effect is claimed.
+    """
+    return d["significant"] and d["p"] < 0.05
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ def seeds_table(root: str) -> list[str]:
                 continue
             d = stats.paired_difference(first, second)
             diffs.append(d["diff"])
-            shown += d["significant"] and d["p"] < 0.05
+            shown += is_shown(d)
             lines.append(f"| {claim} | {seed} | {100 * sum(first) / len(first):.1f}% | {100 * sum(second) / len(second):.1f}% | "
                          f"{paired_cells(first, second)} |")
         if diffs:

@@ -11,6 +11,8 @@ import tempfile
 import pytest
 import torch
 
+from grade_assignment import exercise_ids
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -49,11 +51,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def exercise_ids(item) -> set[str]:
-    """The exercises a test grades: the ids of all its `exercise` markers (module-level and its own)."""
-    return {i for marker in item.iter_markers("exercise") for i in marker.args}
 
 
 @pytest.fixture(scope="session")
