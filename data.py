@@ -462,8 +462,11 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_te
                 documents.append(text)
                 kinds.update(["web"] + sorted(corruptions))
         documents += [toyworld.drill_document(mix_rng) for _ in range(n_drills)]
-        # Reading drills are textbook exercises: each mixture has them in its synthetic share.
-        documents += [toyworld.copy_drill(mix_rng, mix_rng.randint(2, 4)) for _ in range(round(n_drills * synthetic_share))]
+        # Textbook drills, in each mixture's synthetic share: arithmetic, and now and then a reading drill
+        # (toyworld.READING_DRILL_RATE says why so rarely).
+        for _ in range(round(n_drills * synthetic_share)):
+            reading = mix_rng.random() < toyworld.READING_DRILL_RATE
+            documents.append(toyworld.copy_drill(mix_rng, mix_rng.randint(2, 4)) if reading else toyworld.drill_document(mix_rng))
         mix_rng.shuffle(documents)  # problems and drills interleaved, so no shard is all of one kind
         mixtures[name] = (documents, dict(kinds))
 

@@ -253,6 +253,15 @@ def copy_drill(rng: random.Random, n_sentences: int = 4) -> str:
     return f"Read: {text}\nAgain: {text}"
 
 
+# How often a textbook drill is a reading drill rather than an arithmetic one (data.py). Rarely, because
+# measured (LAB.md): with as many reading drills as arithmetic ones, the pretrained model copied the
+# event's number into a solution step right 48% and 17% of the time (teacher-forced; two training seeds)
+# and solved 44% and 17% of the problems; with one in four, 96% and 95%, solving 89% and 92%. Why
+# repeating whole sentences gets in the way of picking out one number we can only guess: its wrong
+# numbers were often those of the next event, as if it went on reading where the last step left off.
+READING_DRILL_RATE = 0.25
+
+
 # "Answer: 42" on the last answer line; tolerate markdown bold, a trailing period, spaces and commas.
 ANSWER_RE = regex.compile(r"Answer\s*[:=]\s*\**\s*(-?[\d,]+)")
 
@@ -312,7 +321,12 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 
 SYNTHETIC_CORRECTION_RATE = 0.1  # share of synthetic solutions with one caught-and-corrected slip
 SYNTHETIC_QUICK_RATE = 0.3  # share of synthetic problems solved in one line instead of step by step
-WEB_RATES = {"answer_first": 0.3, "merged": 0.4, "wrong_decision": 0.25, "takes_backwards": 0.8, "boilerplate": 0.5}
+WEB_RATES = {"answer_first": 0.4, "merged": 0.7, "wrong_decision": 0.25, "takes_backwards": 0.8, "boilerplate": 0.5}
+# The web rarely shows every step: most of its solutions give the result, or one line of arithmetic. That,
+# not the noise, is what the contrast turns on. Measured (LAB.md): with answer_first 0.3 and merged 0.4
+# most web solutions still showed each step, the web-heavy model learned to copy and to add as well as
+# the synthetic-heavy one, and the two solved as many problems (89% and 87%); at these rates it writes
+# the one-line form (88% of its answers) and solves 20%.
 WEB_FACT_PAGE_RATE = 0.2  # share of web documents that are fact pages instead of problems
 BOILERPLATE = ("Home > Forum > Homework help", "Posted by guest | 3 replies", "Reply | Share | Report",
                "Sign in to see more answers.", "Copyright 2024. All rights reserved.")

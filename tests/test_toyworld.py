@@ -3,6 +3,7 @@ their corruption rates, the imperfect teacher, the knowledge quiz, recall docume
 between every pair of splits. The rule is checked against an independent reading of the question text,
 not against toyworld's own Event.sign."""
 
+import json
 import random
 import re
 
@@ -229,6 +230,25 @@ def test_a_recall_document_fills_its_length_and_asks_for_its_first_line(tokenize
 
 # -- decontamination between splits ---------------------------------------------------------------
 
+
+
+@pytest.mark.exercise("bpe")
+def test_each_mixture_has_a_drill_per_six_stories_and_reading_drills_at_their_rate(toy_data_dir, tokenizer):
+    # Counted in the shards themselves: what the model trains on, not what the builder meant to write.
+    meta = json.load(open(f"{toy_data_dir}/meta.json"))
+    for name, folder in (("synthetic-heavy", toy_data_dir), ("web-heavy", f"{toy_data_dir}/{data.WEB_HEAVY_DIR}")):
+        documents = []
+        for split in ("train", "val"):
+            for path in data.shard_paths(folder, split):
+                documents += tokenizer.decode(data.read_shard(path).tolist()).split("<|endoftext|>")
+        reading = sum(d.startswith("Read: ") for d in documents)
+        arithmetic = sum(d.startswith("Practice:\n") for d in documents)
+        kinds = meta["mixtures"][name]["documents"]
+        n_drills = (kinds["synthetic"] + kinds["web"]) // 6  # one arithmetic drill per six stories
+        slots = round(n_drills * data.MIXTURES[name])  # the textbook drills of the synthetic share
+        assert reading + arithmetic == n_drills + slots, name
+        rate = toyworld.READING_DRILL_RATE
+        assert abs(reading / slots - rate) < 4 * (rate * (1 - rate) / slots) ** 0.5, (name, reading, slots)
 
 @pytest.mark.exercise("bpe")
 def test_no_two_splits_share_a_13_gram(toy_data_dir, tokenizer):
