@@ -146,7 +146,7 @@ def effects_table(root: str) -> list[str]:
 
 
 def seed_folders(root: str) -> list[tuple[int, str]]:
-    """(seed, folder) of the repeated post-training comparisons (speedrun.sh --seeds N writes ROOT/seedK/)."""
+    """(seed, folder) of the repeated comparisons (speedrun.sh --seeds N writes ROOT/seedK/; README: pretraining)."""
     found = []
     for name in os.listdir(root) if os.path.isdir(root) else []:
         if name.startswith("seed") and name[4:].isdigit() and os.path.isdir(os.path.join(root, name)):
@@ -157,13 +157,14 @@ def seed_folders(root: str) -> list[tuple[int, str]]:
 def seeds_table(root: str) -> list[str]:
     """The effects whose stages were repeated with other seeds: one row per seed, then how many showed it.
 
-    A stage missing from a seed folder (rs_sft, sft: they are not repeated) is read from ROOT: every seed
-    starts from the same parent, only the order of the DPO pairs changes.
+    A stage missing from a seed folder (rs_sft, sft: they are not repeated) is read from ROOT: every DPO
+    seed starts from the same parent, only the order of the pairs changes. A pretraining seed changes the
+    initial weights and the order of the batches.
     """
     repeats = seed_folders(root)
     if not repeats:
         return []
-    lines = ["## Seeds (the cheap comparisons repeated with other orders of the pairs)", "",
+    lines = ["## Seeds (comparisons repeated with other training seeds)", "",
              "| effect | seed | A | B | B - A, points (95% CI) | b / c | McNemar p | shown |", "|---|---|---|---|---|---|---|---|"]
     for claim, a, b, measurement, _ in EFFECTS:
         runs = [(1, root)] + [(seed, folder) for seed, folder in repeats
@@ -185,9 +186,10 @@ def seeds_table(root: str) -> list[str]:
         if diffs:
             lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "
                          f"{shown} of {len(diffs)} |")
-    return lines + ["", "Seed 1 is the main run (dpo.py's default --seed 1337); seed K is --seed K. The seeds change the "
-                    "order in which DPO sees its pairs, nothing else: "
-                    "an effect that shows for one seed and not the others is the noise of training, not of the test set."]
+    return lines + ["", "Seed 1 is the main run (the default --seed 1337 of train.py and dpo.py); seed K is --seed K. "
+                    "For DPO the seed changes the order in which it sees its pairs, nothing else; for pretraining, the "
+                    "initial weights and the order of the batches. An effect that shows for one seed and not the others "
+                    "is the noise of training, not of the test set."]
 
 
 def long_context_table(root: str, stages: list[str]) -> list[str]:

@@ -309,9 +309,10 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 # is the report's claim in miniature: the same knowledge, presented as clean step-by-step reasoning,
 # teaches more reasoning per token than the web's way of writing it.
 #
-#   synthetic   every step restated and decided, intermediate results written out; drills; and a share
-#               of solutions with a slip that is caught and corrected on the spot ("You lose - no, you
-#               get 3: ..."), which shows what a wrong decision looks like and that it is wrong
+#   synthetic   every step restated and decided, intermediate results written out; drills; practice
+#               sheets that write a problem as one equation ("In one line:"); and a share of solutions
+#               with a slip that is caught and corrected on the spot ("You lose - no, you get 3: ..."),
+#               which shows what a wrong decision looks like and that it is wrong
 #   web-like    the same problems, with the corruptions real web text has, each at its stated rate
 #               (WEB_RATES): the answer before the reasoning, all steps merged into one equation with no
 #               intermediate results, one decision made wrong and never corrected (so the final answer
@@ -320,7 +321,7 @@ def make_split(seed: int, n: int, levels=(1, 2, 3, 4)) -> list[Problem]:
 #               which the knowledge quiz measures).
 
 SYNTHETIC_CORRECTION_RATE = 0.1  # share of synthetic solutions with one caught-and-corrected slip
-SYNTHETIC_QUICK_RATE = 0.3  # share of synthetic problems solved in one line instead of step by step
+SYNTHETIC_QUICK_RATE = 0.5  # share of synthetic problems written as one equation (a practice sheet)
 WEB_RATES = {"answer_first": 0.4, "merged": 0.7, "wrong_decision": 0.25, "takes_backwards": 0.8, "boilerplate": 0.5}
 # The web rarely shows every step: most of its solutions give the result, or one line of arithmetic. That,
 # not the noise, is what the contrast turns on. Measured (LAB.md): with answer_first 0.3 and merged 0.4
@@ -352,13 +353,20 @@ def one_line(story: Story, signs: list[int]) -> str:
 
 def synthetic_document(rng: random.Random, story: Story) -> str:
     """A textbook document of a story: the clean worked solution (sometimes with one slip caught on the
-    spot), or SYNTHETIC_QUICK_RATE of the time the one-line equation of a practice sheet. The one-line
-    form is what trains the lookup of each event's number: its terms are the events' numbers in order,
-    one after the other, with nothing in between."""
+    spot), or SYNTHETIC_QUICK_RATE of the time the one-line equation of a practice sheet.
+
+    The practice sheet is what teaches the model to copy each event's number out of the question: its
+    terms are those numbers in order, one after the other, with nothing to work out in between. Every
+    later skill waits on that copy (a step that decides right and adds the wrong number is wrong), and at
+    this budget it forms late and not in every run (LAB.md): the web-heavy model, trained mostly on such
+    lines, learned it in 3 runs of 4; the synthetic-heavy one, with 30% of them, in 2 of 6. The sheet has
+    its own header, "In one line:", so that however many there are, a "Solution:" is still answered step
+    by step.
+    """
     question = story.question()
     if rng.random() < SYNTHETIC_QUICK_RATE:
         signs = [event.sign() for event in story.events]
-        return f"Problem: {question}\nSolution:\n{one_line(story, signs)}\nAnswer: {story.answer()}"
+        return f"Problem: {question}\nIn one line:\n{one_line(story, signs)}\nAnswer: {story.answer()}"
     # One wording. Measured: with the teacher's two wordings mixed in, the pretrained model copied the
     # right event number 41% of the time (teacher-forced) against 100% with one wording, which repeats
     # the question's "You have 12 acorns." exactly: that exact copy, in every document, is what teaches

@@ -144,17 +144,19 @@ def test_web_documents_carry_each_corruption_at_its_stated_rate():
         assert abs(counts[kind] / total - rate) < 4 * (rate * (1 - rate) / total) ** 0.5, kind
 
 
-def test_synthetic_documents_are_right_one_line_or_step_by_step_with_slips_corrected_at_their_rates():
+def test_synthetic_documents_are_right_practice_sheets_or_step_by_step_with_slips_corrected_at_their_rates():
     rng, corrected, quick, n = random.Random(12), 0, 0, 4000
     for _ in range(n):
         story = toyworld.make_story(rng, rng.randint(1, 4))
         text = toyworld.synthetic_document(rng, story)
         assert toyworld.extract_answer(text) == story.answer()
-        solution = text.split("Solution:\n")[1].split("\n")
-        if re.fullmatch(r"You: \d+( [+-] \d+)* = \d+\.", solution[0]):
+        if "\nIn one line:\n" in text:  # the practice sheet: one equation, under its own header
             quick += 1
+            solution = text.split("In one line:\n")[1].split("\n")
+            assert re.fullmatch(r"You: \d+( [+-] \d+)* = \d+\.", solution[0]) and "Solution:" not in text
             assert eval(solution[0][5:].split(" = ")[0]) == story.answer() and len(solution) == 2  # noqa: S307
             continue
+        solution = text.split("Solution:\n")[1].split("\n")
         assert len(solution) == len(story.events) + 2  # start, one line per event, answer
         if " - no, " in text:
             corrected += 1
