@@ -167,8 +167,9 @@ def seeds_table(root: str) -> list[str]:
     lines = ["## Seeds (comparisons repeated with other training seeds)", "",
              "| effect | seed | A | B | B - A, points (95% CI) | b / c | McNemar p | shown |", "|---|---|---|---|---|---|---|---|"]
     for claim, a, b, measurement, _ in EFFECTS:
-        runs = [(1, root)] + [(seed, folder) for seed, folder in repeats
-                              if os.path.isdir(os.path.join(folder, a)) or os.path.isdir(os.path.join(folder, b))]
+        # A seed counts for an effect when it repeated the later stage B; its A, if not repeated, is the
+        # main run's (the shared parent). A repeated A alone is another effect's seed, not this one's.
+        runs = [(1, root)] + [(seed, folder) for seed, folder in repeats if os.path.isdir(os.path.join(folder, b))]
         if len(runs) == 1:
             continue  # neither stage of this effect was repeated
         diffs, shown = [], 0

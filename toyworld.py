@@ -253,12 +253,11 @@ def copy_drill(rng: random.Random, n_sentences: int = 4) -> str:
     return f"Read: {text}\nAgain: {text}"
 
 
-# How often a textbook drill is a reading drill rather than an arithmetic one (data.py). Rarely, because
-# measured (LAB.md): with as many reading drills as arithmetic ones, the pretrained model copied the
-# event's number into a solution step right 48% and 17% of the time (teacher-forced; two training seeds)
-# and solved 44% and 17% of the problems; with one in four, 96% and 95%, solving 89% and 92%. Why
-# repeating whole sentences gets in the way of picking out one number we can only guess: its wrong
-# numbers were often those of the next event, as if it went on reading where the last step left off.
+# How often a textbook drill is a reading drill rather than an arithmetic one (data.py). Rarely, on weak
+# evidence (LAB.md): with as many reading drills as arithmetic ones, the pretrained model learned to copy
+# each event's number into its step in neither of two training seeds (48% and 17% right, teacher-forced);
+# with one in four, in two of four runs (96%, 95%, 31%, 18%). Copying forms late and by luck at this
+# budget; the practice sheet (synthetic_document) helped more.
 READING_DRILL_RATE = 0.25
 
 
@@ -326,8 +325,9 @@ WEB_RATES = {"answer_first": 0.4, "merged": 0.7, "wrong_decision": 0.25, "takes_
 # The web rarely shows every step: most of its solutions give the result, or one line of arithmetic. That,
 # not the noise, is what the contrast turns on. Measured (LAB.md): with answer_first 0.3 and merged 0.4
 # most web solutions still showed each step, the web-heavy model learned to copy and to add as well as
-# the synthetic-heavy one, and the two solved as many problems (89% and 87%); at these rates it writes
-# the one-line form (88% of its answers) and solves 20%.
+# the synthetic-heavy one, and the two solved as many problems (89% and 87%). At these rates the
+# web-heavy model answered in one line in two builds of three (solving 20-58%: sums of several numbers in
+# one token); in the third, with the synthetic sheets under their own header, step by step again.
 WEB_FACT_PAGE_RATE = 0.2  # share of web documents that are fact pages instead of problems
 BOILERPLATE = ("Home > Forum > Homework help", "Posted by guest | 3 replies", "Reply | Share | Report",
                "Sign in to see more answers.", "Copyright 2024. All rights reserved.")
@@ -359,9 +359,10 @@ def synthetic_document(rng: random.Random, story: Story) -> str:
     terms are those numbers in order, one after the other, with nothing to work out in between. Every
     later skill waits on that copy (a step that decides right and adds the wrong number is wrong), and at
     this budget it forms late and not in every run (LAB.md): the web-heavy model, trained mostly on such
-    lines, learned it in 3 runs of 4; the synthetic-heavy one, with 30% of them, in 2 of 6. The sheet has
-    its own header, "In one line:", so that however many there are, a "Solution:" is still answered step
-    by step.
+    lines, learned it in 3 runs of 4; the synthetic-heavy one, with 30% of its problems written so, in 2
+    of 6 (teacher-forced, the number right 95-100% of the time, else 17-48%); with half, 75% and 98% (two
+    seeds). The sheet has its own header, "In one line:", so that however many there are, a "Solution:"
+    is still answered step by step.
     """
     question = story.question()
     if rng.random() < SYNTHETIC_QUICK_RATE:

@@ -137,3 +137,15 @@ def test_each_seed_of_a_repeated_comparison_is_paired_against_its_own_run_and_th
     (summary,) = rows(tmp_path / "report.md", "DPO (on-policy, + NLL) vs RS-SFT: mean of 2 seeds")
     assert "| +7.8 |" in summary and summary.endswith("| 1 of 2 |")
     assert not rows(tmp_path / "report.md", "PTS-DPO vs full-length DPO, equal steps, from SFT | 1 |")
+
+
+def test_a_seed_that_repeated_only_pretraining_pairs_its_two_arms_and_not_the_main_runs_midtraining(tmp_path):
+    make_stage(tmp_path, "pretrain", results="1" * 50 + "0" * 50, recall="0" * 10)
+    make_stage(tmp_path, "pretrain_web", results="1" * 20 + "0" * 80)
+    make_stage(tmp_path, "midtrain", recall="1" * 10)
+    make_stage(tmp_path / "seed2", "pretrain", results="1" * 90 + "0" * 10)
+    make_stage(tmp_path / "seed2", "pretrain_web", results="1" * 30 + "0" * 70)
+    report.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    (seed2,) = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning | 2 |")
+    assert "| 30.0% | 90.0% | +60.0 (" in seed2
+    assert not rows(tmp_path / "report.md", "midtraining (base 250K) vs pretrained, recall at 4x | 2 |")
