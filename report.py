@@ -85,7 +85,7 @@ def paired_cells(first: list[bool], second: list[bool]) -> str:
     """'+4.2 (+2.1 to +6.3), 120/204, p 0.0001' for the paired difference second - first."""
     d = stats.paired_difference(first, second)
     return (f"{100 * d['diff']:+.1f} ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}) | {d['b']} / {d['c']} | "
-            f"{d['p']:.2g} | {'yes' if is_shown(d) else 'no'}")
+            f"{d['p']:.2g} | {('yes' if d['diff'] > 0 else 'yes: B behind') if is_shown(d) else 'no'}")
 
 
 def is_shown(d: dict) -> bool:
@@ -181,12 +181,12 @@ def seeds_table(root: str) -> list[str]:
                 continue
             d = stats.paired_difference(first, second)
             diffs.append(d["diff"])
-            shown += is_shown(d)
+            shown += is_shown(d) and d["diff"] > 0  # every goal is "B ahead": B behind counts against it
             lines.append(f"| {claim} | {seed} | {100 * sum(first) / len(first):.1f}% | {100 * sum(second) / len(second):.1f}% | "
                          f"{paired_cells(first, second)} |")
         if diffs:
             lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "
-                         f"{shown} of {len(diffs)} |")
+                         f"B ahead in {shown} of {len(diffs)} |")
     return lines + ["", "Seed 1 is the main run (the default --seed 1337 of train.py and dpo.py); seed K is --seed K. "
                     "For DPO the seed changes the order in which it sees its pairs, nothing else; for pretraining, the "
                     "initial weights and the order of the batches. An effect that shows for one seed and not the others "

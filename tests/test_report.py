@@ -135,7 +135,7 @@ def test_each_seed_of_a_repeated_comparison_is_paired_against_its_own_run_and_th
     assert "| 1 | 25.0% | 40.0% | +15.0 (" in seed_rows[0] and seed_rows[0].endswith("| 0 / 60 | 1.7e-18 | yes |")  # p = 2 * 2^-60
     assert "| 2 | 25.0% | 25.5% | +0.5 (" in seed_rows[1] and seed_rows[1].endswith("| 0 / 2 | 0.5 | no |")
     (summary,) = rows(tmp_path / "report.md", "DPO (on-policy, + NLL) vs RS-SFT: mean of 2 seeds")
-    assert "| +7.8 |" in summary and summary.endswith("| 1 of 2 |")
+    assert "| +7.8 |" in summary and summary.endswith("| B ahead in 1 of 2 |")
     assert not rows(tmp_path / "report.md", "PTS-DPO vs full-length DPO, equal steps, from SFT | 1 |")
 
 
@@ -149,3 +149,15 @@ def test_a_seed_that_repeated_only_pretraining_pairs_its_two_arms_and_not_the_ma
     (seed2,) = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning | 2 |")
     assert "| 30.0% | 90.0% | +60.0 (" in seed2
     assert not rows(tmp_path / "report.md", "midtraining (base 250K) vs pretrained, recall at 4x | 2 |")
+
+
+def test_a_difference_shown_in_the_wrong_direction_says_so_and_does_not_count_as_the_effect(tmp_path):
+    make_stage(tmp_path, "pretrain_web", results="1" * 60 + "0" * 40)
+    make_stage(tmp_path, "pretrain", results="1" * 20 + "0" * 80)  # web ahead: the goal says synthetic
+    make_stage(tmp_path / "seed2", "pretrain_web", results="1" * 20 + "0" * 80)
+    make_stage(tmp_path / "seed2", "pretrain", results="1" * 60 + "0" * 40)
+    report.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    first, second = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning | ")
+    assert first.endswith("| yes: B behind |") and second.endswith("| yes |")
+    (summary,) = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning: mean of 2 seeds")
+    assert summary.endswith("| B ahead in 1 of 2 |")
