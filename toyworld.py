@@ -359,7 +359,7 @@ def synthetic_document(rng: random.Random, story: Story) -> str:
     terms are those numbers in order, one after the other, with nothing to work out in between. Every
     later skill waits on that copy (a step that decides right and adds the wrong number is wrong), and at
     this budget it forms late and not in every run (LAB.md): the web-heavy model, trained mostly on such
-    lines, learned it in 3 runs of 4; the synthetic-heavy one, with 30% of its problems written so, in 2
+    lines, learned it in 4 runs of 5; the synthetic-heavy one, with 30% of its problems written so, in 2
     of 6 (teacher-forced, the number right 95-100% of the time, else 17-48%); with half, 75% and 98% (two
     seeds). The sheet has its own header, "In one line:", so that however many there are, a "Solution:"
     is still answered step by step.

@@ -167,6 +167,25 @@ def test_synthetic_documents_are_right_practice_sheets_or_step_by_step_with_slip
         assert abs(count / total - rate) < 4 * (rate * (1 - rate) / total) ** 0.5
 
 
+@pytest.mark.exercise("bpe")
+def test_each_mixture_has_a_drill_per_six_stories_and_reading_drills_at_their_rate(toy_data_dir, tokenizer):
+    # Counted in the shards themselves: what the model trains on, not what the builder meant to write.
+    meta = json.load(open(f"{toy_data_dir}/meta.json"))
+    for name, folder in (("synthetic-heavy", toy_data_dir), ("web-heavy", f"{toy_data_dir}/{data.WEB_HEAVY_DIR}")):
+        documents = []
+        for split in ("train", "val"):
+            for path in data.shard_paths(folder, split):
+                documents += tokenizer.decode(data.read_shard(path).tolist()).split("<|endoftext|>")
+        reading = sum(d.startswith("Read: ") for d in documents)
+        arithmetic = sum(d.startswith("Practice:\n") for d in documents)
+        kinds = meta["mixtures"][name]["documents"]
+        n_drills = (kinds["synthetic"] + kinds["web"]) // 6  # one arithmetic drill per six stories
+        slots = round(n_drills * data.MIXTURES[name])  # the textbook drills of the synthetic share
+        assert reading + arithmetic == n_drills + slots, name
+        rate = toyworld.READING_DRILL_RATE
+        assert abs(reading / slots - rate) < 4 * (rate * (1 - rate) / slots) ** 0.5, (name, reading, slots)
+
+
 def test_fact_pages_state_the_facts_the_quiz_asks_and_nothing_else_does():
     items = toyworld.quiz_items()
     assert len(items) == 3 * len(toyworld.NAMES)
@@ -232,25 +251,6 @@ def test_a_recall_document_fills_its_length_and_asks_for_its_first_line(tokenize
 
 # -- decontamination between splits ---------------------------------------------------------------
 
-
-
-@pytest.mark.exercise("bpe")
-def test_each_mixture_has_a_drill_per_six_stories_and_reading_drills_at_their_rate(toy_data_dir, tokenizer):
-    # Counted in the shards themselves: what the model trains on, not what the builder meant to write.
-    meta = json.load(open(f"{toy_data_dir}/meta.json"))
-    for name, folder in (("synthetic-heavy", toy_data_dir), ("web-heavy", f"{toy_data_dir}/{data.WEB_HEAVY_DIR}")):
-        documents = []
-        for split in ("train", "val"):
-            for path in data.shard_paths(folder, split):
-                documents += tokenizer.decode(data.read_shard(path).tolist()).split("<|endoftext|>")
-        reading = sum(d.startswith("Read: ") for d in documents)
-        arithmetic = sum(d.startswith("Practice:\n") for d in documents)
-        kinds = meta["mixtures"][name]["documents"]
-        n_drills = (kinds["synthetic"] + kinds["web"]) // 6  # one arithmetic drill per six stories
-        slots = round(n_drills * data.MIXTURES[name])  # the textbook drills of the synthetic share
-        assert reading + arithmetic == n_drills + slots, name
-        rate = toyworld.READING_DRILL_RATE
-        assert abs(reading / slots - rate) < 4 * (rate * (1 - rate) / slots) ** 0.5, (name, reading, slots)
 
 @pytest.mark.exercise("bpe")
 def test_no_two_splits_share_a_13_gram(toy_data_dir, tokenizer):
