@@ -85,7 +85,7 @@ def paired_cells(first: list[bool], second: list[bool]) -> str:
     """'+4.2 (+2.1 to +6.3), 120/204, p 0.0001' for the paired difference second - first."""
     d = stats.paired_difference(first, second)
     return (f"{100 * d['diff']:+.1f} ({100 * d['lo']:+.1f} to {100 * d['hi']:+.1f}) | {d['b']} / {d['c']} | "
-            f"{d['p']:.2g} | {('yes' if d['diff'] > 0 else 'yes: B behind') if is_shown(d) else 'no'}")
+            f"{d['p']:.2g} | {'yes' if is_ahead(d) else 'yes: B behind' if is_shown(d) else 'no'}")
 
 
 def is_shown(d: dict) -> bool:
@@ -96,6 +96,12 @@ def is_shown(d: dict) -> bool:
     while the exact test cannot, and then no effect is claimed.
     """
     return d["significant"] and d["p"] < 0.05
+
+
+def is_ahead(d: dict) -> bool:
+    """Whether B is shown ahead of A: every goal of EFFECTS is "B ahead", so a difference shown the
+    other way counts against it."""
+    return is_shown(d) and d["diff"] > 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,7 +148,8 @@ def effects_table(root: str) -> list[str]:
         lines.append(f"| {claim} ({measurement}, n={len(first)}) | {a} | {b} | {accuracy(first)} | {accuracy(second)} | "
                      f"{paired_cells(first, second)} | {goal} |")
     return lines + ["", "b: items A gets right and B wrong; c: the reverse. The interval is Newcombe's for paired "
-                    "proportions; p is the exact McNemar test on b and c. shown: the interval excludes 0 and p < 0.05."]
+                    "proportions; p is the exact McNemar test on b and c. shown: the interval excludes 0 and p < 0.05 ('yes: B "
+                    "behind' when the difference goes against the goal)."]
 
 
 def seed_folders(root: str) -> list[tuple[int, str]]:
@@ -171,7 +178,7 @@ def seeds_table(root: str) -> list[str]:
         # main run's (the shared parent). A repeated A alone is another effect's seed, not this one's.
         runs = [(1, root)] + [(seed, folder) for seed, folder in repeats if os.path.isdir(os.path.join(folder, b))]
         if len(runs) == 1:
-            continue  # neither stage of this effect was repeated
+            continue  # B was not repeated: no seed of this effect
         diffs, shown = [], 0
         for seed, folder in runs:
             where = lambda stage: folder if os.path.isdir(os.path.join(folder, stage)) else root  # noqa: E731
@@ -181,7 +188,7 @@ def seeds_table(root: str) -> list[str]:
                 continue
             d = stats.paired_difference(first, second)
             diffs.append(d["diff"])
-            shown += is_shown(d) and d["diff"] > 0  # every goal is "B ahead": B behind counts against it
+            shown += is_ahead(d)
             lines.append(f"| {claim} | {seed} | {100 * sum(first) / len(first):.1f}% | {100 * sum(second) / len(second):.1f}% | "
                          f"{paired_cells(first, second)} |")
         if diffs:
