@@ -5,7 +5,7 @@ checkpoints are made for, and the fair yardstick for ours. Both models here hold
 built from the preset, written with `model.save_pretrained(DIR)` (hf.py) and read back by
 `Phi3ForCausalLM.from_pretrained(DIR)`; tests/test_bench.py checks they give the same logits.
 
-    python bench.py                     # toy shape (vocab 832, seq 256, batch 16) on this machine, ~2 min
+    python bench.py                     # toy shape (vocab 1,088, seq 256, batch 16) on this machine, ~2 min
     python bench.py --threads 1         # steadier runs on a machine shared with other jobs
     python bench.py --repeats 3 --parts train,decode
     python bench.py --device cuda --size 14b --n-layer 4 --dtype bfloat16 --parts decode   # bf16 decode on a GPU
@@ -82,8 +82,8 @@ BF16_ROW = "bf16 autocast"
 COMPILE_ROW = "torch.compile"
 PARTS = ("peak", "train", "decode", "precision")
 
-# The toy tokenizer's 814 ids padded to a multiple of 64: the vocabulary `python train.py` gives the toy model.
-TOY_VOCAB = 832
+# The toy tokenizer's 1,029 ids padded to a multiple of 64: the vocabulary `python train.py` gives the toy model.
+TOY_VOCAB = 1088
 
 # ----------------------------------------------------------------------------------------------------
 # Timing helpers
@@ -172,7 +172,7 @@ def measure_peak(n: int, repeats: int, device: torch.device) -> dict:
 
 
 def bench_config(size: str, vocab_size: int | None, n_layer: int | None) -> ModelConfig:
-    """The preset, with the toy vocabulary of 832 for `toy` (the preset's 1,024 is only an upper bound)."""
+    """The preset, with the toy vocabulary train.py gives `toy` (TOY_VOCAB)."""
     overrides = {"vocab_size": vocab_size or (TOY_VOCAB if size == "toy" else PRESETS[size].vocab_size)}
     if n_layer:
         overrides["n_layer"] = n_layer

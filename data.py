@@ -43,7 +43,7 @@ from tqdm import tqdm
 import cli
 import files
 import toyworld
-from tokenization import Tokenizer  # noqa: F401  (re-exported: data.Tokenizer is the public name)
+from tokenization import TOY_PATTERN, Tokenizer  # noqa: F401  (re-exported: data.Tokenizer is the public name)
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Token shards and the loaders
@@ -360,7 +360,7 @@ class MixtureLoader:
 
 TOY_DATA_DIR = os.path.join("out", "data", "toy")
 WEB_HEAVY_DIR = "web"  # subfolder of the toy data: the web-heavy pretraining mixture (the ablation)
-TOY_VOCAB = 1024  # an upper bound: the toy world has fewer distinct words, so BPE stops near 900
+TOY_VOCAB = 1152  # an upper bound: the toy world's words and numbers run out of merges at 1,029 ids
 EVAL_SEED = 1_000_003  # the held-out test split comes from its own seed, never from the training stream
 DEV_SEED = 1_500_007  # the dev split: every hyper-parameter is chosen on it, never on the test split
 POST_SEED = 5_000_011  # post-training problems (SFT, rejection sampling, DPO, PTS): never in pretraining
@@ -475,7 +475,7 @@ def build_toy_dataset(out_dir: str = TOY_DATA_DIR, n_stories: int = 45_000, n_te
     # after the tokenizer (they are cut to a token budget) but must not cost three tokens a word.
     recall_words = [f"Key: {v}\nPractice:\nThe key was {v}.\n" for v in toyworld.RECALL_VALUES] * 40
     sample_text = "\n".join(mixtures["synthetic-heavy"][0][:10_000] + mixtures["web-heavy"][0][:10_000] + recall_words)
-    tokenizer = Tokenizer.train(sample_text, TOY_VOCAB, verbose=True)
+    tokenizer = Tokenizer.train(sample_text, TOY_VOCAB, verbose=True, pattern=TOY_PATTERN)
     recall_rng = random.Random(toyworld.RECALL_PRETRAIN_SEED)
     seq_len = 256  # the toy preset's context: recall documents fill up to one pretraining row
     recall = {split: [toyworld.long_training_document(recall_rng, tokenizer, seq_len + 1).ids

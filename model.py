@@ -106,8 +106,8 @@ class ModelConfig:
 
 
 # Named sizes. `toy` trains on two CPU cores in minutes (its vocabulary is the BPE we train on the
-# synthetic world: 814 ids including Phi-4's 96 special tokens, padded to 832 rows; the preset's 1,024 is
-# a placeholder that train.py replaces). `small` and `1b` use the real Phi-4
+# synthetic world: 1,029 ids including Phi-4's 96 special tokens, padded to 1,088 rows; the preset's
+# 1,024 is a placeholder that train.py replaces). `small` and `1b` use the real Phi-4
 # tokenizer and fit one GPU. `14b` is the released Phi-4 shape exactly (report section 3, config.json) at its 4K
 # pretraining context; midtraining raises max_seq_len to 16K and rope_theta to 250K.
 PRESETS: dict[str, ModelConfig] = {

@@ -47,7 +47,7 @@ def pair(transformers):
 
 def test_the_default_shape_is_the_toy_model_train_py_builds():
     config = bench.bench_config("toy", None, None)
-    assert (config.vocab_size, config.n_layer, config.d_model, config.max_seq_len) == (832, 4, 128, 256)
+    assert (config.vocab_size, config.n_layer, config.d_model, config.max_seq_len) == (1088, 4, 128, 256)
 
 
 @pytest.mark.exercise("rope")

@@ -12,6 +12,7 @@ import regex
 import pytest
 
 import data
+import tokenization
 import toyworld
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +107,19 @@ def test_trained_bpe_has_the_requested_vocab_with_specials_after_the_ranks(toy_t
     assert toy_tokenizer.vocab_size == 512
     assert toy_tokenizer.special_tokens["<|dummy_0|>"] == 512 - 96
     assert toy_tokenizer.im_end_id == 512 - 96 + 9  # the same offset as 100265 - 100256
+
+
+@pytest.mark.exercise("bpe")
+def test_the_toy_worlds_bpe_keeps_each_number_with_the_space_before_it_where_cl100k_splits_them(toy_data_dir):
+    assert regex.findall(tokenization.CL100K_PATTERN, "you 3 plums: 13 + 3") == ["you", " ", "3", " plums", ":", " ", "13", " +", " ", "3"]
+    assert regex.findall(tokenization.TOY_PATTERN, "you 3 plums: 13 + 3") == ["you", " 3", " plums", ":", " 13", " +", " 3"]
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")  # the one the toy model trains with
+    assert tokenizer.pattern == tokenization.TOY_PATTERN
+    text = toyworld.problem_document(toyworld.make_problem(random.Random(6), 4))
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(text)]
+    assert " " not in pieces  # no bare space token before any number
+    numbers = regex.findall(r" \d+", text)
+    assert sum(piece in numbers for piece in pieces) == len(numbers)  # each number one token, space included
 
 
 @pytest.mark.exercise("bpe")
