@@ -254,10 +254,11 @@ def copy_drill(rng: random.Random, n_sentences: int = 4) -> str:
 
 
 # How often a textbook drill is a reading drill rather than an arithmetic one (data.py). Rarely, on weak
-# evidence (LAB.md): with as many reading drills as arithmetic ones, the pretrained model learned to copy
-# each event's number into its step in neither of two training seeds (48% and 17% right, teacher-forced);
-# with one in four, in two of four runs (96%, 95%, 31%, 18%). Copying forms late and by luck at this
-# budget; the practice sheet (synthetic_document) helped more.
+# evidence (LAB.md): with cl100k's split of numbers from their spaces, and as many reading drills as
+# arithmetic ones, the pretrained model learned to copy each event's number into its step in neither of
+# two training seeds (48% and 17% right, teacher-forced); with one in four, in two of four runs (96%,
+# 95%, 31%, 18%). What made it form in every run tried (three seeds) was the toy tokenizer keeping a
+# number with its space (tokenization.TOY_PATTERN), with the drills left at this rate.
 READING_DRILL_RATE = 0.25
 
 
@@ -355,14 +356,15 @@ def synthetic_document(rng: random.Random, story: Story) -> str:
     """A textbook document of a story: the clean worked solution (sometimes with one slip caught on the
     spot), or SYNTHETIC_QUICK_RATE of the time the one-line equation of a practice sheet.
 
-    The practice sheet is what teaches the model to copy each event's number out of the question: its
-    terms are those numbers in order, one after the other, with nothing to work out in between. Every
-    later skill waits on that copy (a step that decides right and adds the wrong number is wrong), and at
-    this budget it forms late and not in every run (LAB.md): the web-heavy model, trained mostly on such
-    lines, learned it in 4 runs of 5; the synthetic-heavy one, with 30% of its problems written so, in 2
-    of 6 (teacher-forced, the number right 95-100% of the time, else 17-48%); with half, 75% and 98% (two
-    seeds). The sheet has its own header, "In one line:", so that however many there are, a "Solution:"
-    is still answered step by step.
+    The practice sheet is copying practice: its terms are the events' numbers in order, one after the
+    other, with nothing to work out in between. Every later skill waits on that copy (a step that decides
+    right and adds the wrong number is wrong). With cl100k's split of a number from its space it formed
+    late and not in every run (LAB.md): the web-heavy model, trained mostly on such lines, learned it in 4
+    runs of 5; the synthetic-heavy one, with 30% of its problems written so, in 2 of 6 (teacher-forced,
+    the number right 95-100% of the time, else 17-48%); with half, 75% and 98% (two seeds). With the toy
+    tokenizer's own split (tokenization.TOY_PATTERN) it formed in all three seeds tried. The sheet has its
+    own header, "In one line:", so that however many there are, a "Solution:" is still answered step by
+    step.
     """
     question = story.question()
     if rng.random() < SYNTHETIC_QUICK_RATE:
