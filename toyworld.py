@@ -45,8 +45,8 @@ from tokenization import Tokenizer
 #
 # A problem: you and one other person, each with some items, 1-4 events, and how many you have now.
 #
-#   You have 5 plums. Mia has 7 plums. Mia gives you 3 plums. You take 2 plums from Mia. Mia finds 4 plums.
-#   How many plums do you have now?
+#   You have 5 plums. Mia has 7 plums. Mia gives you 3 plums. You take 2 plums from Mia. Finally, Mia finds
+#   4 plums. How many plums do you have now?
 #
 # The worked solution copies your starting count, then takes the events in order and decides what each
 # does to you, always in the same words:
@@ -138,8 +138,15 @@ class Story:
 
     def question(self) -> str:
         sentences = [f"You have {self.start[YOU]} {self.item}.", f"{self.other} has {self.start[self.other]} {self.item}."]
-        sentences += [event.sentence(self.item) + "." for event in self.events]
-        return " ".join(sentences + [f"How many {self.item} do you have now?"])
+        events = [event.sentence(self.item) + "." for event in self.events]
+        # "Finally," before the last of several events. Without it a solution can only tell that the
+        # events have run out by counting them, and a pretrained model that had not learned to count went
+        # on (measured: 49 of 400 dev problems, all of 3 events, answered with a 4th step repeating the
+        # 3rd; LAB.md). With it, the cue sits in the words the last step reads its number from.
+        if len(events) > 1:
+            last = events[-1]
+            events[-1] = "Finally, " + ("you" + last[len("You"):] if last.startswith("You ") else last)
+        return " ".join(sentences + events + [f"How many {self.item} do you have now?"])
 
     def counts(self, signs: list[int] | None = None) -> list[int]:
         """Your count after each event (starting count first), under `signs` (default: the rule's)."""
@@ -464,7 +471,7 @@ def teacher_problem(rng: random.Random, level: int) -> tuple[Problem, bool]:
 
 def is_trap(problem: Problem) -> bool:
     """Whether a problem has a "take(s)" event, the phrasing the teacher gets wrong."""
-    return " takes " in problem.question or "You take " in problem.question
+    return regex.search(r"\btakes? \d", problem.question) is not None  # "Mia takes 2", "you take 2"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -480,8 +487,9 @@ def is_trap(problem: Problem) -> bool:
 #
 # The key is the document's only name, so recalling it needs one attention head that looks for a name
 # however far back it is: pretraining teaches that within 256 tokens, and midtraining stretches it to
-# 1,024 (4x), which works only when the RoPE base grows with the context (250K against the 10K
-# ablation). A content lookup (a number found by matching a name among many, "what did the ledger say
+# 1,024 (4x), with the RoPE base raised to 250K as Phi-4 did, against an ablation that keeps 10K. At this
+# length both bases work (measured, LAB.md): the toy shows that midtraining extends the context, not that
+# the base change is needed for it. A content lookup (a number found by matching a name among many, "what did the ledger say
 # Leo has?") is out of reach at this budget: it needs an induction-like circuit, which the literature
 # puts at tens of millions of tokens for this shape, and the toy trains on a few million.
 

@@ -14,7 +14,8 @@ import toyworld
 
 # -- an independent oracle: the rule, from the question's words -----------------------------------
 
-EVENT = re.compile(r"^(You|\w+) (gives?|takes?|finds?|buys?|sells?|drops?) (?:(you|\w+) )?(\d+) \w+(?: from (you|\w+))?$")
+EVENT = re.compile(r"^(?:Finally, )?(You|you|\w+) (gives?|takes?|finds?|buys?|sells?|drops?) (?:(you|\w+) )?(\d+) \w+"
+                   r"(?: from (you|\w+))?$")
 
 
 def expected_decisions(question: str) -> tuple[list[str], int]:
@@ -36,6 +37,18 @@ def expected_decisions(question: str) -> tuple[list[str], int]:
         else:
             words.append("keep")
     return words, value
+
+
+def test_the_last_of_several_events_and_only_it_begins_with_finally():
+    for problem in toyworld.make_split(11, 400):
+        events = [s.strip() for s in problem.question.split(".") if s.strip()][2:-1]
+        assert len(events) == problem.level
+        marked = [s.startswith("Finally, ") for s in events]
+        assert marked == [False] * (problem.level - 1) + [problem.level > 1]
+        # The sentence after the cue is the event as written anywhere else, "You" lowercased.
+        if problem.level > 1:
+            rest = events[-1][len("Finally, "):]
+            assert EVENT.match(rest) and not rest.startswith("You")
 
 
 def test_every_reference_solution_passes_the_oracle_and_its_decisions_follow_the_rule():
