@@ -141,8 +141,8 @@ class Story:
         events = [event.sentence(self.item) + "." for event in self.events]
         # "Finally," before the last of several events. Without it a solution can only tell that the
         # events have run out by counting them, and a pretrained model that had not learned to count went
-        # on (measured: 49 of 400 dev problems, all of 3 events, answered with a 4th step repeating the
-        # 3rd; LAB.md). With it, the cue sits in the words the last step reads its number from.
+        # on (measured: 49 of 400 dev problems answered with too many steps, 48 of them 3-event problems
+        # given a 4th step; LAB.md). With it, the cue sits in the words the last step reads its number from.
         if len(events) > 1:
             last = events[-1]
             events[-1] = "Finally, " + ("you" + last[len("You"):] if last.startswith("You ") else last)
@@ -489,9 +489,9 @@ def is_trap(problem: Problem) -> bool:
 # however far back it is: pretraining teaches that within 256 tokens, and midtraining stretches it to
 # 1,024 (4x), with the RoPE base raised to 250K as Phi-4 did, against an ablation that keeps 10K. At this
 # length both bases work (measured, LAB.md): the toy shows that midtraining extends the context, not that
-# the base change is needed for it. A content lookup (a number found by matching a name among many, "what did the ledger say
-# Leo has?") is out of reach at this budget: it needs an induction-like circuit, which the literature
-# puts at tens of millions of tokens for this shape, and the toy trains on a few million.
+# the base change is needed for it. A content lookup (a number found by matching a name among many, "what
+# did the ledger say Leo has?") is out of reach at this budget: it needs an induction-like circuit, which
+# the literature puts at tens of millions of tokens for this shape, and the toy trains on a few million.
 
 RECALL_VALUES = NAMES  # the keys: 40 names (chance 2.5%), one token each
 LONG_SEED = 2_000_003  # seed of the midtraining documents (train and val splits)
