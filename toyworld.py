@@ -145,7 +145,7 @@ class Story:
         # given a 4th step; LAB.md). With it, the cue sits in the words the last step reads its number from.
         if len(events) > 1:
             last = events[-1]
-            events[-1] = "Finally, " + ("you" + last[len("You"):] if last.startswith("You ") else last)
+            events[-1] = "Finally, " + (last[0].lower() + last[1:] if self.events[-1].actor == YOU else last)
         return " ".join(sentences + events + [f"How many {self.item} do you have now?"])
 
     def counts(self, signs: list[int] | None = None) -> list[int]:
