@@ -1,11 +1,13 @@
 """The README is true: its quick start is the two commands CI and users run, every script answers --help,
 and (slow) the main job runs as written on a fresh copy of the repository."""
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -98,3 +100,90 @@ def test_speedrun_answers_help_with_its_stages_and_the_seeds_option(tmp_path):
     result = subprocess.run(["bash", "speedrun.sh", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--seeds N" in result.stdout and "pretrain_web" in result.stdout
     assert "set -euo" not in result.stdout
+
+
+# speedrun.sh's two lanes, checked with a stand-in `python` that takes a moment, refuses to start a stage
+# whose inputs (--init, --pairs, --sft-data, --data) no finished stage has written yet, and records when it
+# ran and on how many threads. A lane that starts a stage too early, or runs it on both cores, shows here.
+FAKE_PYTHON = r'''#!{python}
+import json, os, sys, time
+script, args = sys.argv[1], sys.argv[2:]
+opt = lambda name: args[args.index(name) + 1] if name in args else None
+record = dict(script=script, args=args, threads=os.environ.get("OMP_NUM_THREADS"), start=time.time())
+if script == "report.py" and opt("--best-dev"):
+    print("3e-5")
+    sys.exit(0)
+for name in ("--init", "--data"):
+    if opt(name) and not os.path.exists(os.path.join(opt(name), "done")):
+        sys.exit(f"fake: {{script}} started before {{opt(name)}} was written")
+for name in ("--pairs", "--sft-data"):
+    if opt(name) and not os.path.exists(opt(name)):
+        sys.exit(f"fake: {{script}} started before {{opt(name)}} was written")
+time.sleep(float(os.environ.get("FAKE_SECONDS", "0.1")) * (20 if os.environ.get("FAKE_SLOW") in args else 1))
+if os.environ.get("FAKE_FAIL") in args:
+    sys.exit(f"fake: {{os.environ['FAKE_FAIL']}} failed")
+written = ["out/data/toy", "out/data/toy/web"] if script == "data.py" else [opt("--out")] if opt("--out") else []
+for path in written:
+    if path.endswith(".jsonl"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        continue
+    os.makedirs(path, exist_ok=True)
+    for name in (["pairs.jsonl", "sft.jsonl"] if script == "rejection_sampling.py" else []) + ["done"]:
+        open(os.path.join(path, name), "w").close()
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps(dict(record, end=time.time())) + "\n")
+'''
+
+
+def run_speedrun_with_a_fake_python(tmp_path, *args, **env):
+    shutil.copy2(os.path.join(ROOT, "speedrun.sh"), tmp_path / "speedrun.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
+    (bin_dir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "log"), **env)
+    env.pop("OMP_NUM_THREADS", None)
+    result = subprocess.run(["bash", "speedrun.sh", *args], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    log = tmp_path / "log"
+    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, {" ".join([run["script"], *run["args"]]): run for run in runs}
+
+
+def option(run, name):
+    return run["args"][run["args"].index(name) + 1] if name in run["args"] else None
+
+
+def test_speedrun_runs_independent_stages_side_by_side_on_one_thread_each_and_in_order(tmp_path):
+    result, runs = run_speedrun_with_a_fake_python(tmp_path, "--seeds", "3")
+    assert result.returncode == 0, result.stderr
+    assert "[speedrun] total:" in result.stdout
+    pretrain = runs["train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain"]
+    web = next(run for run in runs.values() if option(run, "--out") == "out/pretrain_web")
+    assert pretrain["start"] < web["end"] and web["start"] < pretrain["end"], "the two pretrainings ran in a row"
+    lanes = [run for run in runs.values() if run["script"] not in ("data.py", "report.py", "sample.py")]
+    assert len(lanes) == 33 + 2 * 6  # the recipe's stages, and six for each extra seed
+    assert all(run["threads"] == "1" for run in lanes)
+    copied = {"out/dpo": "out/dpo_sweep/lr3e-5"}  # the dev split's choice (the fake's) is copied to out/dpo
+    for run in runs.values():  # every stage that reads a checkpoint started after it was written
+        init = copied.get(option(run, "--init"), option(run, "--init"))
+        if init:
+            writer = next(other for other in runs.values() if option(other, "--out") == init)
+            assert writer["end"] <= run["start"], run
+
+
+def test_speedrun_stops_and_names_the_log_when_a_stage_of_the_second_lane_fails(tmp_path):
+    result, runs = run_speedrun_with_a_fake_python(tmp_path, FAKE_FAIL="out/pretrain_web")
+    assert result.returncode != 0
+    assert "out/logs/web_pretraining.log" in result.stderr
+    assert "fake: out/pretrain_web failed" in (tmp_path / "out" / "logs" / "web_pretraining.log").read_text()
+    assert not any("midtrain" in command for command in runs), "a later stage ran after the failure"
+
+
+def test_a_failed_speedrun_stops_the_lane_running_beside_it(tmp_path):
+    result, _ = run_speedrun_with_a_fake_python(tmp_path, FAKE_FAIL="out/pretrain", FAKE_SLOW="out/pretrain_web")
+    assert result.returncode != 0
+    time.sleep(3)  # the slow stage (20 x 0.1 s) would have finished and logged by now, had it been left running
+    log = (tmp_path / "log").read_text()
+    assert "pretrain_web" not in log and "out/pretrain --quiz" not in log
