@@ -59,13 +59,13 @@ HEADER_BYTES = 16  # 8 magic + 8 for the uint64 token count; a multiple of 4, so
 def write_shard(path: str, tokens) -> None:
     """Write tokens as a shard: the header, then the raw uint32 ids (native byte order, as memmap reads)."""
     tokens = np.asarray(tokens, dtype=np.uint32)
-    # Written beside the target and renamed over it: a crash mid-write leaves the old shard or none,
-    # never a truncated one (read_shard's size check would catch it, but only at training time).
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    # Atomic: a crash mid-write leaves the old shard or none, never a truncated one (read_shard's size
+    # check would catch it, but only at training time).
+    def write(f):
         f.write(SHARD_MAGIC + np.uint64(len(tokens)).tobytes())
         f.write(tokens.tobytes())
-    os.replace(tmp, path)
+
+    files.atomic_write(path, write, binary=True)
 
 
 def read_shard(path: str) -> np.ndarray:

@@ -32,11 +32,13 @@ class DataError(ValueError):
 def atomic_write(path: str, write: Callable, binary: bool = False):
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    The temporary file lives in the same folder because a rename is only atomic within one filesystem.
+    The temporary file lives in the same folder because a rename is only atomic within one filesystem,
+    and its name carries the process id: two processes writing the same file at once (speedrun.sh's two
+    midtrainings both build the long documents) each rename a whole file of their own, never each other's.
     The folder is created when missing, so a new `--out` never crashes the first write.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
         write(f)
         f.flush()

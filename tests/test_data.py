@@ -12,6 +12,7 @@ import regex
 import pytest
 
 import data
+import files
 import tokenization
 import toyworld
 
@@ -242,6 +243,22 @@ def test_a_truncated_shard_fails_with_a_clear_error(tmp_path):
         f.truncate(200)
     with pytest.raises(ValueError, match="truncated"):
         data.read_shard(path)
+
+
+def test_a_shard_written_by_two_processes_at_once_is_whole_and_leaves_no_temporary_file(tmp_path):
+    # The second writer runs while the first is half-way through its file, as two midtrainings building
+    # the same long documents do; each must rename a whole file of its own, and the last rename wins.
+    path = str(tmp_path / "long_train_000.bin")
+    second = f"import numpy, data; data.write_shard({path!r}, numpy.arange(7, dtype=numpy.uint32))"
+
+    def write_with_a_second_writer_midway(f):
+        f.write(data.SHARD_MAGIC + np.uint64(5).tobytes())
+        subprocess.run([sys.executable, "-c", second], cwd=ROOT, check=True)
+        f.write(np.arange(5, dtype=np.uint32).tobytes())
+
+    files.atomic_write(path, write_with_a_second_writer_midway, binary=True)
+    assert data.read_shard(path).tolist() == [0, 1, 2, 3, 4]
+    assert os.listdir(tmp_path) == ["long_train_000.bin"]
 
 
 def make_loader_shards(tmp_path, n=1000):
