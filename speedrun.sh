@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~20 min on 2 cores).
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~25 min on 2 cores).
 #
 #   data         the synthetic world -> BPE tokenizer -> two pretraining mixtures, test/dev/post-training splits
 #   pretrain     synthetic-heavy mixture + 30% recall rows                                -> out/pretrain
@@ -48,13 +48,14 @@ stage() {  # stage NAME COMMAND...: run one step of the recipe and say how long 
 }
 
 # Two lanes at once, one thread each. The toy's matrices are too small to split well between two
-# threads: two single-thread trainings run at 2 x 12.5K tokens/s on this 2-core CPU, one training on both
-# cores at 16.0K, and a greedy evaluation takes 7.1 s on one thread against 6.5 s on two. So every stage
-# that does not wait for another runs beside one, and the recipe takes ~2/3 of the time it takes in a row.
+# threads, so on this 2-core CPU two jobs side by side finish sooner than the same two in a row on both
+# cores: 1.2-1.3x for pretraining, 1.5-1.6x for generation (README, "Performance"), ~1.0x for midtraining,
+# whose 1,024-token rows two threads do share well. Every stage that does not wait for another runs
+# beside one.
 lane_pid=
 trap '[ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true' EXIT  # an interruption stops both lanes
 lanes() {  # lanes FIRST SECOND: run two functions side by side, SECOND's output in out/logs/SECOND.log
-    local log=out/logs/$2.log
+    local log=out/logs/$2.log start=$SECONDS
     mkdir -p out/logs
     echo "[speedrun] $1 beside $2 (its output: $log)"
     set -m  # the second lane gets a process group of its own, so the trap can stop all of it
@@ -67,6 +68,7 @@ lanes() {  # lanes FIRST SECOND: run two functions side by side, SECOND's output
         exit 1
     fi
     lane_pid=
+    echo "[speedrun] $1 beside $2: $((SECONDS - start)) s"
 }
 
 stage data python data.py
