@@ -336,6 +336,9 @@ class DPOConfig(trainer.RunConfig):
     pairs: str | None = None  # JSONL of preference pairs
     beta: float = 0.1  # strength of the pull towards the reference: higher = more conservative
     average_logprobs: bool = False  # mean-per-token log-probs instead of sums (see dpo_loss)
+    # Keep every attention projection as the policy started (train the MLPs, norms and embeddings): on the toy
+    # world DPO's damage is to copying, which attention does (LAB.md, "Where DPO's damage lives").
+    freeze_attention: bool = False
     steps: int = 100
     # With the NLL anchor below, 1e-4 moves the toy policy (preference accuracy ~0.85 in 100 steps) without
     # the collapse plain DPO showed at that rate; `python eval.py --split dev` compares rates.
@@ -358,6 +361,7 @@ class DPOConfig(trainer.RunConfig):
         "pairs": "JSONL of pairs: prompt/chosen/rejected text, optionally prompt_ids/chosen_ids/rejected_ids",
         "beta": "DPO beta: how strongly the policy is held near the reference (higher = closer)",
         "average_logprobs": "use mean-per-token log-probs instead of sums (length-normalised; see dpo_loss)",
+        "freeze_attention": "keep the attention projections (q, k, v, o) fixed; train the rest",
         "nll_weight": "weight of the chosen answer's mean per-token NLL added to the DPO loss (RPO; 0: plain DPO)",
         "min_chosen_reward": "stop once the chosen reward, averaged over the last 10 steps, falls below this "
         "(the policy is un-learning the answers it should prefer)",
@@ -461,6 +465,9 @@ def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
     if world.is_main:
         checkpoint.save_tokenizer(os.path.join(source, checkpoint.TOKENIZER), cfg.out)
 
+    if cfg.freeze_attention:  # the optimizer takes only parameters that require a gradient
+        for block in model.blocks:
+            block.attn.requires_grad_(False)
     optimizer = trainer.make_optimizer(model, cfg, world.device)
     loader = PairLoader(len(pairs), cfg.batch_size, cfg.seed)  # global batches: the same on every rank
     start_step = 0

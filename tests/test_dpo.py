@@ -228,6 +228,19 @@ def test_training_on_a_known_preference_drives_accuracy_and_margin_up(toy_data_d
 
 
 @pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
+def test_freeze_attention_leaves_every_attention_weight_as_it_was_and_trains_the_rest(toy_data_dir, tmp_path, tiny_checkpoint):
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=8))
+    dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=3,
+                                batch_size=8, lr=1e-3, warmup_steps=0, device="cpu", freeze_attention=True))
+    before = checkpoint.load_model(str(tmp_path / "init"), "cpu")[0].state_dict()
+    after = checkpoint.load_model(str(tmp_path / "dpo"), "cpu")[0].state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and not any(".attn." in name for name in moved)
+    assert any(".mlp." in name for name in moved) and "embed.weight" in moved
+
+
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
 def test_reference_logprobs_are_computed_once_from_the_init_weights_and_stored_with_the_pairs(toy_data_dir, tmp_path, monkeypatch, tiny_checkpoint):
     tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=16))
