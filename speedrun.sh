@@ -53,7 +53,7 @@ stage() {  # stage NAME COMMAND...: run one step of the recipe and say how long 
 # whose 1,024-token rows two threads do share well. Every stage that does not wait for another runs
 # beside one.
 lane_pid=
-trap '[ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true' EXIT  # an interruption stops both lanes
+trap '[ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true' EXIT  # a failure or an interruption stops both lanes
 lanes() {  # lanes FIRST SECOND: run two functions side by side, SECOND's output in out/logs/SECOND.log
     local log=out/logs/$2.log start=$SECONDS
     mkdir -p out/logs
