@@ -24,8 +24,8 @@ What each number means:
                      batch 1 greedy and batch 64 sampling (temperature 1, no top-k / top-p). Achieved FLOP/s =
                      tokens/s x 2N (N: parameters without the input embedding, a lookup): the matmuls of one
                      token's forward. Attention over the cache is left out: a small underestimate at these lengths.
-  precision/compile  our train step three ways: fp32 eager (what train.py does on a CPU), under
-                     torch.autocast bf16, and with each block compiled (train.py --compile), then a
+  precision/compile  our train step four ways: fp32 eager (what train.py does on a CPU), under
+                     torch.autocast bf16, with each block compiled (train.py --compile), and both, then a
                      recommendation computed from those numbers: an option counts as faster only if it beat
                      fp32 in every paired repeat, and compilation only if it pays back within a default toy run.
                      "first call s" includes compilation, into an empty cache, as a first run would pay it.
@@ -80,6 +80,7 @@ SAMPLING_ROW = "decode batch {n} sampling"
 FP32_ROW = "fp32 eager"
 BF16_ROW = "bf16 autocast"
 COMPILE_ROW = "torch.compile"
+BF16_COMPILE_ROW = "bf16 + compile"  # train.py --bf16-autocast --compile
 PARTS = ("peak", "train", "decode", "precision")
 
 # The toy tokenizer's 1,029 ids padded to a multiple of 64: the vocabulary `python train.py` gives the toy model.
@@ -380,7 +381,7 @@ def recommend(rates: dict[str, list[float]], warmup_s: dict[str, float], tokens_
     """
     step_s = {name: tokens_per_step / median(values) for name, values in rates.items()}  # seconds per step
     lines, wins = [], {}
-    for name in (BF16_ROW, COMPILE_ROW):
+    for name in (BF16_ROW, COMPILE_ROW, BF16_COMPILE_ROW):
         if name not in rates:
             continue
         ratios = paired_ratios(rates[name], rates[FP32_ROW])  # > 1: the option is faster
@@ -394,7 +395,7 @@ def recommend(rates: dict[str, list[float]], warmup_s: dict[str, float], tokens_
         lines.append(f"{name}: {speedup:.2f}x fp32 eager ({verdict})")
         if not verdict.startswith("faster"):
             continue
-        if name == COMPILE_ROW:
+        if name in (COMPILE_ROW, BF16_COMPILE_ROW):
             # Start-up cost: how much longer the first (compiling) call took than a compiled call.
             compile_s = max(0.0, warmup_s[name] - steps_per_call * step_s[name])
             payback = math.ceil(compile_s / (step_s[FP32_ROW] - step_s[name]))  # faster, so the saving is > 0
@@ -453,7 +454,7 @@ def print_comparison(rows: list[dict], peak: float | None):
 
 
 def print_precision(results: dict, flops_per_token: float, peak: float | None, label: str):
-    """Our train step in fp32, bf16 autocast and compiled, against fp32."""
+    """Our train step in fp32, bf16 autocast, compiled and both, against fp32."""
     print(f"\nour {label}: precision and compilation")
     print(f"{'mode':<16} {'tok/s':>10} {'vs fp32':>8}   {'FLOP/s (% peak)':<24} {'loss, step 1':>12} {'first call s':>12}")
     for name, result in results.items():
@@ -620,7 +621,7 @@ def compare_with_transformers(args: argparse.Namespace, config, device, ours, th
 
 
 def measure_precision(args: argparse.Namespace, config, device, peak) -> dict:
-    """Our train step in fp32, under bf16 autocast and compiled: three fresh fp32 copies of the same weights,
+    """Our train step in fp32, under bf16 autocast, compiled, and both: fresh fp32 copies of the same weights,
     the same batch, steps alternating between them; prints the table and the recommendation."""
     batch = random_batch(config.vocab_size, args.batch_size, args.seq_len, device, args.seed)
     fresh = lambda: build_ours(config, device, torch.float32, args.seed)  # noqa: E731
@@ -630,6 +631,7 @@ def measure_precision(args: argparse.Namespace, config, device, peak) -> dict:
         # compile_blocks only wraps the blocks; compiling happens in the first (warm-up) call, which
         # `interleaved` times: that is the start-up cost the recommendation weighs.
         runs[COMPILE_ROW] = TrainStep(compile_blocks(fresh()), our_loss, batch, args.train_steps)
+        runs[BF16_COMPILE_ROW] = TrainStep(compile_blocks(fresh()), our_loss, batch, args.train_steps, autocast=True)
     with fresh_compile_cache():
         rates, warmup_s = interleaved(runs, args.repeats)
     precision = {name: {"tok_s": median(rates[name]), "samples": rates[name],

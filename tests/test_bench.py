@@ -141,6 +141,18 @@ def test_compilation_is_recommended_only_if_it_pays_back_within_the_run():
     assert lines[-1].startswith("recommendation: keep fp32 eager")
 
 
+def test_bf16_with_compile_is_recommended_when_fastest_and_pays_back_its_compile_time():
+    # Compiled bf16 steps take 2.5 s instead of 10 s; its first call of 1 step took 22.5 s: 20 s of compiling,
+    # paid back after 3 steps. bf16 eager (5 s a step) is faster than fp32 too, but not the fastest.
+    rates = made_up([100, 100, 100], [200, 200, 200], [100, 100, 100])
+    rates[bench.BF16_COMPILE_ROW] = [400, 400, 400]
+    lines = bench.recommend(rates, {bench.COMPILE_ROW: 1.0, bench.BF16_COMPILE_ROW: 22.5}, 1000, 1, run_steps=1200)
+    assert any(line.startswith(f"{bench.BF16_COMPILE_ROW}: 20 s to compile, paid back after 3 ") for line in lines)
+    assert lines[-1].startswith(f"recommendation: use {bench.BF16_COMPILE_ROW}") and "4.00x" in lines[-1]
+    lines = bench.recommend(rates, {bench.COMPILE_ROW: 1.0, bench.BF16_COMPILE_ROW: 22.5}, 1000, 1, run_steps=2)
+    assert lines[-1].startswith(f"recommendation: use {bench.BF16_ROW}")
+
+
 def test_a_difference_within_the_noise_keeps_fp32():
     rates = made_up([100, 100, 100], [150, 90, 150], [95, 105, 100])
     lines = bench.recommend(rates, {bench.COMPILE_ROW: 1.0}, 1000, 1, run_steps=1200)
