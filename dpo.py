@@ -350,6 +350,9 @@ class DPOConfig(trainer.RunConfig):
     # DPO alone may lower the chosen answer's likelihood along with the rejected one's (both rewards fall,
     # the margin still grows); the NLL term anchors the chosen answer, which keeps sampled answers sane.
     nll_weight: float = 1.0
+    # The control: 0 trains on the NLL term alone (SFT on the chosen answers, same pairs, steps and LR), so
+    # a comparison with it shows what the preference itself adds (README, "Results").
+    preference_weight: float = 1.0
     # The stop: the run ends once the chosen reward, averaged over the last 10 steps, falls below this.
     min_chosen_reward: float = -1.0
 
@@ -363,10 +366,12 @@ class DPOConfig(trainer.RunConfig):
         "average_logprobs": "use mean-per-token log-probs instead of sums (length-normalised; see dpo_loss)",
         "freeze_attention": "keep the attention projections (q, k, v, o) fixed; train the rest",
         "nll_weight": "weight of the chosen answer's mean per-token NLL added to the DPO loss (RPO; 0: plain DPO)",
+        "preference_weight": "weight of the DPO term itself (0: the NLL term alone, SFT on the chosen answers: "
+        "the control that shows what the preference adds)",
         "min_chosen_reward": "stop once the chosen reward, averaged over the last 10 steps, falls below this "
         "(the policy is un-learning the answers it should prefer)",
     }
-    LIMITS = {"beta": cli.positive, "nll_weight": cli.at_least(0.0)}
+    LIMITS = {"beta": cli.positive, "nll_weight": cli.at_least(0.0), "preference_weight": cli.at_least(0.0)}
 
 
 def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig, pad_id: int, world):
@@ -388,7 +393,7 @@ def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig,
         chosen_lengths = mask[:b, 1:].sum(dim=1).clamp(min=1)  # (b,) completion tokens per chosen row
         nll = -(logps[:b] if cfg.average_logprobs else logps[:b] / chosen_lengths).mean()
         dpo_part = loss.detach()  # the DPO loss alone, for the log: ln 2 at the first step
-        (loss + cfg.nll_weight * nll).backward()
+        (cfg.preference_weight * loss + cfg.nll_weight * nll).backward()
         # What healthy DPO looks like: the loss falls from ln 2 = 0.693, preference accuracy rises towards
         # 1, and the margin (chosen minus rejected reward) grows. Both rewards often drift *down* (the
         # policy lowers the likelihood of everything it did not prefer), which is fine while the margin
@@ -442,6 +447,8 @@ def train_dpo(cfg: DPOConfig) -> list[dict]:
 
 def train_dpo_on(cfg: DPOConfig, world: parallel.Distributed) -> list[dict]:
     """The DPO run proper, on one rank of `world`."""
+    if cfg.preference_weight == 0 and cfg.nll_weight == 0:
+        raise ValueError("--preference-weight 0 and --nll-weight 0 leave nothing to train; raise one of them")
     if cfg.batch_size % world.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} pairs must split evenly over {world.world_size} ranks; "
                          f"pick a multiple of {world.world_size}")

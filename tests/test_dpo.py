@@ -335,3 +335,29 @@ def test_dpo_stops_and_saves_at_the_step_the_chosen_reward_collapses(toy_data_di
                                           steps=30, batch_size=8, lr=1e-3, warmup_steps=1, device="cpu",
                                           min_chosen_reward=5.0))
     assert len(records) == 10 and checkpoint.read_checkpoint(str(tmp_path / "dpo"))["step"] == 10
+
+
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
+def test_with_preference_weight_0_the_rejected_answers_change_nothing(toy_data_dir, tmp_path, tiny_checkpoint):
+    # The NLL-only control: two runs whose pairs differ only in the rejected answer train the same weights;
+    # with the preference term on, the same two runs part (so the comparison can tell them apart).
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    records = preference_pairs(tokenizer, n=8)
+    other = [dict(r, rejected="5", rejected_ids=tokenizer.encode("5")) for r in records]
+
+    def trained(pairs, name, weight):
+        pairs_file = write_pairs(tmp_path / f"{name}.jsonl", pairs)
+        dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / name), steps=2,
+                                    batch_size=8, lr=1e-3, warmup_steps=0, device="cpu", preference_weight=weight))
+        return checkpoint.load_model(str(tmp_path / name), "cpu")[0].state_dict()
+
+    for weight, same in ((0.0, True), (1.0, False)):
+        first, second = trained(records, f"a{weight}", weight), trained(other, f"b{weight}", weight)
+        assert all(torch.equal(first[name], second[name]) for name in first) == same
+
+
+def test_preference_and_nll_weights_both_0_are_refused_naming_the_flags(toy_data_dir, tmp_path, tiny_checkpoint):
+    tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    with pytest.raises(ValueError, match="--preference-weight 0 and --nll-weight 0"):
+        dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), pairs=str(tmp_path / "none.jsonl"), out=str(tmp_path / "dpo"),
+                                    device="cpu", preference_weight=0.0, nll_weight=0.0))
