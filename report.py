@@ -33,10 +33,10 @@ import stats
 
 # The recipe's order (report sections 3-4), so the report reads top to bottom as the model was built;
 # each stage is compared with the one it was trained from. Unknown folders go last, by name.
-STAGE_ORDER = ("pretrain_web", "pretrain", "midtrain_base10k", "midtrain", "sft", "rs_sft", "dpo",
+STAGE_ORDER = ("pretrain_web", "pretrain", "midtrain_base10k", "midtrain", "sft", "rs_sft", "dpo_nll_only", "dpo",
                "sft_dpo", "pts_dpo", "pts_dpo_dpo")
 PARENT = {"midtrain": "pretrain", "midtrain_base10k": "pretrain", "sft": "midtrain", "rs_sft": "sft", "dpo": "rs_sft",
-          "sft_dpo": "sft", "pts_dpo": "sft", "pts_dpo_dpo": "pts_dpo"}
+          "dpo_nll_only": "rs_sft", "sft_dpo": "sft", "pts_dpo": "sft", "pts_dpo_dpo": "pts_dpo"}
 
 # The effects the toy recipe is meant to show: (claim, stage A, stage B, measurement, the goal). Each row
 # is the paired difference B - A. "test": greedy pass@1 on the test split; "quiz": the knowledge quiz;
@@ -48,6 +48,8 @@ EFFECTS = (
     ("RoPE base 250K vs the 10K ablation, recall at 4x", "midtrain_base10k", "midtrain", "recall 4x", "B ahead"),
     ("RS-SFT vs SFT", "sft", "rs_sft", "test", "B ahead"),
     ("DPO (on-policy, + NLL) vs RS-SFT", "rs_sft", "dpo", "test", "B ahead"),
+    # The control: the same run without the preference term (dpo.py --preference-weight 0).
+    ("DPO vs its NLL term alone, same pairs and steps", "dpo_nll_only", "dpo", "test", "B ahead (the preference adds)"),
     ("PTS-DPO vs full-length DPO, equal steps, from SFT", "sft_dpo", "pts_dpo", "test", "B ahead (report Table 9)"),
 )
 
@@ -262,7 +264,7 @@ def write_figures(root: str, stages: list[str]) -> list[str]:
         shown.extend([f"![{caption}]({name})", ""])
 
     groups = {"pretraining": ("pretrain", "pretrain_web"), "midtraining": ("midtrain", "midtrain_base10k"),
-              "SFT": ("sft", "rs_sft"), "DPO": ("dpo", "sft_dpo", "pts_dpo", "pts_dpo_dpo")}
+              "SFT": ("sft", "rs_sft"), "DPO": ("dpo", "dpo_nll_only", "sft_dpo", "pts_dpo", "pts_dpo_dpo")}
     for title, names in groups.items():
         series = {}
         for stage in names:
