@@ -8,7 +8,9 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
+import model as model_module
 from conftest import TINY_MODEL
 from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, get_config, rope_tables
 
@@ -173,12 +175,18 @@ def test_positions_beyond_the_rope_table_raise_a_clear_error(tiny_model):
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope")
-def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient(tiny_model):
+@pytest.mark.parametrize("loss_chunk, recomputed", [(7, 10), (66, 0), (4096, 0)])
+def test_chunked_cross_entropy_matches_plain_cross_entropy_and_its_gradient(tiny_model, monkeypatch, loss_chunk, recomputed):
+    # 66 tokens in chunks of 7 (uneven on purpose): each of the 10 chunks recomputes its logits in backward;
+    # in one chunk nothing is recomputed (it would save no memory).
+    calls = []
+    monkeypatch.setattr(model_module, "checkpoint", lambda fn, *args, **kwargs: calls.append(1) or checkpoint(fn, *args, **kwargs))
     model = tiny_model(**MODEL_TEST)
     idx = torch.randint(0, 97, (2, 33))
     targets = torch.randint(0, 97, (2, 33))
     targets[0, :5] = -100  # ignored positions must not count
-    loss = model(idx, targets, loss_chunk=7)  # 66 tokens in chunks of 7: uneven on purpose
+    loss = model(idx, targets, loss_chunk=loss_chunk)
+    assert len(calls) == recomputed
     loss.backward()
     chunked_grad = model.lm_head.weight.grad.clone()
     model.zero_grad()
