@@ -77,8 +77,8 @@ stage data python data.py
 # 1,600 steps with the matmuls in bf16 (1.45x faster on this CPU, so less time than 1,200 in fp32): at
 # 1,200 fp32 steps this corpus gave no first-line recall to extend (LAB.md has both runs). Every training
 # stage but DPO runs its matmuls in bf16 (--bf16-autocast; weights and AdamW stay fp32). Not --compile:
-# on top of bf16 it buys 1.06x a toy step (`python bench.py --threads 1 --parts precision`), about what
-# compiling costs at the start of each run, and it needs a C++ compiler.
+# on top of bf16 it buys 1.06x a toy step (`python bench.py --threads 1 --parts precision`), ~35 s of a
+# pretraining run, of which compiling takes ~17 s back, and it needs a C++ compiler.
 synthetic_pretraining() {
     stage pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain
     stage eval python eval.py --init out/pretrain
@@ -92,10 +92,8 @@ web_pretraining() {  # the same tokens, web-heavy
 }
 lanes synthetic_pretraining web_pretraining
 
-midtraining_and_sft() {
+midtraining_and_sft() {  # the midtrained model is evaluated in the next phase, beside RS, where a lane has room
     stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --out out/midtrain
-    stage eval_long python eval.py --init out/midtrain --long
-    stage eval python eval.py --init out/midtrain
     stage sft python train.py --stage sft --init out/midtrain --bf16-autocast --out out/sft
     stage eval python eval.py --init out/sft --chat
 }
@@ -122,23 +120,26 @@ rejection_sampling_and_dpo_sweep() {
         stage eval_dev python eval.py --init out/dpo_sweep/lr$lr --chat --split dev
     done
 }
-pivotal_token_search() {  # on SFT, for a toy Table 9 (report section 4.3)
+midtraining_evals_and_pts() {
+    stage eval_long python eval.py --init out/midtrain --long
+    stage eval python eval.py --init out/midtrain
+    # Pivotal Token Search on SFT, for a toy Table 9 (report section 4.3)
     stage pts python pts.py --init out/sft --out out/pts/pairs.jsonl --questions 600 --rollouts 32
 }
-lanes rejection_sampling_and_dpo_sweep pivotal_token_search
+lanes rejection_sampling_and_dpo_sweep midtraining_evals_and_pts
 best_lr=$(python report.py --best-dev out/dpo_sweep)
 echo "[speedrun] DPO learning rate chosen on dev: $best_lr"
 rm -rf out/dpo && cp -r out/dpo_sweep/lr$best_lr out/dpo
 
 # Table 9: from SFT, the same DPO steps on PTS pairs and on full-length pairs, then both.
 pts_arm() {
+    stage eval python eval.py --init out/dpo --chat
     stage pts_dpo python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --beta $beta --lr $best_lr --out out/pts_dpo --steps 60
     stage eval python eval.py --init out/pts_dpo --chat
     stage pts_dpo_dpo python dpo.py --init out/pts_dpo --pairs out/rs/pairs.jsonl --beta $beta --lr $best_lr --out out/pts_dpo_dpo --steps 60
     stage eval python eval.py --init out/pts_dpo_dpo --chat
 }
 full_length_arm() {
-    stage eval python eval.py --init out/dpo --chat
     # The control: DPO's NLL term alone on the same pairs, steps and LR (SFT on the chosen answers), so
     # the report can say what the preference itself adds.
     stage dpo_nll_only python dpo.py --init out/rs_sft --pairs out/rs_dpo/pairs.jsonl --beta $beta --lr $best_lr --preference-weight 0 --out out/dpo_nll_only
