@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~22 min on 2 cores).
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (~24 min on 2 cores).
 #
 #   data         the synthetic world -> BPE tokenizer -> two pretraining mixtures, test/dev/post-training splits
 #   pretrain     synthetic-heavy mixture + 30% recall rows                                -> out/pretrain
@@ -21,8 +21,9 @@
 #   bash speedrun.sh [--seeds N]
 #
 # --seeds N (default 1) repeats the cheap comparisons of DPO (from RS-SFT, and its control; PTS pairs vs
-# full-length from SFT) with seeds 2..N, each a new order of the pairs, into out/seedK/; the report gives
-# every seed's paired difference, so one lucky order is not taken for an effect (~3 min per two seeds).
+# full-length from SFT) with seeds 2..N, each a new order of the pairs, into out/seedK/; the report
+# gives every seed's paired difference, so one lucky order is not taken for an effect (~4 min for
+# seeds 2 and 3).
 set -euo pipefail
 cd "$(dirname "$0")"
 
