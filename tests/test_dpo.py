@@ -356,6 +356,7 @@ def test_with_preference_weight_0_the_rejected_answers_change_nothing(toy_data_d
         assert all(torch.equal(first[name], second[name]) for name in first) == same
 
 
+@pytest.mark.exercise("bpe", "rope")
 def test_preference_and_nll_weights_both_0_are_refused_naming_the_flags(toy_data_dir, tmp_path, tiny_checkpoint):
     tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
     with pytest.raises(ValueError, match="--preference-weight 0 and --nll-weight 0"):
