@@ -78,8 +78,8 @@ stage data python data.py
 # 1,600 steps with the matmuls in bf16 (1.45x faster on this CPU, so less time than 1,200 in fp32): at
 # 1,200 fp32 steps this corpus gave no first-line recall to extend (LAB.md has both runs). Every training
 # stage but DPO runs its matmuls in bf16 (--bf16-autocast; weights and AdamW stay fp32). Not --compile:
-# on top of bf16 it buys 1.06x a toy step (`python bench.py --threads 1 --parts precision`), ~35 s of a
-# pretraining run, of which compiling takes ~17 s back, and it needs a C++ compiler.
+# on top of bf16 it buys 1.06-1.11x a toy step (`python bench.py --threads 1 --parts precision`), 35-55 s
+# of a pretraining run, of which compiling takes 20-30 s back, and it needs a C++ compiler.
 synthetic_pretraining() {
     stage pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain
     stage eval python eval.py --init out/pretrain
@@ -107,7 +107,7 @@ lanes midtraining_and_sft base10k_ablation
 
 # DPO's beta: 1, not the common 0.1. At 0.1 the loss keeps pushing until the two answers' log-ratios part
 # by ~30 nats, and on this world that push unlearns copying numbers (dev 86.8% from RS-SFT's 96.9%; 96.4%
-# at beta 1; LAB.md, "DPO after RS-SFT").
+# at beta 1; LAB.md, "Beta, and the NLL term alone").
 beta=1
 rejection_sampling_and_dpo_sweep() {
     stage rs python rejection_sampling.py --init out/sft --problems 3000 --out out/rs
