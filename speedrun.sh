@@ -140,7 +140,7 @@ pts_arm() {
     stage pts_dpo_dpo python dpo.py --init out/pts_dpo --pairs out/rs/pairs.jsonl --beta $beta --lr $best_lr --out out/pts_dpo_dpo --steps 60
     stage eval python eval.py --init out/pts_dpo_dpo --chat
 }
-full_length_arm() {
+control_and_full_length_arm() {
     # The control: DPO's NLL term alone on the same pairs, steps and LR (SFT on the chosen answers), so
     # the report can say what the preference itself adds.
     stage dpo_nll_only python dpo.py --init out/rs_sft --pairs out/rs_dpo/pairs.jsonl --beta $beta --lr $best_lr --preference-weight 0 --out out/dpo_nll_only
@@ -148,7 +148,7 @@ full_length_arm() {
     stage sft_dpo python dpo.py --init out/sft --pairs out/rs/pairs.jsonl --beta $beta --lr $best_lr --out out/sft_dpo --steps 60
     stage eval python eval.py --init out/sft_dpo --chat
 }
-lanes pts_arm full_length_arm
+lanes pts_arm control_and_full_length_arm
 
 seeds_from() {  # seeds_from K: the --seeds comparisons for seeds K, K+2, K+4, ... up to N
     local seed
