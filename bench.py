@@ -8,6 +8,7 @@ built from the preset, written with `model.save_pretrained(DIR)` (hf.py) and rea
     python bench.py                     # toy shape (vocab 1,088, seq 256, batch 16) on this machine, ~2 min
     python bench.py --threads 1         # steadier runs on a machine shared with other jobs
     python bench.py --repeats 3 --parts train,decode
+    python bench.py --threads 1 --parts train --attn-impl naive --hf-attn eager   # both written-out attentions
     python bench.py --device cuda --size 14b --n-layer 4 --dtype bfloat16 --parts decode   # bf16 decode on a GPU
 
 What each number means:
@@ -172,9 +173,10 @@ def measure_peak(n: int, repeats: int, device: torch.device) -> dict:
 # The two models, same weights
 
 
-def bench_config(size: str, vocab_size: int | None, n_layer: int | None) -> ModelConfig:
-    """The preset, with the toy vocabulary train.py gives `toy` (TOY_VOCAB)."""
-    overrides = {"vocab_size": vocab_size or (TOY_VOCAB if size == "toy" else PRESETS[size].vocab_size)}
+def bench_config(size: str, vocab_size: int | None, n_layer: int | None, attn_impl: str = "sdpa") -> ModelConfig:
+    """The preset, with the toy vocabulary train.py gives `toy` (TOY_VOCAB) and the attention asked for."""
+    overrides = {"vocab_size": vocab_size or (TOY_VOCAB if size == "toy" else PRESETS[size].vocab_size),
+                 "attn_impl": attn_impl}
     if n_layer:
         overrides["n_layer"] = n_layer
     return get_config(size, **overrides)
@@ -208,7 +210,8 @@ def build_theirs(ours: Phi4, transformers, attn_implementation: str = "sdpa"):
     """transformers' Phi3ForCausalLM holding exactly our weights, on our device and dtype.
 
     The weights travel the way a user's would: our Hugging Face export (hf.save_phi4: fused qkv_proj and
-    gate_up_proj, config.json) read by transformers' own loader. SDPA attention, like ours.
+    gate_up_proj, config.json) read by transformers' own loader. SDPA attention unless --hf-attn says eager
+    (transformers' written-out attention, as --attn-impl naive is ours).
     """
     parameter = next(ours.parameters())
     with tempfile.TemporaryDirectory() as folder:
@@ -497,6 +500,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weights of the ours-vs-HF rows (default float32 on CPU, bfloat16 on GPU); "
                         "the precision part is always fp32 weights")
+    parser.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "naive"],
+                        help="our attention (naive: what speedrun.sh pretrains with, bf16 on a CPU at 256 tokens)")
+    parser.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
+                        help="transformers' attention (eager: its written-out one)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--no-compile", action="store_true",
                         help="leave torch.compile out (the compiled decode row and the precision part)")
@@ -518,7 +525,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     # bf16 on a GPU (what decoding runs in there), fp32 on a CPU (what train.py and sample.py use there).
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    config = bench_config(args.size, args.vocab_size, args.n_layer)
+    config = bench_config(args.size, args.vocab_size, args.n_layer, args.attn_impl)
     check_lengths(args, config)
     # Imported only when a part compares against it: the peak and the precision part are ours alone.
     transformers = None if args.no_hf or not {"train", "decode"} & set(args.parts) else import_transformers()
@@ -538,7 +545,7 @@ def run(args: argparse.Namespace) -> dict:
         bf16 = format_flops(results["peak"]["bf16"]) if results["peak"]["bf16"] else "n/a (no bf16 instructions)"
         print(f"\nmatmul peak ({args.matmul_size} x {args.matmul_size}): fp32 {format_flops(results['peak']['fp32'])}, "
               f"bf16 {bf16}; peak = {format_flops(peak)}")
-    theirs = build_theirs(ours, transformers) if transformers else None
+    theirs = build_theirs(ours, transformers, args.hf_attn) if transformers else None
     rows = compare_with_transformers(args, config, device, ours, theirs, transformers)
     if rows:
         print_comparison(rows, peak)
@@ -574,6 +581,7 @@ def print_header(results: dict, ours, config, args: argparse.Namespace) -> None:
     print(f"model: {args.size} shape, vocab {config.vocab_size}, {config.n_layer} layers, d_model {config.d_model}, "
           f"heads {config.n_head}/{config.n_kv_head}, FFN {config.ffn_dim}; N = {N:,} parameters without the "
           f"input embedding; {results['dtype']} weights; medians of {args.repeats} runs, ours and HF alternating")
+    print(f"attention: ours {config.attn_impl}" + (f", transformers {args.hf_attn}" if results["transformers"] else ""))
 
 
 def compare_with_transformers(args: argparse.Namespace, config, device, ours, theirs, transformers) -> list[dict]:

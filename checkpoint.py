@@ -282,7 +282,9 @@ def load_model(path: str, device="cpu") -> tuple[Phi4, Tokenizer]:
     """A checkpoint folder -> (its model in eval mode on one device, its tokenizer)."""
     record = read_checkpoint(path)
     tokenizer = load_tokenizer(path)
-    config = ModelConfig.from_dict(record["model_config"])
+    # The attention the training run chose was its speed choice, not the weights': generation takes the
+    # default, which batches rows of different lengths (the triton kernel takes no per-row mask).
+    config = dataclasses.replace(ModelConfig.from_dict(record["model_config"]), attn_impl=ModelConfig.attn_impl)
     with torch.device("meta"):
         n_params = Phi4(config).num_params()  # on the meta device: counting costs no memory
     parallel.check_fits(4 * n_params, device, f"the model of {path} (float32)", "use a machine with more memory")

@@ -124,7 +124,8 @@ class TrainConfig(trainer.RunConfig):
         "bf16_autocast": "CPU: run the matmuls in bf16 under torch.autocast, weights and AdamW staying fp32 (1.78x "
         "a toy step on a CPU with bf16 instructions; `python bench.py --parts precision` measures yours). "
         "GPUs already compute in bf16 through FSDP's mixed-precision policy",
-        "attn_impl": "attention implementation: naive, sdpa or triton",
+        "attn_impl": "attention implementation: naive, sdpa or triton; none given: sdpa, or for --resume the run's "
+                     "own (naive is the fastest under --bf16-autocast on a CPU at 256 tokens, not at 1,024)",
         "rope_theta": "RoPE base: for a fresh model, or the base midtraining switches to (default 250000; "
         "--rope-theta 10000 runs the ablation that extends the context without changing the base)",
         "long_data": "midtrain: folder with long_train_*.bin / long_val_*.bin (default: --data, where the toy "
@@ -283,8 +284,11 @@ def model_config(cfg: TrainConfig, tokenizer: data.Tokenizer | None, record: dic
         if cfg.rope_theta:
             overrides["rope_theta"] = cfg.rope_theta
         config = get_config(cfg.size, **overrides)
-    if cfg.attn_impl:  # speed only, not the weights: allowed on a checkpoint too
-        config = dataclasses.replace(config, attn_impl=cfg.attn_impl)
+    # The attention implementation is speed only, not the weights, and the fastest one depends on the run:
+    # a run from --init takes --attn-impl or the default, never its parent's (pretraining at 256 tokens
+    # with 'naive' would make midtraining's 1,024-token rows 2-3x slower); --resume continues with its own.
+    if cfg.attn_impl or (record is not None and not cfg.resume):
+        config = dataclasses.replace(config, attn_impl=cfg.attn_impl or ModelConfig.attn_impl)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:  # an id would index past the embedding
         raise ValueError(f"tokenizer of --data {cfg.data} has {tokenizer.vocab_size} ids but the model only "
                          f"{config.vocab_size}; pick a matching --size or --data")

@@ -198,6 +198,14 @@ def test_without_transformers_one_line_says_so_and_ours_still_runs(monkeypatch, 
     assert all(row["hf_tok_s"] is None and row["ours_tok_s"] > 0 for row in results["rows"])
 
 
+def test_the_attention_flags_reach_both_models(transformers, capsys):
+    results = bench.run(bench.parse_args(SHORT_RUN + ["--parts", "train", "--attn-impl", "naive", "--hf-attn", "eager"]))
+    assert results["config"]["attn_impl"] == "naive"
+    assert "attention: ours naive, transformers eager" in capsys.readouterr().out.splitlines()
+    ours = bench.build_ours(bench.bench_config("toy", None, 2, "naive"), torch.device("cpu"), torch.float32)
+    assert bench.build_theirs(ours, transformers, "eager").config._attn_implementation == "eager"
+
+
 def test_bench_answers_help():
     result = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -163,6 +163,13 @@ def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_check
         checkpoint.load_model(str(tmp_path / "ckpt"))
 
 
+@pytest.mark.exercise("bpe", "rope")
+def test_a_loaded_checkpoint_generates_with_the_default_attention_whatever_its_training_run_used(tmp_path, tiny_checkpoint):
+    tiny_checkpoint(tmp_path / "ckpt", attn_impl="triton")  # a GPU run's choice; its kernel takes no per-row mask
+    model, _ = checkpoint.load_model(str(tmp_path / "ckpt"))
+    assert model.config.attn_impl == "sdpa" and all(block.attn.config.attn_impl == "sdpa" for block in model.blocks)
+
+
 @pytest.mark.exercise("rope")
 def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_model):
     model = tiny_model()

@@ -129,6 +129,15 @@ def test_a_checkpoint_records_the_resolved_configs(toy_data_dir, tmp_path, toy_r
     assert os.path.exists(tmp_path / "tokenizer.json")
 
 
+def test_a_run_from_init_picks_its_own_attention_and_a_resumed_run_keeps_its_own():
+    # The parent pretrained with 'naive' (fastest at 256 tokens on a CPU); its child must not inherit it.
+    record = {"model_config": train.get_config("toy", attn_impl="naive").to_dict()}
+    assert train.model_config(TrainConfig(init="out/pretrain"), None, record).attn_impl == "sdpa"
+    assert train.model_config(TrainConfig(init="out/pretrain", attn_impl="triton"), None, record).attn_impl == "triton"
+    assert train.model_config(TrainConfig(resume=True), None, record).attn_impl == "naive"
+    assert train.model_config(TrainConfig(attn_impl="naive"), None, None).attn_impl == "naive"
+
+
 # -- bad input: one clear line, non-zero exit ----------------------------------------------------
 
 
