@@ -125,7 +125,8 @@ class TrainConfig(trainer.RunConfig):
         "a toy step on a CPU with bf16 instructions; `python bench.py --parts precision` measures yours). "
         "GPUs already compute in bf16 through FSDP's mixed-precision policy",
         "attn_impl": "attention implementation: naive, sdpa or triton; none given: sdpa, or for --resume the run's "
-                     "own (naive is the fastest under --bf16-autocast on a CPU at 256 tokens, not at 1,024)",
+                     "own (naive is the fastest under --bf16-autocast on a CPU at 256 tokens, not at 1,024; its softmax then "
+                     "runs in bf16)",
         "rope_theta": "RoPE base: for a fresh model, or the base midtraining switches to (default 250000; "
         "--rope-theta 10000 runs the ablation that extends the context without changing the base)",
         "long_data": "midtrain: folder with long_train_*.bin / long_val_*.bin (default: --data, where the toy "
