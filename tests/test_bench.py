@@ -198,6 +198,7 @@ def test_without_transformers_one_line_says_so_and_ours_still_runs(monkeypatch, 
     assert all(row["hf_tok_s"] is None and row["ours_tok_s"] > 0 for row in results["rows"])
 
 
+@pytest.mark.exercise("gqa_attention", "rmsnorm_swiglu", "rope")
 def test_the_attention_flags_reach_both_models(transformers, capsys):
     results = bench.run(bench.parse_args(SHORT_RUN + ["--parts", "train", "--attn-impl", "naive", "--hf-attn", "eager"]))
     assert results["config"]["attn_impl"] == "naive"
