@@ -80,9 +80,9 @@ stage data python data.py
 # stage but DPO runs its matmuls in bf16 (--bf16-autocast; weights and AdamW stay fp32). Not --compile:
 # on top of bf16 it buys 1.06-1.11x a toy step (`python bench.py --threads 1 --parts precision`), 35-55 s
 # of a pretraining run, of which compiling takes 20-30 s back, and it needs a C++ compiler.
-# Not --attn-impl naive either: under bf16 autocast its softmax runs in bf16, which on this CPU made the
-# pretraining pair 1.4x faster (the recipe in 19.3 min) and the synthetic-heavy model worse in 2 of 3
-# training seeds (91.4%, 92.5%, 99.1% against 98.0%, 98.2%, 96.4%; LAB.md, "Attention in bf16").
+# Not --attn-impl naive either: under bf16 autocast its softmax runs in bf16, which on this CPU made a
+# pretraining run 1.16x faster side by side (the recipe in 19.3 min) and the synthetic-heavy model worse
+# in 2 of 3 training seeds (91.4%, 92.5%, 99.1% against 98.0%, 98.2%, 96.4%; LAB.md, "Attention in bf16").
 synthetic_pretraining() {
     stage pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain
     stage eval python eval.py --init out/pretrain
