@@ -286,10 +286,10 @@ def model_config(cfg: TrainConfig, tokenizer: data.Tokenizer | None, record: dic
             overrides["rope_theta"] = cfg.rope_theta
         config = get_config(cfg.size, **overrides)
     # The attention implementation is speed only, not the weights, and the fastest one depends on the run:
-    # a run from --init takes --attn-impl or the default, never its parent's (pretraining at 256 tokens
-    # with 'naive' would make midtraining's 1,024-token rows 2-3x slower); --resume continues with its own.
-    if cfg.attn_impl or (record is not None and not cfg.resume):
-        config = dataclasses.replace(config, attn_impl=cfg.attn_impl or ModelConfig.attn_impl)
+    # every run takes --attn-impl or the default, never a checkpoint's (pretraining at 256 tokens with
+    # 'naive' would make midtraining's 1,024-token rows 2-3x slower). --resume gets its run's own flag
+    # back with the other settings (trainer.resume_settings), before this.
+    config = dataclasses.replace(config, attn_impl=cfg.attn_impl or ModelConfig.attn_impl)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:  # an id would index past the embedding
         raise ValueError(f"tokenizer of --data {cfg.data} has {tokenizer.vocab_size} ids but the model only "
                          f"{config.vocab_size}; pick a matching --size or --data")

@@ -134,7 +134,9 @@ def test_a_run_from_init_picks_its_own_attention_and_a_resumed_run_keeps_its_own
     record = {"model_config": train.get_config("toy", attn_impl="naive").to_dict()}
     assert train.model_config(TrainConfig(init="out/pretrain"), None, record).attn_impl == "sdpa"
     assert train.model_config(TrainConfig(init="out/pretrain", attn_impl="triton"), None, record).attn_impl == "triton"
-    assert train.model_config(TrainConfig(resume=True), None, record).attn_impl == "naive"
+    saved = record | {"train_config": {"attn_impl": "naive"}}  # what the parent run itself resumes from
+    resumed = trainer.resume_settings(TrainConfig(resume=True), saved)
+    assert train.model_config(resumed, None, saved).attn_impl == "naive"
     assert train.model_config(TrainConfig(attn_impl="naive"), None, None).attn_impl == "naive"
 
 
