@@ -110,9 +110,14 @@ class ModelConfig:
 # 1,024 is a placeholder that train.py replaces). `small` and `1b` use the real Phi-4
 # tokenizer and fit one GPU. `14b` is the released Phi-4 shape exactly (report section 3, config.json) at its 4K
 # pretraining context; midtraining raises max_seq_len to 16K and rope_theta to 250K.
+# The toy's RoPE base is scaled to its context the way Phi-4's is to its own: the slowest channel pair turns
+# by theta^(-(D-2)/D) per position, so at base 10K Phi-4's (D = 128) turns 0.47 rad over its 4K context and
+# 1.89 rad over 16K; the toy's (D = 32) at base 800 turns 0.49 rad over 256 tokens and 1.94 over 1,024. At
+# 10K the toy's would turn 0.18 rad over 1,024 tokens, and the ablation that keeps the base through
+# midtraining would lose nothing (LAB.md, "The RoPE base at Phi-4's proportions").
 PRESETS: dict[str, ModelConfig] = {
     "toy": ModelConfig(
-        vocab_size=1024, n_layer=4, d_model=128, n_head=4, n_kv_head=2, ffn_dim=384, max_seq_len=256
+        vocab_size=1024, n_layer=4, d_model=128, n_head=4, n_kv_head=2, ffn_dim=384, max_seq_len=256, rope_theta=800.0
     ),
     "small": ModelConfig(
         vocab_size=100352, n_layer=12, d_model=768, n_head=12, n_kv_head=4, ffn_dim=2048, max_seq_len=4096

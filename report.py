@@ -33,9 +33,9 @@ import stats
 
 # The recipe's order (report sections 3-4), so the report reads top to bottom as the model was built;
 # each stage is compared with the one it was trained from. Unknown folders go last, by name.
-STAGE_ORDER = ("pretrain_web", "pretrain", "midtrain_base10k", "midtrain", "sft", "rs_sft", "dpo_nll_only", "dpo",
+STAGE_ORDER = ("pretrain_web", "pretrain", "midtrain_kept_base", "midtrain", "sft", "rs_sft", "dpo_nll_only", "dpo",
                "sft_dpo", "pts_dpo", "pts_dpo_dpo")
-PARENT = {"midtrain": "pretrain", "midtrain_base10k": "pretrain", "sft": "midtrain", "rs_sft": "sft", "dpo": "rs_sft",
+PARENT = {"midtrain": "pretrain", "midtrain_kept_base": "pretrain", "sft": "midtrain", "rs_sft": "sft", "dpo": "rs_sft",
           "dpo_nll_only": "rs_sft", "sft_dpo": "sft", "pts_dpo": "sft", "pts_dpo_dpo": "pts_dpo"}
 
 # The effects the toy recipe is meant to show: (claim, stage A, stage B, measurement, the goal). Each row
@@ -44,8 +44,8 @@ PARENT = {"midtrain": "pretrain", "midtrain_base10k": "pretrain", "sft": "midtra
 EFFECTS = (
     ("synthetic-heavy vs web-heavy pretraining, reasoning", "pretrain_web", "pretrain", "test", "B ahead"),
     ("web-heavy vs synthetic-heavy pretraining, knowledge quiz", "pretrain", "pretrain_web", "quiz", "B ahead"),
-    ("midtraining (base 250K) vs pretrained, recall at 4x", "pretrain", "midtrain", "recall 4x", "B ahead by >= 40 points"),
-    ("RoPE base 250K vs the 10K ablation, recall at 4x", "midtrain_base10k", "midtrain", "recall 4x", "B ahead"),
+    ("midtraining (RoPE base x25) vs pretrained, recall at 4x", "pretrain", "midtrain", "recall 4x", "B ahead by >= 40 points"),
+    ("RoPE base x25 vs the ablation that keeps the base, recall at 4x", "midtrain_kept_base", "midtrain", "recall 4x", "B ahead"),
     ("RS-SFT vs SFT", "sft", "rs_sft", "test", "B ahead"),
     ("DPO (on-policy, + NLL) vs RS-SFT", "rs_sft", "dpo", "test", "B ahead"),
     # The control: the same run without the preference term (dpo.py --preference-weight 0).
@@ -216,7 +216,7 @@ def long_context_table(root: str, stages: list[str]) -> list[str]:
         return []
     headers = [f"recall {e['multiple']}x ({e['length']})" for e in first["retrieval"]]
     headers += [f"loss {b['start']}-{b['end']}" for b in first["loss_by_position"]]
-    return ["## Long context (midtraining: 4x context, RoPE base 250K)", "",
+    return ["## Long context (midtraining: 4x context, RoPE base x25)", "",
             "| stage | context | RoPE base | " + " | ".join(headers) + " |", "|---|---|---|" + "---|" * len(headers), *rows, "",
             f"Recall: the document's first line (\"Key: Mia\") written at its end, greedy; {first['n_docs']} documents per "
             f"length; chance {100 * first['chance']:.1f}%. * = beyond the model's trained context (RoPE tables extended at "
@@ -263,7 +263,7 @@ def write_figures(root: str, stages: list[str]) -> list[str]:
         files.atomic_write_text(os.path.join(root, name), svg)
         shown.extend([f"![{caption}]({name})", ""])
 
-    groups = {"pretraining": ("pretrain", "pretrain_web"), "midtraining": ("midtrain", "midtrain_base10k"),
+    groups = {"pretraining": ("pretrain", "pretrain_web"), "midtraining": ("midtrain", "midtrain_kept_base"),
               "SFT": ("sft", "rs_sft"), "DPO": ("dpo", "dpo_nll_only", "sft_dpo", "pts_dpo", "pts_dpo_dpo")}
     for title, names in groups.items():
         series = {}

@@ -2,10 +2,10 @@
 # The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (21-24 min on 2 cores).
 #
 #   data         the synthetic world -> BPE tokenizer -> two pretraining mixtures, test/dev/post-training splits
-#   pretrain     synthetic-heavy mixture + 30% recall rows                                -> out/pretrain
+#   pretrain     synthetic-heavy mixture + 40% recall rows                                -> out/pretrain
 #   pretrain_web the same tokens, web-heavy (report Table 2's synthetic-vs-web contrast)  -> out/pretrain_web
-#   midtrain     4x context, RoPE base 10K -> 250K, LR/3, 50% long recall documents       -> out/midtrain
-#                and the same run keeping base 10K (the ablation)                         -> out/midtrain_base10k
+#   midtrain     4x context, RoPE base x25 (800 -> 20K), LR/3, 50% long recall documents -> out/midtrain
+#                and the same run keeping base 800 (the ablation)                         -> out/midtrain_kept_base
 #   sft          chat format, answers from an imperfect teacher                           -> out/sft
 #   rs           8 samples per new problem graded by the oracle: distinct correct answers -> out/rs
 #   rs_sft       a second SFT round on the accepted answers                               -> out/rs_sft
@@ -101,12 +101,12 @@ midtraining_and_sft() {  # the midtrained model is evaluated in the next phase, 
     stage sft python train.py --stage sft --init out/midtrain --bf16-autocast --out out/sft
     stage eval python eval.py --init out/sft --chat
 }
-base10k_ablation() {
-    stage midtrain_base10k python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --rope-theta 10000 --out out/midtrain_base10k
-    stage eval_long python eval.py --init out/midtrain_base10k --long
-    stage eval python eval.py --init out/midtrain_base10k
+kept_base_ablation() {  # --rope-theta 800: the pretrained model's own base (model.py, the toy preset)
+    stage midtrain_kept_base python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --rope-theta 800 --out out/midtrain_kept_base
+    stage eval_long python eval.py --init out/midtrain_kept_base --long
+    stage eval python eval.py --init out/midtrain_kept_base
 }
-lanes midtraining_and_sft base10k_ablation
+lanes midtraining_and_sft kept_base_ablation
 
 # DPO's beta: 1, not the common 0.1. At 0.1 the loss keeps pushing until the two answers' log-ratios part
 # by ~30 nats, and on this world that push unlearns copying numbers (dev 86.8% from RS-SFT's 96.9%; 96.4%

@@ -487,11 +487,13 @@ def is_trap(problem: Problem) -> bool:
 #
 # The key is the document's only name, so recalling it needs one attention head that looks for a name
 # however far back it is: pretraining teaches that within 256 tokens, and midtraining stretches it to
-# 1,024 (4x), with the RoPE base raised to 250K as Phi-4 did, against an ablation that keeps 10K. At this
-# length both bases work (measured, LAB.md): the toy shows that midtraining extends the context, not that
-# the base change is needed for it. A content lookup (a number found by matching a name among many, "what
-# did the ledger say Leo has?") is out of reach at this budget: it needs an induction-like circuit, which
-# the literature puts at tens of millions of tokens for this shape, and the toy trains on a few million.
+# 1,024 (4x), with the RoPE base raised 25x as Phi-4 did, against an ablation that keeps it. Matching a
+# name at any distance needs a channel pair that the position barely turns; the toy's base (800,
+# model.py) leaves one over 256 and 512 tokens but not over 1,024 (the proportions of Phi-4's 10K over
+# 4K and 16K), so only the raised base recalls at 4x (LAB.md). A content lookup (a number found by
+# matching a name among many, "what did the ledger say Leo has?") is out of reach at this budget: it
+# needs an induction-like circuit, which the literature puts at tens of millions of tokens for this
+# shape, and the toy trains on a few million.
 
 RECALL_VALUES = NAMES  # the keys: 40 names (chance 2.5%), one token each
 LONG_SEED = 2_000_003  # seed of the midtraining documents (train and val splits)

@@ -2,14 +2,14 @@
 
 Phi-4 report section 3: pretraining on ~10T tokens at 4K context with linear warm-up and linear decay,
 peak learning rate 3e-4, weight decay 0.1 (global batch 5,760 sequences); midtraining extends the context
-to 16K with RoPE base 250K; report section 4: SFT on chat data. This file runs all three at any size,
+to 16K with the RoPE base 10K -> 250K; report section 4: SFT on chat data. This file runs all three at any size,
 from a laptop CPU to GPU nodes under torchrun:
 
     python train.py                                  # toy model on the synthetic world, ~5 min on 2 CPU cores
     python train.py --size small --data out/data/mine --device cuda --compile
     python train.py --resume --out out/pretrain      # continue exactly where a run stopped
-    python train.py --stage midtrain --init out/pretrain   # context 4x, RoPE base 250K, LR/3, 50% long documents
-    python train.py --stage midtrain --init out/pretrain --rope-theta 10000 --out out/midtrain_base10k  # the ablation
+    python train.py --stage midtrain --init out/pretrain   # context 4x, RoPE base x25, LR/3, 50% long documents
+    python train.py --stage midtrain --init out/pretrain --rope-theta 800 --out out/midtrain_kept_base  # the ablation
     python train.py --stage sft --init out/midtrain  # chat format, loss on the assistant's tokens only
     torchrun --nproc_per_node=8 train.py --size 14b --activation-checkpointing --batch-size 1 ...
     python train.py --size 14b --dry-run --world-size 8    # the memory plan per rank, nothing allocated
@@ -59,21 +59,26 @@ from model import CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
 # too little in 300 steps (recall at 4x stayed at 1-2%); /3 moves the model enough to use the new RoPE
 # base, while the replayed half of each batch keeps the short-context skills.
 MIDTRAIN_LR_DIVISOR = 3
+# Phi-4 raised the RoPE base from 10K to 250K when it extended the context (report section 3): 25x. The
+# toy's base is scaled to its context (model.py, PRESETS), so midtraining multiplies whatever base the
+# model was pretrained with: 14b 10K -> 250K, toy 800 -> 20K.
+ROPE_BASE_FACTOR = 25
 
 # What each stage changes when its flags are not given. Toy-scale values; the Phi-4 numbers they mirror
 # are in the comments (report sections 3 and 4).
 STAGE_DEFAULTS = {
-    # Phi-4: peak 3e-4 at 14B; a 1M-parameter model trains fastest near 3e-3. 30% of the toy rows are
+    # Phi-4: peak 3e-4 at 14B; a 1M-parameter model trains fastest near 3e-3. 40% of the toy rows are
     # first-line-recall documents (toyworld section 4): the long-range skill midtraining then stretches.
-    "pretrain": dict(what="next-token prediction on token shards (+30% recall rows when the data has them)",
+    "pretrain": dict(what="next-token prediction on token shards (+40% recall rows when the data has them)",
                      lr=3e-3, steps=1200, warmup_steps=50, long_fraction=data.RECALL_FRACTION),
     # Phi-4 (report section 3): context 4K -> 16K, RoPE base 10K -> 250K, peak LR divided by 10, 30% long
     # documents and 70% replayed pretraining data. The context becomes CONTEXT_EXTENSION x that of
-    # the --init model (toy 256 -> 1024, 14b 4096 -> 16384) and the peak LR its pretraining LR divided by
-    # MIDTRAIN_LR_DIVISOR; both are read from the --init checkpoint by midtrain_settings() below. The
-    # toy uses half long rows: 300 small steps are its whole extension budget.
-    "midtrain": dict(what=f"context extension: 4x context, RoPE base 250K, LR/{MIDTRAIN_LR_DIVISOR}, long/replay "
-                     "data 50/50; needs --init", rope_theta=250_000.0, long_fraction=0.5, steps=300, warmup_steps=15),
+    # the --init model (toy 256 -> 1024, 14b 4096 -> 16384), the RoPE base ROPE_BASE_FACTOR x its base and
+    # the peak LR its pretraining LR divided by MIDTRAIN_LR_DIVISOR; all three are read from the --init
+    # checkpoint by midtrain_settings() below. The toy uses half long rows: 300 small steps are its whole
+    # extension budget.
+    "midtrain": dict(what=f"context extension: 4x context, RoPE base x{ROPE_BASE_FACTOR}, LR/{MIDTRAIN_LR_DIVISOR}, "
+                     "long/replay data 50/50; needs --init", long_fraction=0.5, steps=300, warmup_steps=15),
     # Phi-4: SFT at 1e-6, 300x below its pretraining peak. We keep the learning rate 10x lower than
     # pretraining: the toy model is far from converged, and the chat format is new to it.
     "sft": dict(what="chat format, loss on assistant tokens only; needs --init", lr=3e-4, steps=300, warmup_steps=20),
@@ -96,7 +101,7 @@ class TrainConfig(trainer.RunConfig):
     compile: bool = False  # torch.compile each block (GPU; slow to start on CPU)
     bf16_autocast: bool = False  # CPU: matmuls in bf16 under torch.autocast (fp32 weights and optimizer)
     attn_impl: str | None = None  # override the preset's attention: naive | sdpa | triton
-    rope_theta: float | None = None  # RoPE base: of a fresh model, or the new one of midtraining (250K)
+    rope_theta: float | None = None  # RoPE base: of a fresh model, or the new one of midtraining (25x the old)
     long_data: str | None = None  # midtrain: folder with long_train_*.bin (default: --data, built on demand)
     long_fraction: float | None = None  # share of rows holding one whole document (midtrain long, pretrain recall)
     n_layer: int | None = None  # override the preset's depth (the 14b width with 4 blocks fits one GPU)
@@ -127,12 +132,13 @@ class TrainConfig(trainer.RunConfig):
         "attn_impl": "attention implementation: naive, sdpa or triton; none given: sdpa, or for --resume the run's "
                      "own (naive is the fastest under --bf16-autocast on a CPU at 256 tokens, not at 1,024; its softmax then "
                      "runs in bf16)",
-        "rope_theta": "RoPE base: for a fresh model, or the base midtraining switches to (default 250000; "
-        "--rope-theta 10000 runs the ablation that extends the context without changing the base)",
+        "rope_theta": "RoPE base: for a fresh model (default: the preset's), or the base midtraining switches to "
+        f"(default {ROPE_BASE_FACTOR}x the pretrained one; giving the pretrained base runs the ablation that extends "
+        "the context without changing it)",
         "long_data": "midtrain: folder with long_train_*.bin / long_val_*.bin (default: --data, where the toy "
         "world's long documents are built on first use)",
         "long_fraction": "share of rows that hold one whole document: midtrain's long documents (default 0.5), or "
-        "pretrain's recall documents where the data has them (default 0.3); the rest are packed pretraining rows",
+        "pretrain's recall documents where the data has them (default 0.4); the rest are packed pretraining rows",
         "n_layer": "override the preset's number of blocks (e.g. --size 14b --n-layer 4 to benchmark one GPU)",
         "activation_checkpointing": "recompute each block's activations in backward (less memory, ~1/3 more FLOPs)",
         "dry_run": "print the memory plan per rank (params, grads, AdamW, activations, FLOPs/token) and exit",
@@ -164,17 +170,18 @@ def resolve_stage(cfg: TrainConfig) -> TrainConfig:
 
 
 def midtrain_settings(cfg: TrainConfig) -> dict:
-    """The context length and peak LR of a midtraining run, from the model it starts from.
+    """The context length, RoPE base and peak LR of a midtraining run, from the model it starts from.
 
-    --init: the new context is 4x the checkpoint's max_seq_len and the peak LR the one it was pretrained
-    with divided by MIDTRAIN_LR_DIVISOR (both from the checkpoint's small record file; no weights are read). --seq-len
-    and --lr override them. --resume: the values the run was started with, from its own checkpoint.
+    --init: the new context is 4x the checkpoint's max_seq_len, the base ROPE_BASE_FACTOR x its rope_theta
+    and the peak LR the one it was pretrained with divided by MIDTRAIN_LR_DIVISOR (all from the checkpoint's
+    small record file; no weights are read). --seq-len, --rope-theta and --lr override them. --resume: the values the run was started with, from its own checkpoint.
     Without either (only for --dry-run) the preset stands in for the pretrained model.
     """
     if cfg.resume:
         # The run's own record: its model is already extended, so 4x its max_seq_len would be 16x the original.
         started = checkpoint.read_checkpoint(cfg.out).get("train_config") or {}
-        return {"seq_len": cfg.seq_len or started.get("seq_len"), "lr": cfg.lr or started.get("lr")}
+        return {"seq_len": cfg.seq_len or started.get("seq_len"), "lr": cfg.lr or started.get("lr"),
+                "rope_theta": cfg.rope_theta or started.get("rope_theta")}
     if cfg.init:
         record = checkpoint.read_checkpoint(cfg.init)
         pretrained = ModelConfig.from_dict(record["model_config"])
@@ -183,9 +190,10 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
         pretrained, pretrain_lr = get_config(cfg.size), None
     else:
         raise ValueError("--stage midtrain extends a pretrained model: pass --init out/pretrain (or --resume)")
-    # BEGIN SOLUTION context_extension: seq_len: --seq-len or 4x the pretrained context; lr: --lr or pretraining's / divisor
+    # BEGIN SOLUTION context_extension: seq_len: --seq-len or 4x the pretrained context; rope_theta: --rope-theta or 25x the pretrained base; lr: --lr or pretraining's / divisor
     return {
         "seq_len": cfg.seq_len or CONTEXT_EXTENSION * pretrained.max_seq_len,
+        "rope_theta": cfg.rope_theta or ROPE_BASE_FACTOR * pretrained.rope_theta,
         # Rounded to 6 digits so the log shows 0.0003, not 0.00030000000000000003.
         "lr": cfg.lr or float(f"{(pretrain_lr or STAGE_DEFAULTS['pretrain']['lr']) / MIDTRAIN_LR_DIVISOR:.6g}"),
     }

@@ -1,10 +1,11 @@
 """Midtraining (context extension): RoPE tables against a float64 formula for the new base and length,
-a midtrained checkpoint that reloads with 4x the context and theta 250K (or the old base, for the
+a midtrained checkpoint that reloads with 4x the context and 25x the RoPE base (or the old base, for the
 ablation), positions past the table refused instead of wrapped, long recall documents whose keys are
 re-derived from their text, the long/replay mixture counted row by row, and the long-context
 evaluation scored on oracle predictors."""
 
 import json
+import math
 import os
 import random
 import re
@@ -20,7 +21,7 @@ import toyworld
 import checkpoint
 import eval as evaluation
 import train
-from model import KVCache, ModelConfig, Phi4, rope_tables
+from model import KVCache, ModelConfig, Phi4, get_config, rope_tables
 from train import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,18 +56,20 @@ def reference_tables(n_positions: int, head_dim: int, theta: float) -> tuple[tor
 
 
 @pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "context_extension")
-@pytest.mark.parametrize("theta", [250_000.0, 10_000.0])  # the recipe, and the ablation that keeps the base
-def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, theta, capsys, toy_run):
+@pytest.mark.parametrize("keep_base", [False, True])  # the recipe (25x the base), and the ablation that keeps it
+def test_a_midtrained_checkpoint_reloads_with_4x_the_context_and_the_new_rope_base(toy_data_dir, pretrained, tmp_path, keep_base, capsys, toy_run):
+    old = checkpoint.read_checkpoint(pretrained)["model_config"]["rope_theta"]
+    theta = old if keep_base else 25 * old  # Phi-4: 10K -> 250K
     flags = dict(stage="midtrain", init=pretrained, seq_len=None, batch_size=2, eval_batches=1)
-    if theta != 250_000.0:
-        flags["rope_theta"] = theta  # --rope-theta 10000
+    if keep_base:
+        flags["rope_theta"] = old  # --rope-theta with the pretrained base
     train.train(toy_run(tmp_path, **flags))
     printed = capsys.readouterr().out
     state = checkpoint.read_checkpoint(str(tmp_path))
     assert state["model_config"]["max_seq_len"] == 4 * 64 and state["model_config"]["rope_theta"] == theta
     assert state["train_config"]["lr"] == pytest.approx(train.STAGE_DEFAULTS["pretrain"]["lr"] / train.MIDTRAIN_LR_DIVISOR)
     # Each change is logged old -> new.
-    assert "max_seq_len 64 -> 256" in printed and f"rope_theta 10000 -> {theta:g}" in printed
+    assert "max_seq_len 64 -> 256" in printed and f"rope_theta {old:g} -> {theta:g}" in printed
     assert "peak lr 0.003 (pretraining) -> 0.001" in printed
     # Reloaded, the model has tables for 256 positions at the new base (float32 against float64).
     model, _ = checkpoint.load_model(str(tmp_path), "cpu")
@@ -84,7 +87,8 @@ def test_an_interrupted_midtraining_run_resumes_to_the_same_losses(toy_data_dir,
     # --resume alone: the context, base and LR come back from the run's own checkpoint.
     resumed = train.train(toy_run(tmp_path / "b", resume=True, **flags))
     assert [r["loss"] for r in first + resumed] == [r["loss"] for r in straight]
-    assert checkpoint.read_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 250_000.0
+    old = checkpoint.read_checkpoint(pretrained)["model_config"]["rope_theta"]
+    assert checkpoint.read_checkpoint(str(tmp_path / "b"))["model_config"]["rope_theta"] == 25 * old
 
 
 @pytest.mark.exercise("rope")
@@ -101,6 +105,24 @@ def test_the_rope_tables_of_the_new_base_turn_slower_than_the_old_ones_at_every_
     assert bool((new_angle[1:] < old_angle[1:]).all())
     # The slowest pair at 4 x 256 positions under 250K turns less than under 10K over 256 positions.
     assert rope_tables(1025, 32, 250_000.0)[1][1024, 15] < rope_tables(257, 32, 10_000.0)[1][256, 15]
+
+
+@pytest.mark.exercise("rope")
+def test_the_toy_rope_base_turns_its_slowest_pair_over_its_context_as_far_as_phi4s_turns_over_4k():
+    """The toy's base is Phi-4's geometry scaled down: its slowest pair, the one a head can match a name
+    with at any distance, stays nearly still over the pretraining context, turns ~2 rad over 4x (where
+    the kept-base ablation stops recalling) and is nearly still again after midtraining's 25x base."""
+    def slowest_angle(config, position, theta):  # the angle of the last channel pair at one position
+        cos, sin = rope_tables(position + 1, config.head_dim, theta)
+        return math.atan2(float(sin[position, config.head_dim // 2 - 1]), float(cos[position, config.head_dim // 2 - 1]))
+
+    toy, phi4 = get_config("toy"), get_config("14b")
+    for multiple in (1, 4):
+        ours = slowest_angle(toy, multiple * toy.max_seq_len, toy.rope_theta)
+        theirs = slowest_angle(phi4, multiple * phi4.max_seq_len, phi4.rope_theta)
+        assert ours == pytest.approx(theirs, rel=0.05)
+    assert slowest_angle(toy, 4 * toy.max_seq_len, toy.rope_theta) > 1.5
+    assert slowest_angle(toy, 4 * toy.max_seq_len, 25 * toy.rope_theta) < 0.15
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "context_extension")

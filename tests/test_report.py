@@ -73,12 +73,12 @@ def test_the_effects_table_reports_the_paired_difference_and_marks_an_interval_t
 def test_recall_at_4x_is_paired_document_by_document(tmp_path):
     make_stage(tmp_path, "pretrain", results="10", recall=("1100", "1000", "0000"))
     make_stage(tmp_path, "midtrain", results="10", recall=("1111", "1110", "1101"))
-    make_stage(tmp_path, "midtrain_base10k", results="10", recall=("1111", "0000", "0100"))
+    make_stage(tmp_path, "midtrain_kept_base", results="10", recall=("1111", "0000", "0100"))
     report.write_report(str(tmp_path), str(tmp_path / "report.md"))
     text = (tmp_path / "report.md").read_text()
-    (line,) = [l for l in text.splitlines() if l.startswith("| midtraining (base 250K) vs pretrained, recall at 4x")]
+    (line,) = [l for l in text.splitlines() if l.startswith("| midtraining (RoPE base x25) vs pretrained, recall at 4x")]
     assert "| 0.0% | 75.0% | +75.0 " in line and "| 0 / 3 | 0.25 | no |" in line
-    (line,) = [l for l in text.splitlines() if l.startswith("| RoPE base 250K vs the 10K ablation, recall at 4x")]
+    (line,) = [l for l in text.splitlines() if l.startswith("| RoPE base x25 vs the ablation that keeps the base, recall at 4x")]
     assert "| 25.0% | 75.0% | +50.0 " in line and "| 0 / 2 |" in line
     assert "| midtrain | 1024 | 250000 | 100% | 75%* | 75%* | 0.500 |" in text
 
@@ -148,7 +148,7 @@ def test_a_seed_that_repeated_only_pretraining_pairs_its_two_arms_and_not_the_ma
     report.write_report(str(tmp_path), str(tmp_path / "report.md"))
     (seed2,) = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning | 2 |")
     assert "| 30.0% | 90.0% | +60.0 (" in seed2
-    assert not rows(tmp_path / "report.md", "midtraining (base 250K) vs pretrained, recall at 4x | 2 |")
+    assert not rows(tmp_path / "report.md", "midtraining (RoPE base x25) vs pretrained, recall at 4x | 2 |")
 
 
 def test_a_difference_shown_in_the_wrong_direction_says_so_and_does_not_count_as_the_effect(tmp_path):
