@@ -368,8 +368,8 @@ POST_SEED = 5_000_011  # post-training problems (SFT, rejection sampling, DPO, P
 # written the synthetic way; the rest are web-like. Same stories, same number of documents, same rows.
 MIXTURES = {"synthetic-heavy": 0.8, "web-heavy": 0.2}
 # Share of pretraining rows that hold one first-line-recall document (train.py). At the toy's RoPE base
-# (800) and 30%, recall formed with 2 of 3 training seeds (LAB.md, "The RoPE base at Phi-4's proportions");
-# at 40% it formed with the main seed too.
+# (800) the recall forms in some runs and not others (4 of 6 at 30% and 40%, 2 of 3 seeds each; LAB.md,
+# "The RoPE base at Phi-4's proportions"); at 40% it forms with the main seed.
 RECALL_FRACTION = 0.4
 
 
