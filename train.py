@@ -2,8 +2,8 @@
 
 Phi-4 report section 3: pretraining on ~10T tokens at 4K context with linear warm-up and linear decay,
 peak learning rate 3e-4, weight decay 0.1 (global batch 5,760 sequences); midtraining extends the context
-to 16K with the RoPE base 10K -> 250K; report section 4: SFT on chat data. This file runs all three at any size,
-from a laptop CPU to GPU nodes under torchrun:
+to 16K with the RoPE base 10K -> 250K; report section 4: SFT on chat data. This file runs all three at any
+size, from a laptop CPU to GPU nodes under torchrun:
 
     python train.py                                  # toy model on the synthetic world, ~5 min on 2 CPU cores
     python train.py --size small --data out/data/mine --device cuda --compile
@@ -177,7 +177,8 @@ def midtrain_settings(cfg: TrainConfig) -> dict:
 
     --init: the new context is 4x the checkpoint's max_seq_len, the base ROPE_BASE_FACTOR x its rope_theta
     and the peak LR the one it was pretrained with divided by MIDTRAIN_LR_DIVISOR (all from the checkpoint's
-    small record file; no weights are read). --seq-len, --rope-theta and --lr override them. --resume: the values the run was started with, from its own checkpoint.
+    small record file; no weights are read). --seq-len, --rope-theta and --lr override them. --resume: the
+    values the run was started with, from its own checkpoint.
     Without either (only for --dry-run) the preset stands in for the pretrained model.
     """
     if cfg.resume:
