@@ -163,7 +163,7 @@ def test_speedrun_runs_independent_stages_side_by_side_on_one_thread_each_and_in
     web = next(run for run in runs.values() if option(run, "--out") == "out/pretrain_web")
     assert pretrain["start"] < web["end"] and web["start"] < pretrain["end"], "the two pretrainings ran in a row"
     lanes = [run for run in runs.values() if run["script"] not in ("data.py", "report.py", "sample.py")]
-    assert len(lanes) == 35 + 2 * 8  # the recipe's stages, and eight for each extra seed
+    assert len(lanes) == 33 + 2 * 8  # the recipe's stages, and eight for each extra seed
     assert all(run["threads"] == "1" for run in lanes)
     copied = {"out/dpo": "out/dpo_sweep/lr3e-5"}  # the dev split's choice (the fake's) is copied to out/dpo
     for run in runs.values():  # every stage that reads a checkpoint started after it was written
