@@ -40,10 +40,18 @@ import toyworld
 from model import Phi4
 from sample import sample_completions
 
+# The judges an answer can be accepted by. "answer" is the report's kind: a math answer is checked, the
+# derivation is not, so a sample that lands on the right number through two slips is accepted and taught.
+# "steps" reads every line, which the toy world can do because each problem has one derivation.
+JUDGES = {"answer": toyworld.check, "steps": toyworld.check_steps}
+
 
 def judge(tokenizer: data.Tokenizer, problem: toyworld.Problem, group: list[list[int]],
-          max_accepted: int) -> tuple[list[str], list[int] | None, list[int] | None, int]:
+          max_accepted: int, check=toyworld.check) -> tuple[list[str], list[int] | None, list[int] | None, int]:
     """The oracle's verdicts on one problem's sampled answers -> (accepted, chosen, rejected, n_correct).
+
+    check(problem, text) -> bool is the judge: toyworld.check reads the final answer only,
+    toyworld.check_steps every line (JUDGES).
 
     accepted: up to max_accepted distinct correct answers, as text without <|im_end|> (train.py's chat
       template adds it back), in sample order.
@@ -53,9 +61,9 @@ def judge(tokenizer: data.Tokenizer, problem: toyworld.Problem, group: list[list
     Only finished answers (ending in <|im_end|>) can be correct; a rambling answer that ran out of tokens
     is a good *rejected* example, since stopping is part of what the model must learn.
     """
-    # BEGIN SOLUTION rejection_sampling: correct = finished and passes toyworld.check; distinct texts; first right/wrong pair
+    # BEGIN SOLUTION rejection_sampling: correct = finished and passes check; distinct texts; first right/wrong pair
     # The oracle reads the text without <|im_end|>. bool(s) first: an empty answer has no last token, and is wrong.
-    verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and toyworld.check(problem, tokenizer.decode(s[:-1])) for s in group]
+    verdicts = [bool(s) and s[-1] == tokenizer.im_end_id and check(problem, tokenizer.decode(s[:-1])) for s in group]
     good = [s for s, ok in zip(group, verdicts) if ok]  # accepted, in sample order
     bad = [s for s, ok in zip(group, verdicts) if not ok]  # wrong, or unfinished
     # Distinct: a copy of an answer adds weight, not information; two correct answers worded differently are
@@ -81,6 +89,7 @@ def rejection_sampling(
     seed: int = 0,
     batch_rows: int = 256,
     max_accepted: int = 2,
+    judge_by: str = "answer",
 ) -> tuple[list[dict], list[dict], dict]:
     """Sample n answers per problem, let the oracle grade them -> (sft_records, pairs, summary).
 
@@ -105,7 +114,7 @@ def rejection_sampling(
     # Counters for the summary: correct samples, problems with no wrong answer, problems with no right one.
     n_correct = n_all_right = n_all_wrong = 0
     for problem, prompt, group in zip(problems, prompts, samples):
-        accepted, chosen, rejected, n_good = judge(tokenizer, problem, group, max_accepted)
+        accepted, chosen, rejected, n_good = judge(tokenizer, problem, group, max_accepted, JUDGES[judge_by])
         n_correct += n_good
         n_all_right += n_good == len(group)  # too easy: no pair, and the accepted answer is one the model already gives
         n_all_wrong += n_good == 0  # too hard for best-of-n: nothing to accept (pass@n misses it)
@@ -125,7 +134,7 @@ def rejection_sampling(
         "sample_accuracy": n_correct / max(1, n * len(problems)),  # mean success rate q over problems
         "pass_at_n": 1 - n_all_wrong / max(1, len(problems)),  # share of problems with >= 1 accepted answer
         "all_correct": n_all_right, "all_wrong": n_all_wrong,  # the problems that gave no pair, by cause
-        "sft_records": len(sft_records), "pairs": len(pairs), "max_accepted": max_accepted,
+        "sft_records": len(sft_records), "pairs": len(pairs), "max_accepted": max_accepted, "judge": judge_by,
     }
     return sft_records, pairs, summary
 
@@ -146,6 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=cli.at_least(1), default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=cli.between(0.0, 1.0, low_open=True), default=None, help="nucleus sampling threshold, in (0, 1]")
     parser.add_argument("--max-new-tokens", type=cli.at_least(1), default=120, help="tokens per answer")
+    parser.add_argument("--judge", choices=tuple(JUDGES), default="answer",
+                        help="what must be right for an answer to be accepted: the final answer (the report's "
+                        "answer checks) or every step (toyworld.check_steps)")
     parser.add_argument("--seed", type=int, default=1337, help="sampling seed")
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     # argv=None reads sys.argv; tests pass a list. The numeric ranges are checked by the flag types (cli.py).
@@ -165,7 +177,7 @@ if __name__ == "__main__":
         start = time.perf_counter()  # wall time of sampling and grading, recorded in the summary
         sft_records, pairs, summary = rejection_sampling(model, tokenizer, problems, args.samples, args.max_new_tokens,
                                                          args.temperature, args.top_k, args.top_p, args.seed,
-                                                         max_accepted=args.max_accepted)
+                                                         max_accepted=args.max_accepted, judge_by=args.judge)
         # The summary names the model the data came from, so each file can be traced to its round.
         summary.update(init=args.init, seconds=time.perf_counter() - start)
         # Written after all sampling is done: an interrupted run leaves no half file for train.py to read.

@@ -296,6 +296,24 @@ def check(problem: Problem, completion: str) -> bool:
     return extract_answer(completion) == problem.answer  # None (no answer) never equals an int
 
 
+def check_steps(problem: Problem, completion: str) -> bool:
+    """The stricter oracle: is every line of the completion right, not only its answer?
+
+    Each problem has one derivation, written in the teacher's two wordings per line (solution_text), so
+    a completion is right step by step when, read in the first wording, it is the reference solution
+    line for line. An answer sampled at temperature 1 can land on the right number through two slips
+    ("8 + 2 = 9", then "9 - 8 = 2"): `check` accepts it, this does not. A judge that can read the steps
+    keeps such answers out of the training data; one that cannot (the report's answer checks) lets them in.
+    """
+    return plain_wording(completion) == plain_wording(problem.solution)
+
+
+def plain_wording(solution: str) -> str:
+    """A solution in the first of the teacher's wordings ("You have 5 plums.", "You get 3: 5 + 3 = 8.")."""
+    solution = regex.sub(r"(?m)^At first you have ", "You have ", solution.strip())
+    return regex.sub(r"(?m)^(You (?:get|lose) \d+), so ", r"\1: ", solution)
+
+
 def decisions(solution: str) -> list[str]:
     """The decision words of a solution, in order: the word after "You" that opens each step line."""
     return regex.findall(r"(?m)^You (get|lose|keep)\b", solution)

@@ -219,6 +219,22 @@ def test_judging_keeps_distinct_correct_answers_up_to_the_cap(byte_tokenizer):
     assert len(accepted) == 3  # the repeated answer counts once
 
 
+@pytest.mark.exercise("rejection_sampling")
+def test_judging_by_steps_refuses_a_right_answer_whose_steps_are_wrong(byte_tokenizer):
+    tok = byte_tokenizer
+    problem = toyworld.make_split(7, 1)[0]
+    end = tok.im_end_id
+    reference = tok.encode(problem.solution) + [end]
+    # The answer line kept, the first step's result changed: right by the answer, wrong by the steps.
+    slipped_text = problem.solution.replace(" = ", " = 1", 1)
+    slipped = tok.encode(slipped_text) + [end]
+    assert toyworld.check(problem, slipped_text) and not toyworld.check_steps(problem, slipped_text)
+    by_answer = rejection_sampling.judge(tok, problem, [slipped, reference], 5)
+    assert by_answer == ([slipped_text, problem.solution], None, None, 2)
+    by_steps = rejection_sampling.judge(tok, problem, [slipped, reference], 5, rejection_sampling.JUDGES["steps"])
+    assert by_steps == ([problem.solution], reference, slipped, 1)  # the slip becomes the rejected answer
+
+
 @pytest.mark.exercise("bpe")
 def test_the_knowledge_quiz_grades_the_first_word_of_each_completion_against_the_fact(toy_data_dir, monkeypatch):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
