@@ -15,7 +15,10 @@ headroom: problems the model solves sometimes, whose accepted answer is new trai
 
 Simplified from the report: the judge is the world's answer check, not a reward model or a stronger
 LLM. It reads only the final number, so a flawed solution that lands on the right number is accepted,
-as with any outcome-only grader. One answer and one pair are kept per problem, so every problem weighs
+as with any outcome-only grader: on the toy world 5% of the accepted answers are such (two slips that
+cancel, "8 + 2 = 9" then "9 - 8 = 2"). `--judge steps` accepts only answers right at every line
+(toyworld.check_steps), a check the toy world can make because each problem has one derivation
+(README, "Results", has what it changes). One answer and one pair are kept per problem, so every problem weighs
 the same in the next round however easy it is.
 
 Commands:
