@@ -18,8 +18,8 @@ LLM. It reads only the final number, so a flawed solution that lands on the righ
 as with any outcome-only grader: on the toy world 5% of the accepted answers are such (two slips that
 cancel, "8 + 2 = 9" then "9 - 8 = 2"). `--judge steps` accepts only answers right at every line
 (toyworld.check_steps), a check the toy world can make because each problem has one derivation
-(README, "Results", has what it changes). One answer and one pair are kept per problem, so every problem weighs
-the same in the next round however easy it is.
+(README, "Results", has what it changes). One answer and one pair are kept per problem, so every
+problem weighs the same in the next round however easy it is.
 
 Commands:
     python rejection_sampling.py --init out/sft --out out/rs          # 1,500 problems x 8 answers
