@@ -13,7 +13,7 @@ rejected one's, while the reference term keeps the policy from drifting far from
 
 Commands:
     python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl --out out/dpo       # full-length pairs
-    python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo     # single-token PTS pairs
+    python dpo.py --init out/sft --pairs out/pts/pairs.jsonl --out out/pts_dpo     # PTS pairs: part at one token
     python eval.py --init out/dpo --chat                                          # what it bought
     torchrun --standalone --nproc_per_node=8 dpo.py --init ... --pairs ...         # FSDP2, as train.py
 
@@ -69,7 +69,7 @@ def sequence_logprobs(model: Phi4, ids: torch.Tensor, completion_mask: torch.Ten
         (a log-sum-exp over 100K logits) loses most of its digits, and a sum over hundreds of tokens
         of such errors biases the loss; fp16 can overflow to inf and give NaN.
       - only completion positions go through the LM head: the prompt's logits are never needed, and at
-        a 100K vocabulary they are most of the memory (for single-token PTS pairs, nearly all of it).
+        a 100K vocabulary they are most of the memory (for a long prompt before a short answer, nearly all of it).
     `average=True` divides by the number of completion tokens: the "mean-per-token" variant, see
     dpo_loss for why it is not the default.
     """
@@ -151,7 +151,7 @@ def read_pairs(path: str, tokenizer: data.Tokenizer, max_len: int, fingerprint: 
     A record holds `prompt`, `chosen`, `rejected` as text (the format other DPO tools read), and may hold
     `prompt_ids`, `chosen_ids`, `rejected_ids`: when present, the ids are used as they are, because
     encoding the texts separately can merge tokens differently than the model sampled them (and a
-    single-token PTS completion must stay exactly one token).
+    PTS pair's two completions must part at exactly one token).
     Reference log-probs stored in a record are used only when its `ref_fingerprint` equals `fingerprint`
     (the model and tokenizer this run starts from): a file scored by another model would otherwise
     train against the wrong reference, silently.

@@ -26,8 +26,8 @@ The algorithm, in prose.
    surprising tokens, and cutting at the half-way point of the surprise splits the candidates evenly.
 4. Questions. Only questions with 0.2 <= p(success | Q) <= 0.8 are searched: in an easy question no
    token matters much, and in a hopeless one no token rescues it.
-5. Pairs. Each pivotal token gives a DPO pair whose prompt is Q + t1..t(i-1) and whose two completions
-   are ONE token each: chosen raises p, rejected lowers it. One of the two is the pivotal token itself;
+5. Pairs. Each pivotal token gives a DPO pair whose two answers part at ONE token: after the prompt
+   Q + t1..t(i-1), chosen raises p, rejected lowers it. One of the two is the pivotal token itself;
    the other is an alternative drawn from the first tokens of the N rollouts already sampled at that
    prefix (they are free: they were needed to estimate p_before). Our exact rule:
      - a pivot that raises p is `chosen`; `rejected` is the alternative first token (not the pivot)
@@ -39,6 +39,12 @@ The algorithm, in prose.
        and the pair is kept only if the alternative really moves p the other way (below p_before for a
        rejected token, above it for a chosen one). A first-token success rate rests on a handful of
        rollouts, so this check costs one estimate per pivot and keeps chance winners out.
+   The pair file writes Q alone as the prompt and the answer so far, t1..t(i-1), at the start of both
+   completions. DPO's term is the same either way with summed log-probs (dpo.py's default; not with
+   --average-logprobs): the shared tokens' log-ratios are in both rewards and cancel from the margin. The NLL term dpo.py adds (RPO, the chosen completion's mean NLL) is not: it
+   anchors the answer so far, as it anchors a whole answer in a full-length pair, and not one token. With
+   the one token alone as its chosen answer, PTS-DPO from SFT lost points on the problems its pivots are
+   not about (dev: 92% of them solved, full-length DPO 96%; LAB.md, "PTS pairs that carry the answer so far").
    The pair file is JSON lines in the format dpo.py reads (token ids are authoritative: re-encoding the
    text could merge the prefix and the completion token differently).
 
@@ -400,19 +406,20 @@ def search_question(
 def pair_record(tokenizer: data.Tokenizer, prompt_ids: list[int], problem: toyworld.Problem, pair: TokenPair,
                 n_rollouts: int) -> dict:
     """One line of the pair file, in the format dpo.py reads: text for people, ids for training."""
-    # The prompt is the question and the answer so far; each completion is the one token after it.
-    full_prompt = prompt_ids + pair.prefix
+    # The prompt is the question; both completions are the answer so far, then their own token (point 5 of
+    # the module docstring: the same DPO margin as one-token completions, and an NLL term on the whole prefix).
+    chosen, rejected = pair.prefix + [pair.chosen], pair.prefix + [pair.rejected]
     return {
-        "prompt": tokenizer.decode(full_prompt),
-        "chosen": tokenizer.decode([pair.chosen]),
-        "rejected": tokenizer.decode([pair.rejected]),
-        "prompt_ids": full_prompt,
-        "chosen_ids": [pair.chosen],
-        "rejected_ids": [pair.rejected],
+        "prompt": tokenizer.decode(prompt_ids),
+        "chosen": tokenizer.decode(chosen),
+        "rejected": tokenizer.decode(rejected),
+        "prompt_ids": prompt_ids,
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
         "source": "pts",
         "question": problem.question,
         "answer": problem.answer,
-        "position": pair.pivot.position,  # index of the pivot in the sampled answer
+        "position": pair.pivot.position,  # index of the pivot in the sampled answer: where the completions part
         "pivot": "raises" if pair.pivot.raises else "lowers",  # which of chosen/rejected is the pivot
         "p_before": pair.pivot.p_before,
         "p_after_chosen": pair.p_chosen,

@@ -236,7 +236,7 @@ def post_training_notes(root: str, stages: list[str]) -> list[str]:
                       f"answers, {s['pairs']} correct-vs-incorrect pairs."]
     pts = read_optional(os.path.join(root, "pts", "pairs.summary.json"))
     if pts:
-        lines += [f"- pts: {pts.get('questions', '?')} questions searched, {pts.get('pairs', '?')} single-token pairs "
+        lines += [f"- pts: {pts.get('questions', '?')} questions searched, {pts.get('pairs', '?')} pairs that part at one token "
                   f"({pts.get('decision_pivots', '?')} at a decision word)."]
     rows = []
     for stage in stages:

@@ -317,6 +317,27 @@ def test_the_logged_nll_is_the_chosen_answers_mean_per_token_negative_log_likeli
     assert logged[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # the DPO part alone: policy == reference
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs", "dpo_loss")
+def test_an_answer_prefix_shared_by_both_completions_leaves_the_dpo_loss_and_adds_to_the_nll(tiny_model):
+    # pts.py writes the answer so far at the start of both completions, not at the end of the prompt.
+    policy, reference = tiny_model(0, **DPO_MODEL), tiny_model(1, **DPO_MODEL)
+    question, so_far, chosen, rejected = [3, 1, 4], [1, 5, 9, 2], [6], [5]
+
+    def loss_and_chosen_logp(pair):
+        ids, mask = dpo.collate([pair], pad_id=0, device="cpu")
+        with torch.no_grad():
+            policy_logps, reference_logps = dpo.sequence_logprobs(policy, ids, mask), dpo.sequence_logprobs(reference, ids, mask)
+        loss, _, _ = dpo.dpo_loss(policy_logps[:1], policy_logps[1:], reference_logps[:1], reference_logps[1:], beta=1.0)
+        return loss.item(), policy_logps[0].item()
+
+    loss_in_prompt, chosen_in_prompt = loss_and_chosen_logp(dpo.Pair(question + so_far, chosen, rejected))
+    loss_shared, chosen_shared = loss_and_chosen_logp(dpo.Pair(question, so_far + chosen, so_far + rejected))
+    assert abs(loss_in_prompt - math.log(2)) > 1e-3  # policy and reference differ: the next check is not vacuous
+    assert loss_shared == pytest.approx(loss_in_prompt, abs=1e-5)
+    # What the NLL term reads, the chosen completion's log-prob, now holds the answer so far as well.
+    assert chosen_shared - chosen_in_prompt == pytest.approx(naive_logprobs(policy, question, so_far), abs=1e-4)
+
+
 def test_a_chosen_reward_below_the_floor_for_ten_steps_is_a_reason_to_stop():
     steady = [{"chosen_reward": -0.5}] * 10
     assert dpo.chosen_reward_collapse(steady, floor=-1.0) is None

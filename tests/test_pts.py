@@ -294,16 +294,18 @@ def test_the_alternative_token_rule_on_known_rollout_tallies():
 
 
 @pytest.mark.exercise("bpe", "pivotal_tokens")
-def test_pair_records_hold_one_token_completions_and_the_fields_dpo_reads():
+def test_pair_records_share_the_answer_so_far_part_at_the_pivot_and_hold_the_fields_dpo_reads():
     tokenizer = data.Tokenizer.train("Mia has 3 apples. Answer: 5\n" * 20, 400)
     estimator = mock_estimator([7, 8, 9])
     result = search_question(estimator, uniform_logprobs)
     problem = toyworld.Problem("Mia has 3 apples.", "Answer: 3", 3, 1)
     record = json.loads(json.dumps(pair_record(tokenizer, estimator.prompt_ids, problem, result.pairs[0], 8)))
-    assert record["prompt_ids"] == [90, 91, 1, 2]  # the question, then the answer up to the pivot
-    assert record["chosen_ids"] == [7] and record["rejected_ids"] == [8]
-    assert record["prompt"] == tokenizer.decode([90, 91, 1, 2])
-    assert record["chosen"] == tokenizer.decode([7]) and record["rejected"] == tokenizer.decode([8])
+    assert record["prompt_ids"] == [90, 91]  # the question alone
+    # Both completions: the answer up to the pivot, then the token that raises p or the one that lowers it.
+    assert record["chosen_ids"] == [1, 2, 7] and record["rejected_ids"] == [1, 2, 8]
+    assert record["position"] == 2  # where the two completions part
+    assert record["prompt"] == tokenizer.decode([90, 91])
+    assert record["chosen"] == tokenizer.decode([1, 2, 7]) and record["rejected"] == tokenizer.decode([1, 2, 8])
     assert record["source"] == "pts" and record["question"] == problem.question
     assert (record["p_before"], record["p_after_chosen"], record["p_after_rejected"]) == (3 / 8, 1.0, 0.0)
 
