@@ -41,10 +41,11 @@ The algorithm, in prose.
        rollouts, so this check costs one estimate per pivot and keeps chance winners out.
    The pair file writes Q alone as the prompt and the answer so far, t1..t(i-1), at the start of both
    completions. DPO's term is the same either way with summed log-probs (dpo.py's default; not with
-   --average-logprobs): the shared tokens' log-ratios are in both rewards and cancel from the margin. The NLL term dpo.py adds (RPO, the chosen completion's mean NLL) is not: it
-   anchors the answer so far, as it anchors a whole answer in a full-length pair, and not one token. With
-   the one token alone as its chosen answer, PTS-DPO from SFT lost points on the problems its pivots are
-   not about (dev: 92% of them solved, full-length DPO 96%; LAB.md, "PTS pairs that carry the answer so far").
+   --average-logprobs): the shared tokens' log-ratios are in both rewards and cancel from the margin.
+   The NLL term dpo.py adds (RPO, the chosen completion's mean NLL) is not: it anchors the answer so
+   far, as it anchors a whole answer in a full-length pair, and not one token. With the one token alone
+   as its chosen answer, PTS-DPO from SFT lost points on the problems its pivots are not about (dev: 92%
+   of them solved, full-length DPO 96%; LAB.md, "PTS pairs that carry the answer so far").
    The pair file is JSON lines in the format dpo.py reads (token ids are authoritative: re-encoding the
    text could merge the prefix and the completion token differently).
 

@@ -326,7 +326,8 @@ def test_an_answer_prefix_shared_by_both_completions_leaves_the_dpo_loss_and_add
     def loss_and_chosen_logp(pair):
         ids, mask = dpo.collate([pair], pad_id=0, device="cpu")
         with torch.no_grad():
-            policy_logps, reference_logps = dpo.sequence_logprobs(policy, ids, mask), dpo.sequence_logprobs(reference, ids, mask)
+            policy_logps = dpo.sequence_logprobs(policy, ids, mask)  # (2,): chosen, rejected
+            reference_logps = dpo.sequence_logprobs(reference, ids, mask)  # (2,)
         loss, _, _ = dpo.dpo_loss(policy_logps[:1], policy_logps[1:], reference_logps[:1], reference_logps[1:], beta=1.0)
         return loss.item(), policy_logps[0].item()
 
