@@ -26,7 +26,7 @@ The algorithm, in prose.
    surprising tokens, and cutting at the half-way point of the surprise splits the candidates evenly.
 4. Questions. Only questions with 0.2 <= p(success | Q) <= 0.8 are searched: in an easy question no
    token matters much, and in a hopeless one no token rescues it.
-5. Pairs. Each pivotal token gives a DPO pair whose two answers part at ONE token: after the prompt
+5. Pairs. Each pivotal token gives a DPO pair whose two answers part at ONE token: after
    Q + t1..t(i-1), chosen raises p, rejected lowers it. One of the two is the pivotal token itself;
    the other is an alternative drawn from the first tokens of the N rollouts already sampled at that
    prefix (they are free: they were needed to estimate p_before). Our exact rule:

@@ -228,7 +228,7 @@ def post_training_notes(root: str, stages: list[str]) -> list[str]:
     for name in ("rs", "rs_dpo"):
         s = read_optional(os.path.join(root, name, "summary.json"))
         if s:
-            # "by every step" or "by the answer": what the judge read (rejection_sampling.JUDGES)
+            # What the judge read: rejection_sampling.py --judge (JUDGES there)
             judged = "by every step" if s.get("judge") == "steps" else "by the answer"
             lines += [f"- {name}: {s['problems']} problems x {s['samples_per_problem']} samples at T={s['temperature']} "
                       f"from {s.get('init', '?')}, judged {judged}: {100 * s['sample_accuracy']:.1f}% of samples correct, pass@"
