@@ -42,7 +42,7 @@ def at_least(low: float, kind=int) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__name__ = kind.__name__  # argparse names the type in its messages (config_parser checks it too)
     return parse
 
 
@@ -66,6 +66,9 @@ def positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+positive.__name__ = "float"  # the kind it parses, as for at_least and between
 
 
 def _number(text: str, kind):
@@ -92,7 +95,12 @@ def config_parser(config_class, description: str, choices: dict | None = None, e
             parser.add_argument(flag, action="store_true", help=helps[field.name])
             continue
         kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(field.type, str)
-        parser.add_argument(flag, type=limits.get(field.name, kind), default=field.default, help=helps[field.name],
+        limit = limits.get(field.name, kind)
+        # A range check of the wrong kind would refuse valid values (an int check on a float field
+        # rejects "0.1"); every range type is named after the kind it parses.
+        if limit.__name__ != kind.__name__:
+            raise TypeError(f"{config_class.__name__}.LIMITS[{field.name!r}] parses {limit.__name__}, the field is {field.type}")
+        parser.add_argument(flag, type=limit, default=field.default, help=helps[field.name],
                             choices=(choices or {}).get(field.name))
     return parser
 

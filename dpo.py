@@ -371,7 +371,8 @@ class DPOConfig(trainer.RunConfig):
         "min_chosen_reward": "stop once the chosen reward, averaged over the last 10 steps, falls below this "
         "(the policy is un-learning the answers it should prefer)",
     }
-    LIMITS = {"beta": cli.positive, "nll_weight": cli.at_least(0.0), "preference_weight": cli.at_least(0.0)}
+    LIMITS = {"beta": cli.positive, "nll_weight": cli.at_least(0.0, float),
+              "preference_weight": cli.at_least(0.0, float)}
 
 
 def dpo_step(model: Phi4, pairs: list[Pair], loader: PairLoader, cfg: DPOConfig, pad_id: int, world):

@@ -1,5 +1,6 @@
 """Safe by default: bad input gets one line, files are never trusted, nothing non-finite is saved.
 
+- Every float flag of train.py and dpo.py takes a fraction; a range check of the wrong kind is refused.
 - A table of bad inputs to the scripts: each exits non-zero with one line `error: ...` that names the
   flag, file or line at fault, prints no traceback, and changes no file that existed before.
 - A crafted checkpoint record carrying a pickle payload is refused without running it; a flipped bit in
@@ -11,6 +12,7 @@
 - config.json's special-token ids come from the tokenizer, also when the vocabulary is padded.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -23,6 +25,7 @@ import pytest
 import torch
 
 import checkpoint
+import cli
 import dpo
 import hf
 import parallel
@@ -120,6 +123,28 @@ def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_fil
     assert expected in lines[0]
     after = snapshot(workspace)
     assert {path: data for path, data in after.items() if path in before} == before  # nothing overwritten
+
+
+@pytest.mark.parametrize("script", [train, dpo], ids=["train.py", "dpo.py"])
+def test_every_float_flag_of_a_config_script_takes_a_fraction(script):
+    # A range check written for ints on a float field refuses "0.5" with "expected an integer".
+    config = {train: train.TrainConfig, dpo: dpo.DPOConfig}[script]
+    floats = [field.name for field in dataclasses.fields(config) if field.type in ("float", "float | None")]
+    assert "lr" in floats  # the fields are found (their annotations are strings, as the parser reads them)
+    for name in floats:
+        cfg = script.parse_args(["--" + name.replace("_", "-"), "0.5"])
+        assert getattr(cfg, name) == 0.5, name
+
+
+def test_a_range_check_of_the_wrong_kind_is_refused_when_the_parser_is_built():
+    @dataclasses.dataclass
+    class Config:
+        weight: "float" = 1.0  # a string, as in a module with `from __future__ import annotations`
+        HELP = {"weight": "a weight"}
+        LIMITS = {"weight": cli.at_least(0.0)}  # parses ints: "0.5" would be refused
+
+    with pytest.raises(TypeError, match="LIMITS\\['weight'\\] parses int, the field is float"):
+        cli.config_parser(Config, "a script")
 
 
 # -- checkpoints are data, not code ---------------------------------------------------------------
