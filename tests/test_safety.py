@@ -101,6 +101,7 @@ BAD_INPUTS = [
     ("a pair that is not an object", ["dpo.py", "--init", "{ws}/ckpt", "--pairs", "{ws}/not_object.jsonl", "--out",
                                       "{ws}/d"], "not_object.jsonl, line 1"),
     ('{"text": 5}', ["data.py", "--input-dir", "{ws}/texts", "--out", "{ws}/shards"], "docs.jsonl, line 2"),
+    ("a tokenizer flag without its folder", ["data.py", "--vocab-size", "512", "--out", "{ws}/toy"], "--vocab-size applies to --input-dir only"),
     ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
     ("sample from a corrupt checkpoint", ["sample.py", "--init", "{ws}/corrupt"], "corrupt"),
     ("evaluate a checkpoint without shards", ["eval.py", "--init", "{ws}/no_shards"], "missing"),
