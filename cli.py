@@ -7,6 +7,7 @@ not a usage dump or a traceback. Three pieces give every script that behaviour:
     at_least, ...   flag types that check their range while parsing, so `--batch-size 0` never reaches
                     the code that would divide by it
     config_parser   one flag per field of a config dataclass (train.py and dpo.py), help written once
+    refuse_unused   a flag typed without the flag it works with is an error, not silently ignored
     main            runs a script's body: a ValueError (the project's "your input is wrong") becomes
                     `error: ...` with exit 1, Ctrl-C a one-line "interrupted" with exit 130
 """
@@ -111,6 +112,14 @@ def given_flags(parser: argparse.ArgumentParser, argv=None) -> set[str]:
     argv = sys.argv[1:] if argv is None else argv
     actions = (parser._option_string_actions.get(token.split("=", 1)[0]) for token in argv if token.startswith("--"))
     return {action.dest for action in actions if action is not None}
+
+
+def refuse_unused(parser: Parser, args: argparse.Namespace, needs: dict[str, str], argv=None) -> None:
+    """Stop on a flag typed without the flag it works with (`needs`: dest -> the dest it needs), which
+    would otherwise be ignored silently: `eval.py --long-docs 50` without --long scores the test split."""
+    for dest in sorted(given_flags(parser, argv) & set(needs)):
+        if not getattr(args, needs[dest]):
+            parser.error(f"--{dest.replace('_', '-')} works with --{needs[dest].replace('_', '-')} only; add it or drop the flag")
 
 
 def main(body: Callable[[], object]):

@@ -609,10 +609,8 @@ if __name__ == "__main__":
     parser.add_argument("--n-stories", type=cli.at_least(100), default=45_000, help="toy world: pretraining problems (each rendered in both mixtures)")
     parser.add_argument("--seed", type=int, default=1337, help="toy world: generator seed")
     args = parser.parse_args()
-    # The toy world brings its own tokenizer; a tokenizer flag without --input-dir would be ignored silently.
-    ignored = sorted(cli.given_flags(parser) & {"tokenizer", "tokenizer_path", "vocab_size"})
-    if ignored and not args.input_dir:
-        parser.error(f"--{ignored[0].replace('_', '-')} applies to --input-dir only (the toy world's tokenizer is its own)")
+    # The toy world brings its own tokenizer: the tokenizer flags are for your own folder of text.
+    cli.refuse_unused(parser, args, {"tokenizer": "input_dir", "tokenizer_path": "input_dir", "vocab_size": "input_dir"})
     try:
         if args.input_dir:
             if not args.out:

@@ -277,7 +277,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--long-base", type=cli.at_least(1), default=None,
                         help="with --long: the pretraining context the multiples refer to (default: from the checkpoint)")
     parser.add_argument("--long-docs", type=cli.at_least(1), default=200, help="with --long: documents per length")
-    return parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
+    args = parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
+    cli.refuse_unused(parser, args, {"long_base": "long", "long_docs": "long", "maj_temperature": "maj_k"}, argv)
+    return args
 
 
 def run_long(model: Phi4, tokenizer: data.Tokenizer, path: str, args) -> None:
