@@ -497,6 +497,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bench-batch", action="store_true",
                         help="tokens/s of the batched engine against length-grouped batches (a random toy model)")
     args = parser.parse_args(argv)  # the numeric ranges are checked by the flag types (cli.py)
+    cli.refuse_unused(parser, args, {"system": "hf", "dtype": "hf"}, argv)
     if args.prompt is not None and not args.prompt.strip():
         parser.error("--prompt is empty; give some text to continue")
     return args
