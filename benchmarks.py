@@ -493,7 +493,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=parallel.DEVICES, help="where to run")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="with --hf: weight dtype (default bfloat16 on GPU, float32 on CPU)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    cli.refuse_unused(parser, args, {"dtype": "hf"}, argv)  # our checkpoints load in float32 (checkpoint.load_model)
+    return args
 
 
 def main(argv=None) -> dict:

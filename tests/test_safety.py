@@ -103,6 +103,8 @@ BAD_INPUTS = [
     ('{"text": 5}', ["data.py", "--input-dir", "{ws}/texts", "--out", "{ws}/shards"], "docs.jsonl, line 2"),
     ("a tokenizer flag without its folder", ["data.py", "--vocab-size", "512", "--out", "{ws}/toy"], "--vocab-size works with --input-dir only"),
     ("a system prompt without --hf", ["sample.py", "--init", "{ws}/ckpt", "--system", "Be brief."], "--system works with --hf only"),
+    ("a weight dtype for our own checkpoint", ["benchmarks.py", "--task", "math", "--init", "{ws}/ckpt", "--dtype", "bfloat16"],
+     "--dtype works with --hf only"),
     ("a recall flag without --long", ["eval.py", "--init", "{ws}/ckpt", "--long-docs", "50"], "--long-docs works with --long only"),
     ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
     ("sample from a corrupt checkpoint", ["sample.py", "--init", "{ws}/corrupt"], "corrupt"),
