@@ -515,6 +515,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [part for part in args.parts if part not in PARTS]
     if unknown or not args.parts:
         parser.error(f"--parts {','.join(unknown) or '(empty)'}: choose among {','.join(PARTS)}")
+    if args.no_hf and "hf_attn" in cli.given_flags(parser, argv):
+        parser.error("--hf-attn sets transformers' attention, which --no-hf leaves out; drop one of the two")
     return args
 
 

@@ -105,6 +105,7 @@ BAD_INPUTS = [
     ("a system prompt without --hf", ["sample.py", "--init", "{ws}/ckpt", "--system", "Be brief."], "--system works with --hf only"),
     ("a weight dtype for our own checkpoint", ["benchmarks.py", "--task", "math", "--init", "{ws}/ckpt", "--dtype", "bfloat16"],
      "--dtype works with --hf only"),
+    ("transformers' attention with transformers left out", ["bench.py", "--no-hf", "--hf-attn", "eager"], "--hf-attn"),
     ("a recall flag without --long", ["eval.py", "--init", "{ws}/ckpt", "--long-docs", "50"], "--long-docs works with --long only"),
     ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
     ("sample from a corrupt checkpoint", ["sample.py", "--init", "{ws}/corrupt"], "corrupt"),
