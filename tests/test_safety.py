@@ -131,10 +131,9 @@ def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_fil
     assert {path: data for path, data in after.items() if path in before} == before  # nothing overwritten
 
 
-@pytest.mark.parametrize("script", [train, dpo], ids=["train.py", "dpo.py"])
-def test_every_float_flag_of_a_config_script_takes_a_fraction(script):
+@pytest.mark.parametrize("script, config", [(train, train.TrainConfig), (dpo, dpo.DPOConfig)], ids=["train.py", "dpo.py"])
+def test_every_float_flag_of_a_config_script_takes_a_fraction(script, config):
     # A range check written for ints on a float field refuses "0.5" with "expected an integer".
-    config = {train: train.TrainConfig, dpo: dpo.DPOConfig}[script]
     floats = [field.name for field in dataclasses.fields(config) if field.type in ("float", "float | None")]
     assert "lr" in floats  # the fields are found (their annotations are strings, as the parser reads them)
     for name in floats:
