@@ -166,6 +166,10 @@ def resolve_stage(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("--stage sft fine-tunes a trained model: pass --init out/pretrain (or --resume)")
     if cfg.stage == "sft" and cfg.rope_theta:  # a new base moves every rotation the model learned; SFT keeps it
         raise ValueError("--rope-theta changes the RoPE base only in --stage pretrain or midtrain, not sft")
+    # Another stage's data flag would be ignored: the run would train on other data than the one named.
+    for flag, value, stage in (("--sft-data", cfg.sft_data, "sft"), ("--long-data", cfg.long_data, "midtrain")):
+        if value is not None and cfg.stage != stage:
+            raise ValueError(f"{flag} is for --stage {stage}; this run is --stage {cfg.stage}")
     cfg = dataclasses.replace(cfg, **updates)
     if cfg.stage == "midtrain":
         cfg = dataclasses.replace(cfg, **midtrain_settings(cfg))  # after the replace above: it needs --out
@@ -222,7 +226,9 @@ def parse_args(argv=None) -> TrainConfig:
     choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": ["naive", "sdpa", "triton"],
                "device": list(parallel.DEVICES)}
     parser = cli.config_parser(TrainConfig, __doc__.split("\n")[0], choices, epilog=CHECKPOINT_TRUST)
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))  # stage defaults are filled in by resolve_stage()
+    args = parser.parse_args(argv)
+    cli.refuse_unused(parser, args, {"gpu_memory_gb": "dry_run"}, argv)
+    cfg = TrainConfig(**vars(args))  # stage defaults are filled in by resolve_stage()
     return trainer.with_given(cfg, cli.given_flags(parser, argv))
 
 

@@ -106,6 +106,9 @@ BAD_INPUTS = [
     ("a weight dtype for our own checkpoint", ["benchmarks.py", "--task", "math", "--init", "{ws}/ckpt", "--dtype", "bfloat16"],
      "--dtype works with --hf only"),
     ("transformers' attention with transformers left out", ["bench.py", "--no-hf", "--hf-attn", "eager"], "--hf-attn"),
+    ("chat data for pretraining", ["train.py", "--sft-data", "{ws}/no_content.jsonl", "--out", "{ws}/o"],
+     "--sft-data is for --stage sft; this run is --stage pretrain"),
+    ("a memory size without --dry-run", ["train.py", "--gpu-memory-gb", "40", "--out", "{ws}/o"], "--gpu-memory-gb works with --dry-run"),
     ("a recall flag without --long", ["eval.py", "--init", "{ws}/ckpt", "--long-docs", "50"], "--long-docs works with --long only"),
     ("an answer that is a string", ["eval.py", "--init", "{ws}/ckpt", "--data", "{ws}/problems"], "eval.jsonl, line 1"),
     ("sample from a corrupt checkpoint", ["sample.py", "--init", "{ws}/corrupt"], "corrupt"),
@@ -131,13 +134,15 @@ def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_fil
     assert {path: data for path, data in after.items() if path in before} == before  # nothing overwritten
 
 
-@pytest.mark.parametrize("script, config", [(train, train.TrainConfig), (dpo, dpo.DPOConfig)], ids=["train.py", "dpo.py"])
-def test_every_float_flag_of_a_config_script_takes_a_fraction(script, config):
+# train.py's --dry-run: --gpu-memory-gb works with it only.
+@pytest.mark.parametrize("script, config, base", [(train, train.TrainConfig, ["--dry-run"]), (dpo, dpo.DPOConfig, [])],
+                         ids=["train.py", "dpo.py"])
+def test_every_float_flag_of_a_config_script_takes_a_fraction(script, config, base):
     # A range check written for ints on a float field refuses "0.5" with "expected an integer".
     floats = [field.name for field in dataclasses.fields(config) if field.type in ("float", "float | None")]
     assert "lr" in floats  # the fields are found (their annotations are strings, as the parser reads them)
     for name in floats:
-        cfg = script.parse_args(["--" + name.replace("_", "-"), "0.5"])
+        cfg = script.parse_args([*base, "--" + name.replace("_", "-"), "0.5"])
         assert getattr(cfg, name) == 0.5, name
 
 
