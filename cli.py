@@ -1,7 +1,7 @@
 """Command lines that fail politely. A room: every script parses its flags through it.
 
 A user who types a bad flag should read one line that names the flag, the value and what is allowed,
-not a usage dump or a traceback. Three pieces give every script that behaviour:
+not a usage dump or a traceback. These pieces give every script that behaviour:
 
     Parser          argparse with defaults in --help and errors as one `error: ...` line (exit 2)
     at_least, ...   flag types that check their range while parsing, so `--batch-size 0` never reaches
