@@ -13,7 +13,7 @@ No biases, no dropout. The exact numbers of the released model are the `14b` pre
 What lives here, top to bottom:
   1. ModelConfig and PRESETS   the shape of the network, validated, with sizes from `toy` to `14b`
   2. RoPE                      rotary position tables (rotate-half layout), rebuilt when the context grows
-  3. Attention                 naive (readable), SDPA (fast) and Triton (ours, kernels/) implementations
+  3. Attention                 naive (readable), SDPA (fast) and Triton (ours, flash_attention.py) implementations
   4. KVCache                   preallocated key/value memory for token-by-token generation
   5. Phi4                      the model: forward, chunked cross-entropy, init, parameter and FLOP counts;
                                Phi4.from_pretrained / save_pretrained name the Hugging Face format in hf.py
@@ -241,12 +241,12 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
 
 def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Our hand-written FlashAttention-2 kernel (kernels/flash_attention.py); bottom-right causal too."""
+    """Our hand-written FlashAttention-2 kernel (flash_attention.py); bottom-right causal too."""
     if mask is not None:
         # The kernel computes its causal mask from indices and reads no mask tensor: say what to change.
         raise ValueError("attn_impl 'triton' takes no per-row mask (batched generation of rows of different "
                          "lengths); generate with attn_impl 'sdpa' or 'naive'")
-    from kernels import flash_attention  # imported lazily so the model works without triton
+    from flash_attention import flash_attention  # imported lazily so the model works without triton
 
     return flash_attention(q, k, v, causal=causal)
 

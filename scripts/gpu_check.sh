@@ -5,7 +5,7 @@
 #
 # Four parts, each timed and each with a time limit (together 420 s, so the whole run stays under 8 minutes
 # with start-up); a part that fails or runs out of time is recorded and the next one runs anyway:
-#   1. kernel_tests  the Triton kernel's bf16 tests:  python -m pytest -q -m gpu tests/test_kernels.py
+#   1. kernel_tests  the Triton kernel's bf16 tests:  python -m pytest -q -m gpu tests/test_flash_attention.py
 #   2. kernel_bench  our FlashAttention-2 kernel against torch SDPA, bf16, causal, T = 1K..16K, head dim 128,
 #                    GQA 4 (40 query heads on 10 KV heads), plus its bf16 accuracy check
 #   3. train_mfu     training MFU at the 14b width with 4 blocks (the README's command); the summary is the
@@ -62,12 +62,12 @@ run_part() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# 1. The kernel's bf16 tests (skipped on CPU, where the rest of tests/test_kernels.py runs under the interpreter)
-run_part kernel_tests 60 python -m pytest -q -m gpu tests/test_kernels.py
+# 1. The kernel's bf16 tests (skipped on CPU, where the rest of tests/test_flash_attention.py runs under the interpreter)
+run_part kernel_tests 60 python -m pytest -q -m gpu tests/test_flash_attention.py
 tail -n 3 "$OUT_DIR/kernel_tests.log" >> "$RESULTS"
 
 # 2. Kernel against SDPA: Phi-4's heads (40 query, 10 KV: GQA 4) of dim 128, causal, 16K tokens per measurement
-run_part kernel_bench 100 python kernels/flash_attention.py --bench --causal yes --seq-lens 1024,2048,4096,8192,16384 \
+run_part kernel_bench 100 python flash_attention.py --bench --causal yes --seq-lens 1024,2048,4096,8192,16384 \
     --n-head 40 --n-kv-head 10 --head-dim 128
 grep -v '^\s*$' "$OUT_DIR/kernel_bench.log" | tail -n 40 >> "$RESULTS"
 

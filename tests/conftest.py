@@ -1,7 +1,7 @@
 """Shared pytest setup: CPU-only, hermetic runs.
 
 Triton kernels run under Triton's interpreter when no GPU is present. The interpreter is chosen when a
-kernel is *decorated*, so the variable must be set before anything imports `kernels`: this file is
+kernel is *decorated*, so the variable must be set before anything imports `flash_attention`: this file is
 imported by pytest before any test module.
 """
 import hashlib

@@ -36,7 +36,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 @pytest.mark.parametrize("script", ["model.py", "data.py", "train.py", "sample.py", "eval.py", "report.py", "rejection_sampling.py",
-                                    "dpo.py", "pts.py", "synth.py", "benchmarks.py", "bench.py", "kernels/flash_attention.py",
+                                    "dpo.py", "pts.py", "synth.py", "benchmarks.py", "bench.py", "flash_attention.py",
                                     "scripts/measure_hf_load.py", "grade_assignment.py"])
 def test_every_script_answers_help(script):
     result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -115,9 +115,14 @@ batches, and block sizes come from simple rules (`_launch_config`) instead of au
 
 Run it
 ------
-    python -m pytest tests/test_kernels.py -q     # CPU: Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
-    python kernels/flash_attention.py --bench     # CUDA GPU: TFLOP/s vs torch SDPA, and a bf16 check at Phi-4 shapes
-    python kernels/flash_attention.py --help
+    python -m pytest tests/test_flash_attention.py -q   # CPU: Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
+    python flash_attention.py --bench                   # CUDA GPU: TFLOP/s vs torch SDPA, and a bf16 check at Phi-4 shapes
+    python flash_attention.py --help
+
+`import flash_attention` works also where Triton is not installed (CPU-only or macOS builds of PyTorch):
+`HAS_TRITON` says whether the kernel can run, and calling it without Triton raises a clear RuntimeError.
+The file sits beside model.py rather than in a `kernels/` package because transformers imports a package of
+that name (Hugging Face's kernel hub), and a folder of ours with the same name would shadow it.
 
 Dims legend used in the shape comments: B batch, H query heads, K key/value heads, T queries, S keys,
 D head dim; BLOCK_M / BLOCK_N are the query / key tile sizes inside the kernels.
@@ -678,11 +683,11 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 def _check_runnable(q: torch.Tensor) -> None:
     """Raise RuntimeError when this machine cannot run the Triton kernels on q's device."""
     if not HAS_TRITON:
-        raise RuntimeError("kernels.flash_attention needs Triton, which is not installed (it ships with CUDA "
+        raise RuntimeError("flash_attention needs Triton, which is not installed (it ships with CUDA "
                            "builds of PyTorch on Linux); use the model's eager attention instead")
     # Compiled Triton kernels read GPU memory; only the interpreter (numpy) can work on CPU tensors.
     if not INTERPRET and not q.is_cuda:
-        raise RuntimeError("kernels.flash_attention runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+        raise RuntimeError("flash_attention runs on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
                            "before importing kernels (slow, meant for tests)")
 
 
@@ -787,7 +792,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Benchmark: python kernels/flash_attention.py --bench
+# Benchmark: python flash_attention.py --bench
 # ------------------------------------------------------------------------------------------------------------
 
 def attention_flops(batch: int, n_head: int, T: int, S: int, head_dim: int, causal: bool, backward: bool) -> float:
@@ -922,8 +927,8 @@ def run_correctness_check(args) -> bool:
     inputs. The yardstick is torch's fused attention (`model.sdpa_attention`, the model's "sdpa" path) run in
     bf16, which rounds its probabilities to bf16 just as ours does: our error should be no worse than about that.
     """
-    # Imported here, not at the top: `import kernels` must not pull in the whole model (model.py itself
-    # imports this package lazily), and only this GPU-only check needs the model's attention functions.
+    # Imported here, not at the top: `import flash_attention` must not pull in the whole model (model.py itself
+    # imports this module lazily), and only this GPU-only check needs the model's attention functions.
     from model import naive_attention, sdpa_attention
 
     H, K, D = args.n_head, args.n_kv_head, args.head_dim
@@ -960,7 +965,7 @@ def run_correctness_check(args) -> bool:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description="FlashAttention-2 in Triton. --bench compares TFLOP/s against torch SDPA backends on a "
-                    "CUDA GPU and checks bf16 accuracy at Phi-4 shapes. Tests: python -m pytest tests/test_kernels.py")
+                    "CUDA GPU and checks bf16 accuracy at Phi-4 shapes. Tests: python -m pytest tests/test_flash_attention.py")
     parser.add_argument("--bench", action="store_true", help="run the throughput tables and the bf16 check (needs a CUDA GPU)")
     parser.add_argument("--tokens", type=int, default=16384, help="B*T per measurement; B = tokens // T (default 16384)")
     parser.add_argument("--seq-lens", default="512,1024,2048,4096,8192,16384", help="comma-separated T values (S = T)")
@@ -976,11 +981,8 @@ if __name__ == "__main__":
         sys.exit(0)
     if not (HAS_TRITON and torch.cuda.is_available()) or INTERPRET:
         print("--bench needs a CUDA GPU with Triton (and TRITON_INTERPRET unset); on CPU run the tests instead: "
-              "python -m pytest tests/test_kernels.py", file=sys.stderr)
+              "python -m pytest tests/test_flash_attention.py", file=sys.stderr)
         sys.exit(1)
-    # The check imports `model` from the repo root. Run as a script, Python puts only kernels/ on the path,
-    # so the root is added here (and only here: imported as a package, the caller's path already has it).
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # Say exactly what was measured, so figures copied into the README carry their machine and versions.
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     # Correctness first: a fast wrong kernel is not worth timing. A failed check makes the exit status 1.

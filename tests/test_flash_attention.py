@@ -1,4 +1,4 @@
-"""Tests for the Triton FlashAttention-2 kernel (kernels/flash_attention.py).
+"""Tests for the Triton FlashAttention-2 kernel (flash_attention.py).
 
 Every check compares against an oracle written here: plain attention in float64 (K and V repeated for
 grouped-query attention, bottom-right causal mask built from index comparisons) with autograd providing dq,
@@ -21,7 +21,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kernels import flash_attention  # noqa: E402  (after the skip: without Triton there is nothing to test)
+from flash_attention import flash_attention  # noqa: E402  (after the skip: without Triton there is nothing to test)
 
 
 def _interpreter_can_run_kernels() -> bool:
@@ -36,8 +36,8 @@ def _interpreter_can_run_kernels() -> bool:
     except TypeError:
         return False
 
-# The submodule itself (the package attribute `kernels.flash_attention` is the function of the same name).
-kernel_module = importlib.import_module("kernels.flash_attention")
+# The module itself (its attribute `flash_attention` is the function of the same name).
+kernel_module = importlib.import_module("flash_attention")
 
 if not _interpreter_can_run_kernels():
     pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run these kernels with this NumPy; "
