@@ -500,8 +500,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weights of the ours-vs-HF rows (default float32 on CPU, bfloat16 on GPU); "
                         "the precision part is always fp32 weights")
-    parser.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "naive"],
-                        help="our attention (naive: the written-out one; under bf16 autocast its softmax runs in bf16 too)")
+    parser.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "naive", "blockwise"],
+                        help="our attention (naive: the written-out one, its softmax in bf16 under autocast; blockwise: CPU training's)")
     parser.add_argument("--hf-attn", default="sdpa", choices=["sdpa", "eager"],
                         help="transformers' attention (eager: its written-out one)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")

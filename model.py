@@ -13,7 +13,8 @@ No biases, no dropout. The exact numbers of the released model are the `14b` pre
 What lives here, top to bottom:
   1. ModelConfig and PRESETS   the shape of the network, validated, with sizes from `toy` to `14b`
   2. RoPE                      rotary position tables (rotate-half layout), rebuilt when the context grows
-  3. Attention                 naive (readable), SDPA (fast) and Triton (ours, flash_attention.py) implementations
+  3. Attention                 naive (readable), SDPA (fast), blockwise (fast CPU training, blockwise_attention.py)
+                                and Triton (ours, flash_attention.py) implementations
   4. KVCache                   preallocated key/value memory for token-by-token generation
   5. Phi4                      the model: forward, chunked cross-entropy, init, parameter and FLOP counts;
                                Phi4.from_pretrained / save_pretrained name the Hugging Face format in hf.py
@@ -41,11 +42,13 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
+from blockwise_attention import blockwise_attention
+
 # ----------------------------------------------------------------------------------------------------
 # 1. Configuration
 
 
-ATTN_IMPLS = ("naive", "sdpa", "triton")
+ATTN_IMPLS = ("naive", "sdpa", "blockwise", "triton")
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # RoPE base; Phi-4 raises it to 250K when it extends the context
     norm_eps: float = 1e-5  # RMSNorm epsilon (config.json: rms_norm_eps)
     init_std: float = 0.02  # standard deviation of the normal init of every weight matrix
-    attn_impl: str = "sdpa"  # "naive" | "sdpa" | "triton"
+    attn_impl: str = "sdpa"  # "naive" | "sdpa" | "blockwise" | "triton"
 
     def __post_init__(self):
         # Fail at construction with a message that names the field, rather than with a reshape error
@@ -251,7 +254,7 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
     return flash_attention(q, k, v, causal=causal)
 
 
-ATTENTION = {"naive": naive_attention, "sdpa": sdpa_attention, "triton": triton_attention}
+ATTENTION = {"naive": naive_attention, "sdpa": sdpa_attention, "blockwise": blockwise_attention, "triton": triton_attention}
 
 
 class Attention(nn.Module):

@@ -80,28 +80,30 @@ stage data python data.py
 # stage but DPO runs its matmuls in bf16 (--bf16-autocast; weights and AdamW stay fp32). Not --compile:
 # on top of bf16 it buys 1.06-1.11x a toy step (`python bench.py --threads 1 --parts precision`), 35-55 s
 # of a pretraining run, of which compiling takes 20-30 s back, and it needs a C++ compiler.
-# Not --attn-impl naive either: under bf16 autocast its softmax runs in bf16, which on this CPU made a
-# pretraining run 1.16x faster side by side (the recipe in 19.3 min) and the synthetic-heavy model worse
-# in 2 of 3 training seeds (91.4%, 92.5%, 99.1% against 98.0%, 98.2%, 96.4%; LAB.md, "Attention in bf16").
+# --attn-impl blockwise (blockwise_attention.py): torch's fused attention is slow in bf16 on a CPU, above
+# all its backward; query blocks that skip the masked triangle and a hand-written backward make one layer's
+# attention 1.5-1.6x faster at 256 tokens and 1.4x at 1,024, with the softmax still in fp32. (Not
+# --attn-impl naive: under bf16 autocast its softmax runs in bf16, and the synthetic-heavy model came out
+# worse in 2 of 3 training seeds; LAB.md, "Attention in bf16".)
 synthetic_pretraining() {
-    stage pretrain python train.py --stage pretrain --bf16-autocast --steps 1600 --out out/pretrain
+    stage pretrain python train.py --stage pretrain --bf16-autocast --attn-impl blockwise --steps 1600 --out out/pretrain
     stage eval python eval.py --init out/pretrain
     stage eval_quiz python eval.py --init out/pretrain --quiz
 }
 web_pretraining() {  # the same tokens, web-heavy
-    stage pretrain_web python train.py --stage pretrain --bf16-autocast --steps 1600 --data out/data/toy/web --out out/pretrain_web
+    stage pretrain_web python train.py --stage pretrain --bf16-autocast --attn-impl blockwise --steps 1600 --data out/data/toy/web --out out/pretrain_web
     stage eval python eval.py --init out/pretrain_web
     stage eval_quiz python eval.py --init out/pretrain_web --quiz
 }
 lanes synthetic_pretraining web_pretraining
 
 midtraining_and_sft() {  # the midtrained model is evaluated in the next phase, beside RS, where a lane has room
-    stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --out out/midtrain
-    stage sft python train.py --stage sft --init out/midtrain --bf16-autocast --out out/sft
+    stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --attn-impl blockwise --out out/midtrain
+    stage sft python train.py --stage sft --init out/midtrain --bf16-autocast --attn-impl blockwise --out out/sft
     stage eval python eval.py --init out/sft --chat
 }
 kept_base_ablation() {  # --rope-theta 800: the pretrained model's own base (model.py, the toy preset)
-    stage midtrain_kept_base python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --rope-theta 800 --out out/midtrain_kept_base
+    stage midtrain_kept_base python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --attn-impl blockwise --rope-theta 800 --out out/midtrain_kept_base
     stage eval_long python eval.py --init out/midtrain_kept_base --long
     stage eval python eval.py --init out/midtrain_kept_base
     # The pretrained model's recall: measured here, where this lane has ~30 s to spare, and not after
@@ -116,7 +118,7 @@ lanes midtraining_and_sft kept_base_ablation
 beta=1
 rejection_sampling_and_dpo_sweep() {
     stage rs python rejection_sampling.py --init out/sft --problems 3000 --out out/rs
-    stage rs_sft python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --bf16-autocast --out out/rs_sft
+    stage rs_sft python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --bf16-autocast --attn-impl blockwise --out out/rs_sft
     stage eval python eval.py --init out/rs_sft --chat
     # On-policy pairs: sampled from the model DPO starts from, on problems rs did not use.
     stage rs_dpo python rejection_sampling.py --init out/rs_sft --skip 3000 --problems 1500 --out out/rs_dpo

@@ -49,7 +49,7 @@ import cli
 import data
 import parallel
 import trainer
-from model import CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
+from model import ATTN_IMPLS, CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
 
 # ----------------------------------------------------------------------------------------------------
 # Configuration: every field is a command-line flag (underscores become dashes).
@@ -132,9 +132,9 @@ class TrainConfig(trainer.RunConfig):
         "bf16_autocast": "CPU: run the matmuls in bf16 under torch.autocast, weights and AdamW staying fp32 (1.78x "
         "a toy step on a CPU with bf16 instructions; `python bench.py --parts precision` measures yours). "
         "GPUs already compute in bf16 through FSDP's mixed-precision policy",
-        "attn_impl": "attention implementation: naive, sdpa or triton; none given: sdpa, or for --resume the run's "
-                     "own (naive is the fastest under --bf16-autocast on a CPU at 256 tokens, not at 1,024; its softmax then "
-                     "runs in bf16)",
+        "attn_impl": "attention implementation: naive, sdpa, blockwise or triton; none given: sdpa, or for --resume "
+                     "the run's own (blockwise is the fastest for training on a CPU, above all under --bf16-autocast; "
+                     "triton needs a GPU)",
         "rope_theta": "RoPE base: for a fresh model (default: the preset's), or the base midtraining switches to "
         f"(default {ROPE_BASE_FACTOR}x the pretrained one; giving the pretrained base runs the ablation that extends "
         "the context without changing it)",
@@ -223,7 +223,7 @@ def midtrain_changes(record: dict, config: ModelConfig, cfg: TrainConfig) -> lis
 
 def parse_args(argv=None) -> TrainConfig:
     """train.py's flags as a TrainConfig; `given` records which were typed, for --resume to check."""
-    choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": ["naive", "sdpa", "triton"],
+    choices = {"size": list(PRESETS), "stage": list(STAGES), "attn_impl": list(ATTN_IMPLS),
                "device": list(parallel.DEVICES)}
     parser = cli.config_parser(TrainConfig, __doc__.split("\n")[0], choices, epilog=CHECKPOINT_TRUST)
     args = parser.parse_args(argv)

@@ -1,0 +1,163 @@
+"""Causal attention for CPU training: query blocks that skip the masked triangle, and backward by hand.
+
+`model.py` selects this with `attn_impl="blockwise"`; speedrun.sh trains the toy with it. It computes the
+same function as `model.naive_attention` (scores and softmax in fp32, grouped-query attention, causal
+masks aligned bottom-right, an optional per-row mask) and exists for one reason: on a CPU, torch's fused
+attention (`F.scaled_dot_product_attention`, which transformers' Phi3ForCausalLM calls too) is slow in bf16,
+above all its backward. At the toy's shape (16 rows x 256 tokens, 4 query heads of 32 sharing 2 KV heads)
+one layer's forward + backward took 40 ms there against 19 ms here, on one thread (LAB.md, "Blockwise
+attention on the CPU"). Nothing here is CPU-specific in principle; on a GPU the Triton kernel
+(flash_attention.py) is the fast path, and it rests on the same two ideas.
+
+Idea 1: query blocks skip the masked triangle
+---------------------------------------------
+Causal attention's score matrix is half -inf: query t sees keys 0..t only (t + S - T with a cache of
+S - T keys before the T queries). Cut the queries into blocks of BLOCK_T positions; block i (positions
+[i*BLOCK_T, (i+1)*BLOCK_T)) needs keys [0, S - T + (i+1)*BLOCK_T) only, and the keys after them are never
+multiplied, masked, exponentiated or stored. With n blocks the computed part of the T x T matrix is
+(n + 1) / (2n) of it: 62.5% at the toy's 4 blocks of 64, 53% at 16 blocks (1,024 tokens). Each block holds
+its whole row of visible keys, so its softmax is an ordinary one, in one pass: no running maximum as in
+FlashAttention's online softmax, which a CPU with large caches does not need at these lengths.
+
+Idea 2: write the backward instead of letting autograd derive it
+----------------------------------------------------------------
+Autograd through the written-out forward keeps the fp32 scores and probabilities of every layer and runs
+the generic softmax and masking backward over them. The gradients have a closed form, the one FlashAttention
+uses (and flash_attention.py's kernels): with P the probabilities, O = P V and dO the incoming gradient,
+
+    dV = P^T dO      dP = dO V^T      dS = P * (dP - delta)      dQ = scale * dS K      dK = scale * dS^T Q
+
+where delta = rowsum(dO * O) (one number per query row, since sum_j P_ij dP_ij = dO_i . O_i). So forward
+saves P once, in the matmul dtype (bf16 under autocast: what the matmuls read anyway, half the bytes), and
+backward is four matmuls per block and two elementwise passes over P. For grouped-query attention the sum
+over the G query heads that share a KV head comes out of the matmuls: dK and dV are never expanded.
+
+Precision: as in FlashAttention-2 and our Triton kernel, scores, softmax and delta are fp32; P and dS are
+rounded to the input dtype only as matmul operands. Under bf16 autocast the score matmul still runs in fp32
+(autocast is switched off inside): bf16 scores lose the small probabilities, and the toy pretrained that way
+solved fewer problems in 2 of 3 seeds (LAB.md, "Attention in bf16").
+
+Layout
+------
+q (B, H, T, D) is laid out as (B*K, T*G, D) with row t*G + g: the G query heads of one KV head stacked
+under each other, position-major. One batched matmul per KV head then serves its whole group without
+repeating K and V, and a block of positions is a contiguous block of rows. The causal bias of a block is
+0 where the key is visible and -inf where not, added by the same `baddbmm` that computes the scores.
+
+Dims legend: B batch, H query heads, K key/value heads, G = H // K, T queries, S keys, D head dim.
+"""
+import math
+
+import torch
+
+BLOCK_T = 64  # query positions per block: 4 blocks at the toy's 256 tokens, 16 at 1,024 (LAB.md for 32 / 128)
+
+
+def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D): model.naive_attention's contract.
+
+    causal: query t sees keys s <= t + (S - T) (bottom-right). mask (B, T, S), True where row b's query t
+    may see key s, replaces the causal mask (batched generation); with a mask there is one block.
+    """
+    B, H, T, D = q.shape
+    K, S = k.shape[1], k.shape[2]
+    if causal and mask is None and T > S:
+        raise ValueError(f"causal attention aligns the T queries with the last T of the S keys, so it needs "
+                         f"T <= S; got T={T}, S={S}")
+    return _BlockwiseAttention.apply(q, k, v, causal and mask is None, mask)
+
+
+def _rows(x: torch.Tensor, K: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B*K, T*G, D), row t*G + g: a KV head's G query heads, position-major (a copy)."""
+    B, H, T, D = x.shape
+    G = H // K
+    return x.view(B, K, G, T, D).transpose(2, 3).reshape(B * K, T * G, D)  # (B*K, T*G, D)
+
+
+def _heads(x: torch.Tensor, B: int, H: int) -> torch.Tensor:
+    """The inverse of _rows: (B*K, T*G, D) -> (B, H, T, D)."""
+    BK, TG, D = x.shape
+    K = BK // B
+    G = H // K
+    T = TG // G
+    return x.view(B, K, T, G, D).transpose(2, 3).reshape(B, H, T, D)  # (B, H, T, D)
+
+
+def _blocks(T: int, S: int, causal: bool) -> list[tuple[int, int, int]]:
+    """(first position, end position, keys visible) of each query block; one block unless causal."""
+    if not causal:
+        return [(0, T, S)]
+    return [(t0, min(t0 + BLOCK_T, T), S - T + min(t0 + BLOCK_T, T)) for t0 in range(0, T, BLOCK_T)]
+
+
+def _bias(t0: int, t1: int, keys: int, T: int, S: int, G: int, causal: bool, mask, K: int, dtype, device):
+    """The additive mask of one block: 0 where visible, -inf where not; (T_blk*G, keys) or (B*K, T_blk*G, keys)."""
+    if mask is not None:
+        B = mask.shape[0]
+        # (B, T, S) -> (B, K, T, G, S) -> (B*K, T*G, S): every head of a row sees what the row's mask allows.
+        visible = mask[:, None, t0:t1, None, :keys].expand(B, K, t1 - t0, G, keys).reshape(B * K, (t1 - t0) * G, keys)
+    elif causal:
+        position = torch.arange(t0, t1, device=device).repeat_interleave(G)  # (T_blk*G,): row t*G + g is query t
+        visible = torch.arange(keys, device=device)[None, :] <= position[:, None] + (S - T)  # (T_blk*G, keys)
+    else:
+        return None
+    return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    """Forward block by block, saving P in the input dtype; backward from the closed-form gradients above."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, mask):
+        B, H, T, D = q.shape
+        K, S = k.shape[1], k.shape[2]
+        G = H // K
+        scale = 1.0 / math.sqrt(D)
+        # Scores in fp32 at least (fp64 inputs stay fp64, for the tests' exact reference), whatever autocast
+        # would choose for the matmul.
+        score_dtype = torch.promote_types(q.dtype, torch.float32)
+        with torch.autocast(q.device.type, enabled=False):
+            q_rows = _rows(q, K)  # (B*K, T*G, D)
+            k_rows, v_rows = k.reshape(B * K, S, D), v.reshape(B * K, S, D)  # (B*K, S, D) each
+            q32, k32 = q_rows.to(score_dtype), k_rows.to(score_dtype)
+            out = torch.empty(B * K, T * G, D, dtype=v.dtype, device=q.device)
+            probs = []
+            for t0, t1, keys in _blocks(T, S, causal):
+                rows = slice(t0 * G, t1 * G)
+                bias = _bias(t0, t1, keys, T, S, G, causal, mask, K, score_dtype, q.device)
+                k_t = k32[:, :keys].transpose(1, 2)  # (B*K, D, keys)
+                if bias is None:
+                    scores = torch.bmm(q32[:, rows], k_t).mul_(scale)  # (B*K, T_blk*G, keys)
+                else:
+                    scores = torch.baddbmm(bias, q32[:, rows], k_t, alpha=scale)  # (B*K, T_blk*G, keys)
+                p = torch.softmax(scores, dim=-1).to(v.dtype)  # fp32 softmax, rounded only as a matmul operand
+                out[:, rows] = torch.bmm(p, v_rows[:, :keys])  # (B*K, T_blk*G, D)
+                probs.append(p)
+        ctx.save_for_backward(q_rows, k_rows, v_rows, out, *probs)
+        ctx.dims, ctx.causal, ctx.scale = (B, H, K, G, T, S, D), causal, scale
+        return _heads(out, B, H).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_rows, k_rows, v_rows, out, *probs = ctx.saved_tensors
+        B, H, K, G, T, S, D = ctx.dims
+        with torch.autocast(q_rows.device.type, enabled=False):
+            do = _rows(grad_out, K).to(v_rows.dtype)  # (B*K, T*G, D)
+            score_dtype = torch.promote_types(q_rows.dtype, torch.float32)
+            delta = (do.to(score_dtype) * out.to(score_dtype)).sum(-1, keepdim=True)  # (B*K, T*G, 1): rowsum(dO * O)
+            dq = torch.empty_like(q_rows)  # (B*K, T*G, D)
+            # dK and dV sum over every query block that sees a key: accumulate in fp32 (at least).
+            dk = torch.zeros(B * K, S, D, dtype=score_dtype, device=q_rows.device)  # (B*K, S, D)
+            dv = torch.zeros(B * K, S, D, dtype=score_dtype, device=q_rows.device)  # (B*K, S, D)
+            for (t0, t1, keys), p in zip(_blocks(T, S, ctx.causal), probs):
+                rows = slice(t0 * G, t1 * G)
+                dv[:, :keys] += torch.bmm(p.transpose(1, 2), do[:, rows])  # P^T dO
+                dp = torch.bmm(do[:, rows], v_rows[:, :keys].transpose(1, 2)).to(score_dtype)  # (B*K, T_blk*G, keys): dO V^T
+                ds = dp.sub_(delta[:, rows]).mul_(p).mul_(ctx.scale).to(q_rows.dtype)  # scale * P * (dP - delta)
+                dq[:, rows] = torch.bmm(ds, k_rows[:, :keys])  # (B*K, T_blk*G, D)
+                dk[:, :keys] += torch.bmm(ds.transpose(1, 2), q_rows[:, rows])  # (B*K, keys, D)
+        dq = _heads(dq, B, H)  # (B, H, T, D)
+        dk = dk.to(k_rows.dtype).view(B, K, S, D)  # (B, K, S, D)
+        dv = dv.to(v_rows.dtype).view(B, K, S, D)  # (B, K, S, D)
+        return dq, dk, dv, None, None
