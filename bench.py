@@ -9,6 +9,7 @@ built from the preset, written with `model.save_pretrained(DIR)` (hf.py) and rea
     python bench.py --threads 1         # steadier runs on a machine shared with other jobs
     python bench.py --repeats 3 --parts train,decode
     python bench.py --threads 1 --parts train --attn-impl naive --hf-attn eager   # both written-out attentions
+    python bench.py --threads 1 --parts attention   # one layer's attention: naive, sdpa, blockwise (and triton)
     python bench.py --device cuda --size 14b --n-layer 4 --dtype bfloat16 --parts decode   # bf16 decode on a GPU
 
 What each number means:
@@ -30,6 +31,11 @@ What each number means:
                      recommendation computed from those numbers: an option counts as faster only if it beat
                      fp32 in every paired repeat, and compilation only if it pays back within a default toy run.
                      "first call s" includes compilation, into an empty cache, as a first run would pay it.
+  attention          one layer's attention alone, forward + backward, for each of our implementations (the
+                     triton kernel on a GPU only), at the train step's shape and at 4x its context with a
+                     quarter of its rows (midtraining's); fp32, and bf16 under autocast where the hardware has
+                     it, as in a bf16 training step. Milliseconds per pass (medians) and the speed-up over sdpa,
+                     the fused kernel transformers uses too.
 
 How to read the ratios: "ours/HF" is our median tokens/s over transformers' at the same shape, weights and
 work; above 1 means this project is faster. Because both sides are credited the same FLOPs per token, it is
@@ -70,7 +76,7 @@ import torch.nn.functional as F
 
 import cli
 import parallel
-from model import PRESETS, ModelConfig, Phi4, get_config
+from model import ATTENTION, CONTEXT_EXTENSION, PRESETS, ModelConfig, Phi4, get_config
 from sample import generate
 
 # The row labels of the printed tables (tests/test_bench.py looks for each).
@@ -82,7 +88,7 @@ FP32_ROW = "fp32 eager"
 BF16_ROW = "bf16 autocast"
 COMPILE_ROW = "torch.compile"
 BF16_COMPILE_ROW = "bf16 + compile"  # train.py --bf16-autocast --compile
-PARTS = ("peak", "train", "decode", "precision")
+PARTS = ("peak", "train", "decode", "precision", "attention")
 
 # The toy tokenizer's 1,029 ids padded to a multiple of 64: the vocabulary `python train.py` gives the toy model.
 TOY_VOCAB = 1088
@@ -281,6 +287,27 @@ def random_batch(vocab_size: int, batch_size: int, seq_len: int, device, seed: i
     """Inputs and next-token targets (B, T) each, from one random (B, T + 1) row block, as train.py's RandomTokens."""
     rows = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(seed))
     return rows[:, :-1].to(device), rows[:, 1:].to(device)  # (B, T), (B, T)
+
+
+def attention_pass(attention, shape: tuple, dtype: torch.dtype, device, seed: int) -> Callable[[], float]:
+    """A call runs one layer's causal attention forward and backward on random q (B, H, T, D) and k, v
+    (B, K, T, D) -> tokens/s. bf16 runs under autocast, as a bf16 training step calls the attention."""
+    B, H, K, T, D = shape
+    generator = torch.Generator().manual_seed(seed)
+    q, k, v, grad = (torch.randn(s, generator=generator).to(device, dtype).requires_grad_()
+                     for s in [(B, H, T, D), (B, K, T, D), (B, K, T, D), (B, H, T, D)])
+
+    def run() -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = attention(q, k, v, causal=True)  # (B, H, T, D)
+        out.backward(grad.detach())
+        synchronize(device)
+        q.grad = k.grad = v.grad = None
+        return B * T / (time.perf_counter() - start)
+
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,6 +585,8 @@ def run(args: argparse.Namespace) -> dict:
     del ours, theirs  # free them before the precision part builds three more models
     if "precision" in args.parts:
         results.update(measure_precision(args, config, device, peak))
+    if "attention" in args.parts:
+        results["attention"] = measure_attention(args, config, device)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -627,6 +656,33 @@ def compare_with_transformers(args: argparse.Namespace, config, device, ours, th
                 runs["hf"] = TrainStep(theirs, their_loss, batch, args.train_steps, autocast=True)
             rates, _ = interleaved(runs, args.repeats)
             rows.insert(1, comparison_row(f"{TRAIN_ROW} bf16 autocast", train_flops_per_token(ours, args.seq_len), rates))
+    return rows
+
+
+def measure_attention(args: argparse.Namespace, config, device) -> list[dict]:
+    """One layer's attention, every implementation at two shapes and two precisions; prints the table."""
+    impls = ["naive", "sdpa", "blockwise"]
+    if device.type == "cuda":
+        from flash_attention import HAS_TRITON
+
+        impls += ["triton"] if HAS_TRITON else []
+    shapes = [(args.batch_size, args.seq_len),
+              (max(1, args.batch_size // CONTEXT_EXTENSION), args.seq_len * CONTEXT_EXTENSION)]
+    dtypes = [torch.float32] + ([torch.bfloat16] if has_fast_bf16(device) else [])
+    H, K, D = config.n_head, config.n_kv_head, config.head_dim
+    print(f"\none layer's attention, forward + backward, {H} query heads on {K} KV heads of {D}: ms per pass "
+          "(speed-up over sdpa)")
+    print(f"{'rows x tokens':<16} {'dtype':<9}" + "".join(f" {impl:>18}" for impl in impls))
+    rows = []
+    for batch, seq in shapes:
+        for dtype in dtypes:
+            runs = {impl: attention_pass(ATTENTION[impl], (batch, H, K, seq, D), dtype, device, args.seed) for impl in impls}
+            rates, _ = interleaved(runs, args.repeats)
+            ms = {impl: 1e3 * batch * seq / median(rates[impl]) for impl in impls}
+            cells = "".join(" " + f"{ms[impl]:.1f} ({ms['sdpa'] / ms[impl]:.2f}x)".rjust(18) for impl in impls)
+            print(f"{f'{batch} x {seq}':<16} {str(dtype).removeprefix('torch.'):<9}{cells}", flush=True)
+            rows.append({"batch": batch, "seq_len": seq, "dtype": str(dtype).removeprefix("torch."), "ms": ms,
+                         "samples": rates})
     return rows
 
 

@@ -113,29 +113,28 @@ class _BlockwiseAttention(torch.autograd.Function):
         B, H, T, D = q.shape
         K, S = k.shape[1], k.shape[2]
         G = H // K
-        scale = 1.0 / math.sqrt(D)
-        # Scores in fp32 at least (fp64 inputs stay fp64, for the tests' exact reference), whatever autocast
-        # would choose for the matmul.
-        score_dtype = torch.promote_types(q.dtype, torch.float32)
+        # fp32 at least (fp64 inputs stay fp64, for the tests' exact reference), whatever autocast would
+        # choose: the elementwise passes, not the matmuls, bound the time here (see the docstring).
+        dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(q.device.type, enabled=False):
-            q_rows = _rows(q, K)  # (B*K, T*G, D)
-            k_rows, v_rows = k.reshape(B * K, S, D), v.reshape(B * K, S, D)  # (B*K, S, D) each
-            q32, k32 = q_rows.to(score_dtype), k_rows.to(score_dtype)
-            out = torch.empty(B * K, T * G, D, dtype=v.dtype, device=q.device)
+            q_rows = _rows(q, K).to(dtype)  # (B*K, T*G, D)
+            k_rows = k.reshape(B * K, S, D).to(dtype)  # (B*K, S, D)
+            v_rows = v.reshape(B * K, S, D).to(dtype)  # (B*K, S, D)
+            out = torch.empty(B * K, T * G, D, dtype=dtype, device=q.device)
             probs = []
             for t0, t1, keys in _blocks(T, S, causal):
                 rows = slice(t0 * G, t1 * G)
-                bias = _bias(t0, t1, keys, T, S, G, causal, mask, K, score_dtype, q.device)
-                k_t = k32[:, :keys].transpose(1, 2)  # (B*K, D, keys)
+                bias = _bias(t0, t1, keys, T, S, G, causal, mask, K, dtype, q.device)
+                k_t = k_rows[:, :keys].transpose(1, 2)  # (B*K, D, keys)
                 if bias is None:
-                    scores = torch.bmm(q32[:, rows], k_t).mul_(scale)  # (B*K, T_blk*G, keys)
+                    scores = torch.bmm(q_rows[:, rows], k_t).mul_(1.0 / math.sqrt(D))  # (B*K, T_blk*G, keys)
                 else:
-                    scores = torch.baddbmm(bias, q32[:, rows], k_t, alpha=scale)  # (B*K, T_blk*G, keys)
-                p = torch.softmax(scores, dim=-1).to(v.dtype)  # fp32 softmax, rounded only as a matmul operand
+                    scores = torch.baddbmm(bias, q_rows[:, rows], k_t, alpha=1.0 / math.sqrt(D))  # (B*K, T_blk*G, keys)
+                p = torch.softmax(scores, dim=-1)  # (B*K, T_blk*G, keys)
                 out[:, rows] = torch.bmm(p, v_rows[:, :keys])  # (B*K, T_blk*G, D)
                 probs.append(p)
         ctx.save_for_backward(q_rows, k_rows, v_rows, out, *probs)
-        ctx.dims, ctx.causal, ctx.scale = (B, H, K, G, T, S, D), causal, scale
+        ctx.dims, ctx.causal, ctx.dtypes = (B, H, K, G, T, S, D), causal, (q.dtype, k.dtype, v.dtype)
         return _heads(out, B, H).to(q.dtype)
 
     @staticmethod
@@ -143,21 +142,17 @@ class _BlockwiseAttention(torch.autograd.Function):
         q_rows, k_rows, v_rows, out, *probs = ctx.saved_tensors
         B, H, K, G, T, S, D = ctx.dims
         with torch.autocast(q_rows.device.type, enabled=False):
-            do = _rows(grad_out, K).to(v_rows.dtype)  # (B*K, T*G, D)
-            score_dtype = torch.promote_types(q_rows.dtype, torch.float32)
-            delta = (do.to(score_dtype) * out.to(score_dtype)).sum(-1, keepdim=True)  # (B*K, T*G, 1): rowsum(dO * O)
+            do = _rows(grad_out, K).to(out.dtype)  # (B*K, T*G, D)
+            delta = (do * out).sum(-1, keepdim=True)  # (B*K, T*G, 1): rowsum(dO * O)
             dq = torch.empty_like(q_rows)  # (B*K, T*G, D)
-            # dK and dV sum over every query block that sees a key: accumulate in fp32 (at least).
-            dk = torch.zeros(B * K, S, D, dtype=score_dtype, device=q_rows.device)  # (B*K, S, D)
-            dv = torch.zeros(B * K, S, D, dtype=score_dtype, device=q_rows.device)  # (B*K, S, D)
+            dk, dv = torch.zeros_like(k_rows), torch.zeros_like(v_rows)  # (B*K, S, D): sums over query blocks
             for (t0, t1, keys), p in zip(_blocks(T, S, ctx.causal), probs):
                 rows = slice(t0 * G, t1 * G)
                 dv[:, :keys] += torch.bmm(p.transpose(1, 2), do[:, rows])  # P^T dO
-                dp = torch.bmm(do[:, rows], v_rows[:, :keys].transpose(1, 2)).to(score_dtype)  # (B*K, T_blk*G, keys): dO V^T
-                ds = dp.sub_(delta[:, rows]).mul_(p).mul_(ctx.scale).to(q_rows.dtype)  # scale * P * (dP - delta)
+                dp = torch.bmm(do[:, rows], v_rows[:, :keys].transpose(1, 2))  # (B*K, T_blk*G, keys): dO V^T
+                ds = dp.sub_(delta[:, rows]).mul_(p).mul_(1.0 / math.sqrt(D))  # scale * P * (dP - delta), in place
                 dq[:, rows] = torch.bmm(ds, k_rows[:, :keys])  # (B*K, T_blk*G, D)
                 dk[:, :keys] += torch.bmm(ds.transpose(1, 2), q_rows[:, rows])  # (B*K, keys, D)
-        dq = _heads(dq, B, H)  # (B, H, T, D)
-        dk = dk.to(k_rows.dtype).view(B, K, S, D)  # (B, K, S, D)
-        dv = dv.to(v_rows.dtype).view(B, K, S, D)  # (B, K, S, D)
-        return dq, dk, dv, None, None
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        dq = _heads(dq, B, H).to(q_dtype)  # (B, H, T, D)
+        return dq, dk.view(B, K, S, D).to(k_dtype), dv.view(B, K, S, D).to(v_dtype), None, None

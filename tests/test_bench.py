@@ -187,6 +187,14 @@ def test_a_short_run_prints_every_row_of_both_tables(transformers, capsys, tmp_p
         assert row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0 and len(row["samples"]["ours"]) == 2
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["flops_per_token"] == \
         results["rows"][0]["flops_per_token"]
+    assert any(line.startswith("one layer's attention") for line in lines)
+    # The attention part: the train step's shape and midtraining's (4x the context, a quarter of the rows),
+    # each implementation timed at each, in fp32 and (with bf16 instructions) bf16.
+    dtypes = ["float32"] + (["bfloat16"] if bf16 else [])
+    assert [(row["batch"], row["seq_len"], row["dtype"]) for row in results["attention"]] == \
+        [(2, 32, d) for d in dtypes] + [(1, 128, d) for d in dtypes]
+    for row in results["attention"]:
+        assert set(row["ms"]) == {"naive", "sdpa", "blockwise"} and min(row["ms"].values()) > 0
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
