@@ -1,13 +1,14 @@
 """Causal attention for CPU training: query blocks that skip the masked triangle, and backward by hand.
 
-`model.py` selects this with `attn_impl="blockwise"`; speedrun.sh trains the toy with it. It computes the
-same function as `model.naive_attention` (scores and softmax in fp32, grouped-query attention, causal
-masks aligned bottom-right, an optional per-row mask) and exists for one reason: on a CPU, torch's fused
-attention (`F.scaled_dot_product_attention`, which transformers' Phi3ForCausalLM calls too) is slow in bf16,
-above all its backward. At the toy's shape (16 rows x 256 tokens, 4 query heads of 32 sharing 2 KV heads)
-one layer's forward + backward took 40 ms there against 19 ms here, on one thread (LAB.md, "Blockwise
-attention on the CPU"). Nothing here is CPU-specific in principle; on a GPU the Triton kernel
-(flash_attention.py) is the fast path, and it rests on the same two ideas.
+`model.py` selects this with `attn_impl="blockwise"` (`train.py --attn-impl blockwise`). It computes the
+same function as `model.naive_attention` (grouped-query attention, causal masks aligned bottom-right, an
+optional per-row mask) and exists for one reason: on a CPU, torch's fused attention
+(`F.scaled_dot_product_attention`, which transformers' Phi3ForCausalLM calls too) is slow, above all its
+backward and above all in bf16. At the toy's shape (16 rows x 256 tokens, 4 query heads of 32 sharing 2 KV
+heads) one layer's forward + backward under bf16 autocast takes about half as long here, and the whole
+train step is 1.3x transformers' (`python bench.py --threads 1 --parts attention,train`; README,
+"Performance"). Nothing here is CPU-specific in principle; on a GPU the Triton kernel (flash_attention.py)
+is the fast path, and it rests on the same two ideas.
 
 Idea 1: query blocks skip the masked triangle
 ---------------------------------------------
@@ -21,21 +22,22 @@ FlashAttention's online softmax, which a CPU with large caches does not need at 
 
 Idea 2: write the backward instead of letting autograd derive it
 ----------------------------------------------------------------
-Autograd through the written-out forward keeps the fp32 scores and probabilities of every layer and runs
+Autograd through the written-out forward keeps the scores and the probabilities of every layer and runs
 the generic softmax and masking backward over them. The gradients have a closed form, the one FlashAttention
 uses (and flash_attention.py's kernels): with P the probabilities, O = P V and dO the incoming gradient,
 
     dV = P^T dO      dP = dO V^T      dS = P * (dP - delta)      dQ = scale * dS K      dK = scale * dS^T Q
 
 where delta = rowsum(dO * O) (one number per query row, since sum_j P_ij dP_ij = dO_i . O_i). So forward
-saves P once, in the matmul dtype (bf16 under autocast: what the matmuls read anyway, half the bytes), and
-backward is four matmuls per block and two elementwise passes over P. For grouped-query attention the sum
-over the G query heads that share a KV head comes out of the matmuls: dK and dV are never expanded.
+saves P once and backward is four matmuls per block and two elementwise passes over P, in place. For
+grouped-query attention the sum over the G query heads that share a KV head comes out of the matmuls: dK
+and dV are never expanded.
 
-Precision: as in FlashAttention-2 and our Triton kernel, scores, softmax and delta are fp32; P and dS are
-rounded to the input dtype only as matmul operands. Under bf16 autocast the score matmul still runs in fp32
-(autocast is switched off inside): bf16 scores lose the small probabilities, and the toy pretrained that way
-solved fewer problems in 2 of 3 seeds (LAB.md, "Attention in bf16").
+Precision: fp32 throughout (fp64 inputs stay fp64), whatever the input dtype and autocast (switched off
+inside), with the result cast back to the input dtype. bf16 scores lose the small probabilities, and
+rounding P, dP or dS to bf16 as FlashAttention-2 does on a GPU would save ~15% of this function's time
+here (bf16 matmuls) for a rounding per element to reason about; at these sizes the elementwise passes cost
+as much as the matmuls, so fp32 costs little.
 
 Layout
 ------
@@ -50,7 +52,7 @@ import math
 
 import torch
 
-BLOCK_T = 64  # query positions per block: 4 blocks at the toy's 256 tokens, 16 at 1,024 (LAB.md for 32 / 128)
+BLOCK_T = 64  # query positions per block: 4 at the toy's 256 tokens, 16 at 1,024 (LAB.md: why not 32 or 128)
 
 
 def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,

@@ -210,7 +210,8 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     # Scores in float32: softmax of bf16 scores loses the small probabilities. Pitfall: under torch.autocast
     # (train.py --bf16-autocast) the matmul runs in bf16 whatever its inputs, and the softmax follows in
     # bf16. On a CPU at 256 tokens that is faster than the fused kernel, and the toy pretrained with it
-    # solved fewer problems in 2 of 3 seeds (LAB.md, "Attention in bf16"), so the recipe uses sdpa.
+    # solved fewer problems in 2 of 3 seeds (LAB.md, "Attention in bf16"), so the recipe trains with
+    # blockwise_attention.py, whose softmax stays fp32 under autocast.
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     attn_scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, K, G, T, S)
     if mask is not None:
