@@ -81,8 +81,9 @@ stage data python data.py
 # on top of bf16 it buys 1.06-1.11x a toy step (`python bench.py --threads 1 --parts precision`), 35-55 s
 # of a pretraining run, of which compiling takes 20-30 s back, and it needs a C++ compiler.
 # --attn-impl blockwise (blockwise_attention.py): torch's fused attention is slow in bf16 on a CPU, above
-# all its backward; query blocks that skip the masked triangle and a hand-written backward make one layer's
-# attention 1.5-1.6x faster at 256 tokens and 1.4x at 1,024, with the softmax still in fp32. (Not
+# all its backward; query blocks that skip the masked triangle and a hand-written backward, all in fp32,
+# make one layer's attention 1.67x faster at 256 tokens and 1.07x at 1,024 under bf16 autocast (`python
+# bench.py --threads 1 --parts attention`), a pretraining run 1.16-1.17x side by side. (Not
 # --attn-impl naive: under bf16 autocast its softmax runs in bf16, and the synthetic-heavy model came out
 # worse in 2 of 3 training seeds; LAB.md, "Attention in bf16".)
 synthetic_pretraining() {
