@@ -1,6 +1,7 @@
 """Causal attention for CPU training: query blocks that skip the masked triangle, and backward by hand.
 
-`model.py` selects this with `attn_impl="blockwise"` (`train.py --attn-impl blockwise`). It computes the
+`model.py` selects this with `attn_impl="blockwise"` (`train.py --attn-impl blockwise`, as speedrun.sh's
+training stages do). It computes the
 same function as `model.naive_attention` (grouped-query attention, causal masks aligned bottom-right, an
 optional per-row mask) and exists for one reason: on a CPU, torch's fused attention
 (`F.scaled_dot_product_attention`, which transformers' Phi3ForCausalLM calls too) is slow, above all its
@@ -34,10 +35,10 @@ grouped-query attention the sum over the G query heads that share a KV head come
 and dV are never expanded.
 
 Precision: fp32 throughout (fp64 inputs stay fp64), whatever the input dtype and autocast (switched off
-inside), with the result cast back to the input dtype. bf16 scores lose the small probabilities, and
-rounding P, dP or dS to bf16 as FlashAttention-2 does on a GPU would save ~15% of this function's time
-here (bf16 matmuls) for a rounding per element to reason about; at these sizes the elementwise passes cost
-as much as the matmuls, so fp32 costs little.
+inside), with the result cast back to the input dtype. bf16 scores lose the small probabilities. Rounding
+P, dP and dS to bf16 as FlashAttention-2 does on a GPU would let the matmuls use the CPU's bf16
+instructions: 21.2 against 25.5 ms a layer at the toy's shape, for a rounding per element to reason about
+(LAB.md, "Blockwise attention on the CPU", has a recipe run of that version).
 
 Layout
 ------
@@ -108,7 +109,7 @@ def _bias(t0: int, t1: int, keys: int, T: int, S: int, G: int, causal: bool, mas
 
 
 class _BlockwiseAttention(torch.autograd.Function):
-    """Forward block by block, saving P in the input dtype; backward from the closed-form gradients above."""
+    """Forward block by block, saving P (fp32); backward from the closed-form gradients above."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal: bool, mask):
@@ -116,7 +117,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         K, S = k.shape[1], k.shape[2]
         G = H // K
         # fp32 at least (fp64 inputs stay fp64, for the tests' exact reference), whatever autocast would
-        # choose: the elementwise passes, not the matmuls, bound the time here (see the docstring).
+        # choose (the docstring's "Precision" says what bf16 matmuls would save).
         dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(q.device.type, enabled=False):
             q_rows = _rows(q, K).to(dtype)  # (B*K, T*G, D)
