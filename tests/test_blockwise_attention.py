@@ -116,6 +116,7 @@ def test_the_blocks_skip_every_key_a_block_cannot_see_and_cover_every_query():
         assert keys == 60 + t1  # the last query of the block (t1 - 1) sees keys 0 .. 60 + t1 - 1
 
 
+@pytest.mark.exercise("rmsnorm_swiglu", "rope")
 def test_a_model_step_with_blockwise_attention_gives_the_loss_and_gradients_of_sdpa(tiny_model):
     # The same weights and batch through both attentions (the blocks share one config object), two blocks
     # of queries and a ragged third: the same loss and the same gradient of every weight.
