@@ -39,6 +39,7 @@ parallelism, no HSDP), which is all a 14B model at 4K-16K context needs on 80 GB
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -104,12 +105,44 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device: auto picks the GPU when there is one."""
+    """--device: auto picks the GPU when there is one. On a CPU, the allocator also learns to keep what it
+    frees (keep_freed_memory): every script picks its device here, so every CPU run gets that."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if name == "cpu":
+        keep_freed_memory()
     return torch.device(name)
+
+
+# glibc's mallopt parameters (malloc.h): a freed block larger than M_TRIM_THRESHOLD at the top of the heap
+# goes back to the OS; a request of M_MMAP_THRESHOLD bytes or more gets pages of its own, unmapped on free.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for the next allocation instead of returning it to the OS.
+
+    A CPU training step allocates and frees the same large buffers every step: activations, logits,
+    gradients (a toy step's largest, the fp32 logits of 4,096 tokens, is 18 MB). By default glibc hands big
+    freed blocks back to the OS, and the next step's allocation is mapped again, a page fault and a
+    zeroed 4 KB page at a time: 12,000-16,000 faults per toy train step. With both thresholds at 1 GiB the
+    heap keeps the blocks and a step faults ~1 time; the step is 1.0-1.36x faster, median 1.08x (six runs
+    alternated on one core; README, "Performance"). The cost: the process keeps its peak memory instead
+    of shrinking between steps, which nothing here needs. The numbers computed do not change.
+
+    -> True where applied. Linux with glibc only; elsewhere (macOS, musl) nothing changes and -> False.
+    Older glibc refuses an mmap threshold above 32 MiB (HEAP_MAX_SIZE / 2), so that is tried second.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc: its allocator has other knobs, or none
+        return False
+    if not mallopt(M_TRIM_THRESHOLD, 1 << 30):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_THRESHOLD, 32 << 20))
 
 
 def init_distributed(device: torch.device) -> Distributed:
