@@ -262,6 +262,8 @@ class Engine:
     def __init__(self, model: Phi4, prompts, n, max_new_tokens, stop_tokens, sampling, seed, rows, vocab_size):
         self.model, self.prompts, self.n, self.sampling, self.seed = model, prompts, n, sampling, seed
         self.vocab_size = vocab_size
+        if not isinstance(seed, int) and len(seed) != len(prompts):
+            raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts: pass one seed, or one per prompt")
         limit = model.config.max_seq_len
         for i, prompt in enumerate(prompts):
             if not 0 < len(prompt) < limit:
@@ -317,7 +319,12 @@ class Engine:
         self.new[slots] = 0
         # Stop at max_new_tokens or at the end of the context, whichever comes first.
         self.budget[slots] = (self.model.config.max_seq_len - self.length[slots]).clamp(max=self.max_new_tokens)
-        self.uniforms[slots] = row_uniforms(self.seed, rows, self.max_new_tokens, idx.device)  # (P * n, M)
+        if isinstance(self.seed, int):  # one seed for the call: streams by output row
+            uniforms = row_uniforms(self.seed, rows, self.max_new_tokens, idx.device)  # (P * n, M)
+        else:  # a seed per prompt: streams by sample within the prompt
+            uniforms = torch.cat([row_uniforms(self.seed[i], range(self.n), self.max_new_tokens, idx.device)
+                                  for i in chosen])  # (P * n, M)
+        self.uniforms[slots] = uniforms
         self.logits[slots] = logits.repeat_interleave(self.n, dim=0).to(self.logits.dtype)  # (P * n, V)
         self.running += len(rows)
 
@@ -385,7 +392,7 @@ def sample_completions(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    seed: int = 0,
+    seed: int | list[int] = 0,
     batch_rows: int = 256,
     progress: str | None = None,
     vocab_size: int | None = None,
@@ -395,7 +402,9 @@ def sample_completions(
     Runs the batched engine: `batch_rows` rows decode together whatever the prompts' lengths, each
     prompt is prefilled once and continued n times, and a finished row takes the next prompt.
     Sample j of prompt i draws from the stream (seed, i * n + j) (see the module docstring), so it does
-    not depend on batch_rows or on the other prompts. `vocab_size` keeps samples to the tokenizer's ids.
+    not depend on batch_rows or on the other prompts. `seed` may also be a list, one seed per prompt:
+    sample j of prompt i then draws from (seed[i], j), the stream it would have as the only prompt of a
+    call with seed[i], so calls made one prompt at a time can be batched without changing a token. `vocab_size` keeps samples to the tokenizer's ids.
     Temperature 0 gives n copies of the greedy answer. A completion without a stop token hit
     max_new_tokens (or the context) and is returned as it is: callers decide what an unfinished answer
     is worth (the oracle usually rejects it, as it ends before "Answer:").

@@ -4,7 +4,7 @@ the whole sequence re-run at every step (no KV cache, no padding, no other rows 
 Sample j of prompt i draws from numpy's default_rng([seed, i * n + j]), the seeding sample.py documents;
 the oracle draws from that stream itself. The engine must give the oracle's tokens exactly, greedy and
 seeded, for prompts of different lengths in one batch, rows that stop early (their slots refilled) and
-rows cut by max_new_tokens or by the context. Also: per-row positions in model.hidden_states against
+rows cut by max_new_tokens or by the context. Also: a seed per prompt equal to a call per prompt, per-row positions in model.hidden_states against
 each row decoded alone, batch_rows and neighbours changing no sample, generate agreeing with the
 engine, and clear errors for what cannot run.
 """
@@ -91,6 +91,20 @@ def test_a_samples_tokens_depend_neither_on_batch_rows_nor_on_the_other_prompts(
     assert sample_completions(model, prompts, 4, 20, batch_rows=4, **options) == wide
     # Prompt 0 owns rows 0..3 whether or not the eight other prompts come along.
     assert sample_completions(model, prompts[:1], 4, 20, **options)[0] == wide[0]
+
+
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
+def test_a_seed_per_prompt_gives_each_prompt_the_samples_of_a_call_of_its_own(tiny_model):
+    model = tiny_model()
+    prompts = make_prompts()
+    seeds = [100 + 7 * i for i in range(len(prompts))]
+    options = dict(stop_tokens=STOP, temperature=1.0, batch_rows=8)
+    batched = sample_completions(model, prompts, 3, 20, seed=seeds, **options)
+    assert batched == [sample_completions(model, [p], 3, 20, seed=s, **options)[0] for p, s in zip(prompts, seeds)]
+    # The seeds matter: one seed for the whole call draws other streams for every prompt but the first.
+    assert sample_completions(model, prompts, 3, 20, seed=seeds[0], **options)[1:] != batched[1:]
+    with pytest.raises(ValueError, match="2 seeds for 9 prompts"):
+        sample_completions(model, prompts, 3, 20, seed=seeds[:2], **options)
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache", "sampling")
