@@ -128,7 +128,7 @@ def keep_freed_memory() -> bool:
     gradients (a toy step's largest, the fp32 logits of 4,096 tokens, is 18 MB). By default glibc hands big
     freed blocks back to the OS, and the next step's allocation is mapped again, a page fault and a
     zeroed 4 KB page at a time: 12,000-16,000 faults per toy train step. With both thresholds at 1 GiB the
-    heap keeps the blocks and a step faults ~1 time; the step is 1.0-1.36x faster, median 1.08x (six runs
+    heap keeps the blocks and a step faults ~1 time; the step is 1.02-1.36x faster, median 1.08x (six runs
     alternated on one core; README, "Performance"). The cost: the process keeps its peak memory instead
     of shrinking between steps, which nothing here needs. The numbers computed do not change.
 
