@@ -125,8 +125,10 @@ def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for the next allocation instead of returning it to the OS.
 
     A CPU training step allocates and frees the same large buffers every step: activations, logits,
-    gradients (a toy step's largest, the fp32 logits of 4,096 tokens, is 18 MB). By default glibc hands big
-    freed blocks back to the OS, and the next step's allocation is mapped again, a page fault and a
+    gradients (a toy step's largest, the fp32 logits of 4,096 tokens, is 18 MB). By default glibc gives a
+    block above its mmap threshold (128 KB, rising to at most 32 MB as it sees such blocks freed) pages of
+    its own, unmapped on free, and trims the heap's free top back to the OS beyond twice that threshold;
+    a step frees far more than that at once, so the next step maps it all again, a page fault and a
     zeroed 4 KB page at a time: 12,000-16,000 faults per toy train step. With both thresholds at 1 GiB the
     heap keeps the blocks and a step faults ~1 time; the step is 1.02-1.36x faster, median 1.08x (six runs
     alternated on one core; README, "Performance"). The cost: the process keeps its peak memory instead
