@@ -135,7 +135,7 @@ def keep_freed_memory() -> bool:
     of shrinking between steps, which nothing here needs. The numbers computed do not change.
 
     -> True where applied. Linux with glibc only; elsewhere (macOS, musl) nothing changes and -> False.
-    Older glibc refuses an mmap threshold above 32 MiB (HEAP_MAX_SIZE / 2), so that is tried second.
+    A glibc that refuses an mmap threshold of 1 GiB gets 32 MiB, the most its own default would reach.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

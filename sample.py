@@ -404,7 +404,8 @@ def sample_completions(
     Sample j of prompt i draws from the stream (seed, i * n + j) (see the module docstring), so it does
     not depend on batch_rows or on the other prompts. `seed` may also be a list, one seed per prompt:
     sample j of prompt i then draws from (seed[i], j), the stream it would have as the only prompt of a
-    call with seed[i], so calls made one prompt at a time can be batched without changing a token. `vocab_size` keeps samples to the tokenizer's ids.
+    call with seed[i], so calls made one prompt at a time can be batched without changing a token.
+    `vocab_size` keeps samples to the tokenizer's ids.
     Temperature 0 gives n copies of the greedy answer. A completion without a stop token hit
     max_new_tokens (or the context) and is returned as it is: callers decide what an unfinished answer
     is worth (the oracle usually rejects it, as it ends before "Answer:").

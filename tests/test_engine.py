@@ -4,9 +4,9 @@ the whole sequence re-run at every step (no KV cache, no padding, no other rows 
 Sample j of prompt i draws from numpy's default_rng([seed, i * n + j]), the seeding sample.py documents;
 the oracle draws from that stream itself. The engine must give the oracle's tokens exactly, greedy and
 seeded, for prompts of different lengths in one batch, rows that stop early (their slots refilled) and
-rows cut by max_new_tokens or by the context. Also: a seed per prompt equal to a call per prompt, per-row positions in model.hidden_states against
-each row decoded alone, batch_rows and neighbours changing no sample, generate agreeing with the
-engine, and clear errors for what cannot run.
+rows cut by max_new_tokens or by the context. Also: a seed per prompt equal to a call per prompt,
+per-row positions in model.hidden_states against each row decoded alone, batch_rows and neighbours
+changing no sample, generate agreeing with the engine, and clear errors for what cannot run.
 """
 
 import numpy as np
