@@ -369,7 +369,7 @@ def make_loaders(cfg: TrainConfig, tokenizer: data.Tokenizer, seq_len: int, rank
     if cfg.stage == "sft":
         conversations = data.read_conversations(cfg.sft_data or os.path.join(cfg.data, "sft.jsonl"))
         examples = [tokenizer.render_chat(c) for c in conversations]  # (ids, loss mask): assistant tokens only
-        n_val = min(200, len(examples) // 10)  # the tail of the file is the held-out part
+        n_val = min(200, len(examples) // 10)  # the head of the file is the held-out part
         # The held-out loader gets seed 0, so its rows do not change with --seed.
         make = lambda ex, seed: data.ChatLoader(ex, cfg.batch_size, seq_len, tokenizer.pad_id, rank, world_size, seed)
         train_loader = make(examples[n_val:], cfg.seed)

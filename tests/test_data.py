@@ -221,6 +221,21 @@ def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_
 
 
 @pytest.mark.exercise("chat_mask")
+def test_a_chat_file_may_mix_world_problems_and_messages_records_and_keeps_their_order(tmp_path):
+    # speedrun.sh's RS-SFT data is the teacher's problems followed by the accepted answers, one file.
+    rng = random.Random(3)
+    problems = [toyworld.make_problem(rng, 2) for _ in range(2)]
+    accepted = [{"role": "user", "content": problems[0].question}, {"role": "assistant", "content": "Answer: 7"}]
+    path = tmp_path / "mixture.jsonl"
+    rows = [problems[0].to_dict(), {"messages": accepted, "source": "rejection_sampling"}, problems[1].to_dict()]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert data.read_conversations(str(path)) == [
+        [{"role": "user", "content": problems[0].question}, {"role": "assistant", "content": problems[0].solution}],
+        accepted,
+        [{"role": "user", "content": problems[1].question}, {"role": "assistant", "content": problems[1].solution}],
+    ]
+
+
 def test_render_prompt_ends_with_an_open_assistant_header(phi4):
     ids = phi4.render_prompt([{"role": "user", "content": "Hi"}])
     assert ids[-3:] == [100264, 78191, 100266]
