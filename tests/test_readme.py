@@ -129,7 +129,8 @@ for path in written:
         open(path, "w").close()
         continue
     os.makedirs(path, exist_ok=True)
-    for name in (["pairs.jsonl", "sft.jsonl"] if script == "rejection_sampling.py" else []) + ["done"]:
+    files = {{"rejection_sampling.py": ["pairs.jsonl", "sft.jsonl"], "data.py": ["sft.jsonl"]}}.get(script, [])
+    for name in files + ["done"]:
         open(os.path.join(path, name), "w").close()
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(dict(record, end=time.time())) + "\n")
