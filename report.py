@@ -83,6 +83,12 @@ def item_results(root: str, stage: str, measurement: str) -> list[bool] | None:
     return [c == "1" for c in result["results"]]
 
 
+def percent(fraction: float) -> str:
+    """'85.4%'. Every table formats a score from its fraction, so 1,707 of 2,000 reads the same in each (100 * 1707 / 2000
+    rounds to 85.3 in float, 100 * (1707 / 2000) to 85.4)."""
+    return f"{100 * fraction:.1f}%"
+
+
 def paired_cells(first: list[bool], second: list[bool]) -> str:
     """'+4.2 (+2.1 to +6.3), 120/204, p 0.0001' for the paired difference second - first."""
     d = stats.paired_difference(first, second)
@@ -123,7 +129,7 @@ def stage_table(root: str, stages: list[str]) -> list[str]:
         result = read_optional(os.path.join(root, stage, "eval.json"))
         if result:
             low, high = result["ci95"]
-            accuracy = f"{100 * result['accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+            accuracy = f"{percent(result['accuracy'])} ({100 * low:.1f}-{100 * high:.1f})"
             kinds = f"{100 * result['per_kind']['takes']:.0f}% / {100 * result['per_kind']['other']:.0f}%"
         else:
             accuracy, kinds = "not evaluated", "-"
@@ -146,7 +152,7 @@ def effects_table(root: str) -> list[str]:
         if not first or not second or len(first) != len(second):
             lines.append(f"| {claim} | {a} | {b} | - | - | not measured | - | - | - | {goal} |")
             continue
-        accuracy = lambda results: f"{100 * sum(results) / len(results):.1f}%"  # noqa: E731
+        accuracy = lambda results: percent(sum(results) / len(results))  # noqa: E731
         lines.append(f"| {claim} ({measurement}, n={len(first)}) | {a} | {b} | {accuracy(first)} | {accuracy(second)} | "
                      f"{paired_cells(first, second)} | {goal} |")
     return lines + ["", "b: items A gets right and B wrong; c: the reverse. The interval is Newcombe's for paired "
@@ -191,7 +197,7 @@ def seeds_table(root: str) -> list[str]:
             d = stats.paired_difference(first, second)
             diffs.append(d["diff"])
             shown += is_ahead(d)
-            lines.append(f"| {claim} | {seed} | {100 * sum(first) / len(first):.1f}% | {100 * sum(second) / len(second):.1f}% | "
+            lines.append(f"| {claim} | {seed} | {percent(sum(first) / len(first))} | {percent(sum(second) / len(second))} | "
                          f"{paired_cells(first, second)} |")
         if diffs:
             lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "

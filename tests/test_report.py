@@ -70,6 +70,21 @@ def test_the_effects_table_reports_the_paired_difference_and_marks_an_interval_t
     assert "| RS-SFT vs SFT | sft | rs_sft | - | - | not measured |" in text
 
 
+def test_a_score_reads_the_same_in_the_effects_seeds_and_stage_tables(tmp_path):
+    # 1,707 of 2,000 is 85.35%, the tie that float rounding sends one way or the other by the order of operations.
+    make_stage(tmp_path, "sft", results="1" * 1000 + "0" * 1000)
+    make_stage(tmp_path, "sft_dpo", results="1" * 1707 + "0" * 293)
+    make_stage(tmp_path, "pts_dpo", results="1" * 1800 + "0" * 200)
+    make_stage(tmp_path / "seed2", "pts_dpo", results="1" * 1800 + "0" * 200)
+    report.write_report(str(tmp_path), str(tmp_path / "report.md"))
+    text = (tmp_path / "report.md").read_text()
+    (effect,) = [line for line in text.splitlines() if line.startswith("| PTS-DPO vs full-length DPO, equal steps, from SFT (")]
+    seeds = [line for line in text.splitlines() if line.startswith("| PTS-DPO vs full-length DPO, equal steps, from SFT | ")]
+    (stage,) = rows(tmp_path / "report.md", "sft_dpo |")
+    assert "| 85.4% | 90.0% |" in effect and len(seeds) == 2 and all("| 85.4% | 90.0% |" in line for line in seeds)
+    assert "| 85.4% (" in stage
+
+
 def test_recall_at_4x_is_paired_document_by_document(tmp_path):
     make_stage(tmp_path, "pretrain", results="10", recall=("1100", "1000", "0000"))
     make_stage(tmp_path, "midtrain", results="10", recall=("1111", "1110", "1101"))
