@@ -18,12 +18,13 @@ LLM. It reads only the final number, so a flawed solution that lands on the righ
 as with any outcome-only grader: on the toy world 5% of the accepted answers are such (two slips that
 cancel, "8 + 2 = 9" then "9 - 8 = 2"). `--judge steps` accepts only answers right at every line
 (toyworld.check_steps), a check the toy world can make because each problem has one derivation
-(README, "Results", has what it changes). One answer and one pair are kept per problem, so every
-problem weighs the same in the next round however easy it is.
+(README, "Results", has what it changes). At most `--max-accepted` answers (2) and one pair are kept per
+problem, so an easy problem weighs no more in the next round than a hard one.
 
 Commands:
     python rejection_sampling.py --init out/sft --out out/rs          # 1,500 problems x 8 answers
-    python train.py --stage sft --init out/sft --sft-data out/rs/sft.jsonl --out out/rs_sft   # second SFT round
+    cat out/data/toy/sft.jsonl out/rs/sft.jsonl > out/rs/sft_mixture.jsonl   # the teacher's data + the accepted
+    python train.py --stage sft --init out/sft --sft-data out/rs/sft_mixture.jsonl --out out/rs_sft   # second SFT round
     python dpo.py --init out/rs_sft --pairs out/rs/pairs.jsonl        # DPO on the pairs
 """
 
