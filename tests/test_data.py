@@ -220,7 +220,6 @@ def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_
         assert all(targets[r, t - 1] == tok.im_end_id for t in im_end_positions)
 
 
-@pytest.mark.exercise("chat_mask")
 def test_a_chat_file_may_mix_world_problems_and_messages_records_and_keeps_their_order(tmp_path):
     # speedrun.sh's RS-SFT data is the teacher's problems followed by the accepted answers, one file.
     rng = random.Random(3)
@@ -236,6 +235,7 @@ def test_a_chat_file_may_mix_world_problems_and_messages_records_and_keeps_their
     ]
 
 
+@pytest.mark.exercise("chat_mask")
 def test_render_prompt_ends_with_an_open_assistant_header(phi4):
     ids = phi4.render_prompt([{"role": "user", "content": "Hi"}])
     assert ids[-3:] == [100264, 78191, 100266]
