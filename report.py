@@ -89,6 +89,11 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
 
 
+def share_right(results: list[bool]) -> str:
+    """percent() of the items right: the A and B cells of the effects and seeds tables."""
+    return percent(sum(results) / len(results))
+
+
 def paired_cells(first: list[bool], second: list[bool]) -> str:
     """'+4.2 (+2.1 to +6.3), 120/204, p 0.0001' for the paired difference second - first."""
     d = stats.paired_difference(first, second)
@@ -152,8 +157,7 @@ def effects_table(root: str) -> list[str]:
         if not first or not second or len(first) != len(second):
             lines.append(f"| {claim} | {a} | {b} | - | - | not measured | - | - | - | {goal} |")
             continue
-        accuracy = lambda results: percent(sum(results) / len(results))  # noqa: E731
-        lines.append(f"| {claim} ({measurement}, n={len(first)}) | {a} | {b} | {accuracy(first)} | {accuracy(second)} | "
+        lines.append(f"| {claim} ({measurement}, n={len(first)}) | {a} | {b} | {share_right(first)} | {share_right(second)} | "
                      f"{paired_cells(first, second)} | {goal} |")
     return lines + ["", "b: items A gets right and B wrong; c: the reverse. The interval is Newcombe's for paired "
                     "proportions; p is the exact McNemar test on b and c. shown: the interval excludes 0 and p < 0.05 ('yes: B "
@@ -197,7 +201,7 @@ def seeds_table(root: str) -> list[str]:
             d = stats.paired_difference(first, second)
             diffs.append(d["diff"])
             shown += is_ahead(d)
-            lines.append(f"| {claim} | {seed} | {percent(sum(first) / len(first))} | {percent(sum(second) / len(second))} | "
+            lines.append(f"| {claim} | {seed} | {share_right(first)} | {share_right(second)} | "
                          f"{paired_cells(first, second)} |")
         if diffs:
             lines.append(f"| {claim}: mean of {len(diffs)} seeds | | | | {100 * sum(diffs) / len(diffs):+.1f} | | | "
