@@ -18,21 +18,27 @@
 # Stages that do not wait for each other run side by side, one thread each (the second lane's output goes
 # to out/logs/); every stage prints its wall time, the total comes last.
 #
-#   bash speedrun.sh [--seeds N]
+#   bash speedrun.sh [--seeds N] [--resume]
 #
 # --seeds N (default 1) repeats the cheap comparisons of DPO (from RS-SFT, and its control; PTS pairs vs
 # full-length from SFT) with seeds 2..N, each a new order of the pairs, into out/seedK/; the report
 # gives every seed's paired difference, so one lucky order is not taken for an effect (~4 min for
 # seeds 2 and 3).
+# --resume continues a run that was stopped (Ctrl-C, a failure, a reboot; give it the same --seeds): the
+# phases it finished (data, pretraining, midtraining, post_training, table9, seeds_N; out/.speedrun/ marks
+# each) are skipped, and the first one it did not finish runs again from its start. Without it every
+# phase runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 seeds=1
+resume=0
 while [ $# -gt 0 ]; do
     case $1 in
         --seeds) seeds=${2:-}; shift; [ $# -gt 0 ] && shift ;;
+        --resume) resume=1; shift ;;
         -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-        *) echo "error: unknown argument $1 (bash speedrun.sh [--seeds N]; see --help)" >&2; exit 2 ;;
+        *) echo "error: unknown argument $1 (bash speedrun.sh [--seeds N] [--resume]; see --help)" >&2; exit 2 ;;
     esac
 done
 if ! [[ $seeds =~ ^[1-9][0-9]*$ ]]; then
@@ -49,13 +55,35 @@ stage() {  # stage NAME COMMAND...: run one step of the recipe and say how long 
     echo "[speedrun] $name: $((SECONDS - start)) s" >&3
 }
 
+# A phase is a run of stages that later phases wait for. Each one that finishes leaves a mark in
+# out/.speedrun/, which --resume reads; a fresh run clears them first, so the marks always name the
+# phases this run, or the run it resumes, has finished.
+finished=out/.speedrun
+[ "$resume" = 1 ] || rm -rf "$finished"
+phase() {  # phase NAME COMMAND...: run one phase, or under --resume skip it if it finished before
+    local name=$1
+    shift
+    if [ -e "$finished/$name" ]; then
+        echo "[speedrun] $name: finished before, skipped (--resume)"
+        return
+    fi
+    "$@"
+    mkdir -p "$finished"
+    touch "$finished/$name"
+}
+
 # Two lanes at once, one thread each. The toy's matrices are too small to split well between two
 # threads, so on this 2-core CPU two jobs side by side finish sooner than the same two in a row on both
 # cores: 1.2-1.3x for pretraining, 1.5-1.6x for generation (README, "Performance"), ~1.0x for midtraining,
 # whose 1,024-token rows two threads do share well. Every stage that does not wait for another runs
 # beside one.
 lane_pid=
-trap '[ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true' EXIT  # a failure or an interruption stops both lanes
+done_all=0
+stopped() {  # on exit: a failure or an interruption stops both lanes and says how to go on
+    [ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true
+    [ "$done_all" = 1 ] || echo "[speedrun] stopped: bash speedrun.sh --resume goes on from the phase that did not finish" >&2
+}
+trap stopped EXIT
 lanes() {  # lanes FIRST SECOND: run two functions side by side, SECOND's output in out/logs/SECOND.log
     local log=out/logs/$2.log start=$SECONDS
     mkdir -p out/logs
@@ -73,7 +101,7 @@ lanes() {  # lanes FIRST SECOND: run two functions side by side, SECOND's output
     echo "[speedrun] $1 beside $2: $((SECONDS - start)) s"
 }
 
-stage data python data.py
+phase data stage data python data.py
 
 # 1,600 steps with the matmuls in bf16 (1.45x faster on this CPU, so less time than 1,200 in fp32): at
 # 1,200 fp32 steps this corpus gave no first-line recall to extend (LAB.md has both runs). Every training
@@ -96,7 +124,7 @@ web_pretraining() {  # the same tokens, web-heavy
     stage eval python eval.py --init out/pretrain_web
     stage eval_quiz python eval.py --init out/pretrain_web --quiz
 }
-lanes synthetic_pretraining web_pretraining
+phase pretraining lanes synthetic_pretraining web_pretraining
 
 midtraining_and_sft() {  # the midtrained model is evaluated in the next phase, beside RS, where a lane has room
     stage midtrain python train.py --stage midtrain --init out/pretrain --batch-size 4 --bf16-autocast --attn-impl blockwise --out out/midtrain
@@ -111,7 +139,7 @@ kept_base_ablation() {  # --rope-theta 800: the pretrained model's own base (mod
     # pretraining, where the other lane waited for it.
     stage eval_long python eval.py --init out/pretrain --long
 }
-lanes midtraining_and_sft kept_base_ablation
+phase midtraining lanes midtraining_and_sft kept_base_ablation
 
 # DPO's beta: 1, not the common 0.1. At 0.1 the loss keeps pushing until the two answers' log-ratios part
 # by ~30 nats, and on this world that push unlearns copying numbers (dev 86.8% from RS-SFT's 96.9%; 96.4%
@@ -143,7 +171,7 @@ midtraining_evals_and_pts() {
     # Pivotal Token Search on SFT, for a toy Table 9 (report section 4.3)
     stage pts python pts.py --init out/sft --out out/pts/pairs.jsonl --questions 600 --rollouts 32
 }
-lanes rejection_sampling_and_dpo_sweep midtraining_evals_and_pts
+phase post_training lanes rejection_sampling_and_dpo_sweep midtraining_evals_and_pts
 best_lr=$(python report.py --best-dev out/dpo_sweep)
 echo "[speedrun] DPO learning rate chosen on dev: $best_lr"
 rm -rf out/dpo && cp -r out/dpo_sweep/lr$best_lr out/dpo
@@ -164,7 +192,7 @@ control_and_full_length_arm() {
     stage sft_dpo python dpo.py --init out/sft --pairs out/rs/pairs.jsonl --beta $beta --lr $best_lr --out out/sft_dpo --steps 60
     stage eval python eval.py --init out/sft_dpo --chat
 }
-lanes pts_arm control_and_full_length_arm
+phase table9 lanes pts_arm control_and_full_length_arm
 
 seeds_from() {  # seeds_from K: the --seeds comparisons for seeds K, K+2, K+4, ... up to N
     local seed
@@ -181,8 +209,9 @@ seeds_from() {  # seeds_from K: the --seeds comparisons for seeds K, K+2, K+4, .
 }
 even_seeds() { seeds_from 2; }
 odd_seeds() { seeds_from 3; }
-if [ "$seeds" -gt 1 ]; then lanes even_seeds odd_seeds; fi
+if [ "$seeds" -gt 1 ]; then phase "seeds_$seeds" lanes even_seeds odd_seeds; fi
 
 python sample.py --init out/dpo --chat --num-samples 2
 python report.py
 echo "[speedrun] total: $((SECONDS - run_start)) s"
+done_all=1

@@ -99,6 +99,7 @@ def test_speedrun_answers_help_with_its_stages_and_the_seeds_option(tmp_path):
     shutil.copy2(os.path.join(ROOT, "speedrun.sh"), tmp_path / "speedrun.sh")
     result = subprocess.run(["bash", "speedrun.sh", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--seeds N" in result.stdout and "pretrain_web" in result.stdout
+    assert "--resume" in result.stdout
     assert "set -euo" not in result.stdout
 
 
@@ -140,15 +141,16 @@ with open(os.environ["FAKE_LOG"], "a") as f:
 def run_speedrun_with_a_fake_python(tmp_path, *args, **env):
     shutil.copy2(os.path.join(ROOT, "speedrun.sh"), tmp_path / "speedrun.sh")
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)  # a second run in the same folder (--resume) finds it there
     (bin_dir / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
     (bin_dir / "python").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(tmp_path / "log"), **env)
+    log = tmp_path / "log"
+    earlier = len(log.read_text().splitlines()) if log.exists() else 0  # a second run records after the first
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_LOG=str(log), **env)
     env.pop("OMP_NUM_THREADS", None)
     result = subprocess.run(["bash", "speedrun.sh", *args], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=120)
-    log = tmp_path / "log"
-    runs = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    runs = [json.loads(line) for line in log.read_text().splitlines()[earlier:]] if log.exists() else []
     return result, {" ".join([run["script"], *run["args"]]): run for run in runs}
 
 
@@ -188,3 +190,27 @@ def test_a_failed_speedrun_stops_the_lane_running_beside_it(tmp_path):
     time.sleep(3)  # the slow stage (20 x 0.1 s) would have finished and logged by now, had it been left running
     log = (tmp_path / "log").read_text()
     assert "pretrain_web" not in log and "out/pretrain --quiz" not in log
+
+
+def test_a_stopped_speedrun_resumes_at_the_phase_that_did_not_finish(tmp_path):
+    result, first = run_speedrun_with_a_fake_python(tmp_path, FAKE_FAIL="out/midtrain_kept_base")
+    assert result.returncode != 0 and "bash speedrun.sh --resume" in result.stderr
+    assert "data.py" in first and any("--out out/pretrain_web" in command for command in first)
+    result, second = run_speedrun_with_a_fake_python(tmp_path, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "[speedrun] total:" in result.stdout and "stopped" not in result.stderr
+    assert "[speedrun] pretraining: finished before, skipped (--resume)" in result.stdout
+    assert not any("--stage pretrain " in command or command == "data.py" for command in second)
+    # The phase that failed runs again whole, its lane that had finished included, and so does every later one.
+    assert any("--out out/midtrain " in command + " " for command in second)
+    assert any("--out out/midtrain_kept_base" in command for command in second)
+    assert any("--out out/pts_dpo_dpo" in command for command in second)
+
+
+def test_a_speedrun_without_resume_runs_every_phase_again(tmp_path):
+    result, _ = run_speedrun_with_a_fake_python(tmp_path)
+    assert result.returncode == 0, result.stderr
+    result, again = run_speedrun_with_a_fake_python(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" not in result.stdout
+    assert "data.py" in again and any("--out out/pretrain_web" in command for command in again)
