@@ -78,7 +78,7 @@ phase() {  # phase NAME COMMAND...: run one phase, or under --resume skip it if 
 # whose 1,024-token rows two threads do share well. Every stage that does not wait for another runs
 # beside one.
 lane_pid=
-done_all=0
+done_all=0  # set at the very end; the trap cannot tell from $?, which a Ctrl-C can leave at 0
 stopped() {  # on exit: a failure or an interruption stops both lanes and says how to go on
     [ -z "$lane_pid" ] || kill -- -"$lane_pid" 2>/dev/null || true
     [ "$done_all" = 1 ] || echo "[speedrun] stopped: bash speedrun.sh --resume goes on from the phase that did not finish" >&2
