@@ -241,8 +241,8 @@ def post_training_notes(root: str, stages: list[str]) -> list[str]:
             # What the judge read: rejection_sampling.py --judge (JUDGES there)
             judged = "by every step" if s.get("judge") == "steps" else "by the answer"
             lines += [f"- {name}: {s['problems']} problems x {s['samples_per_problem']} samples at T={s['temperature']} "
-                      f"from {s.get('init', '?')}, judged {judged}: {100 * s['sample_accuracy']:.1f}% of samples correct, pass@"
-                      f"{s['samples_per_problem']} {100 * s['pass_at_n']:.1f}%, {s['sft_records']} distinct accepted "
+                      f"from {s.get('init', '?')}, judged {judged}: {percent(s['sample_accuracy'])} of samples correct, pass@"
+                      f"{s['samples_per_problem']} {percent(s['pass_at_n'])}, {s['sft_records']} distinct accepted "
                       f"answers, {s['pairs']} correct-vs-incorrect pairs."]
     pts = read_optional(os.path.join(root, "pts", "pairs.summary.json"))
     if pts:
@@ -339,7 +339,7 @@ def sweep_table(root: str) -> list[str]:
         result = read_optional(os.path.join(sweep, d, "eval_dev.json"))
         if result:
             low, high = result["ci95"]
-            rows.append(f"| {d.removeprefix('lr')} | {100 * result['accuracy']:.1f}% ({100 * low:.1f}-{100 * high:.1f}) |")
+            rows.append(f"| {d.removeprefix('lr')} | {percent(result['accuracy'])} ({100 * low:.1f}-{100 * high:.1f}) |")
     return ["## DPO learning rate, chosen on the dev split", "", "| learning rate | dev pass@1 (95% CI) |", "|---|---|",
             *rows, "", f"out/dpo is the run with the best dev score (lr {best_on_dev(sweep)}); the test split never chose anything."]
 
