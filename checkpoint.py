@@ -37,16 +37,6 @@ import zlib
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.tensor import DTensor
 
 import files
 import parallel
@@ -57,9 +47,6 @@ CHECKPOINT = "ckpt.pt"
 TOKENIZER = "tokenizer.json"
 # DCP warns whenever it runs without a process group; for one-process stages that is the normal case.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")  # any of its wordings
-# DCP's failures derive from BaseException, not Exception: name them, so a corrupt shard becomes our
-# one-line error instead of a traceback (and Ctrl-C still stops the program).
-READ_ERRORS = (Exception, CheckpointException)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -102,6 +89,9 @@ def save_checkpoint(out_dir: str, model, optimizer, step: int, loader, run_confi
     folder, the record is written to a temporary file and renamed over the old one (files.atomic_write),
     and only after that rename is the previous shard folder deleted.
     """
+    import torch.distributed.checkpoint as dcp  # imported where used: see parallel.py, "Imports"
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
     distributed = dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     # A fresh folder per save, never the one the current record points to; rank 0 names it.
@@ -179,7 +169,7 @@ def read_checkpoint(path: str) -> dict:
     try:
         # weights_only=True: tensors and plain containers only, so no code in the file can run.
         record = torch.load(file, map_location="cpu", weights_only=True)
-    except READ_ERRORS as error:
+    except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"checkpoint {file} is corrupt or not ours: {first_line[:200]}") from None
     if not isinstance(record, dict) or not {"model_config", "shards", "step", "ranks"} <= record.keys():
@@ -192,6 +182,8 @@ def read_checkpoint(path: str) -> dict:
 
 def check_finite(named_tensors, where: str):
     """Refuse weights with NaN or infinity, naming the first such tensor (flipped bits, a diverged run)."""
+    from torch.distributed.tensor import DTensor
+
     for name, tensor in named_tensors:
         local = tensor.to_local() if isinstance(tensor, DTensor) else tensor  # this rank's shard: nothing gathered
         if local.is_floating_point() and not bool(torch.isfinite(local).all()):
@@ -215,13 +207,18 @@ def verify_shards(record: dict) -> None:
 
 def load_weights(record: dict, model: torch.nn.Module):
     """Fill a (possibly sharded) model with a checkpoint's weights: each rank reads only its own pieces."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+    from torch.distributed.tensor import DTensor
+
     verify_shards(record)  # the optimizer's tensors share these files: one check covers both
     model_state = get_model_state_dict(model)  # what this rank holds: the keys and shard layout to fill
     sharded = any(isinstance(t, DTensor) for t in model_state.values())
     try:
         # no_dist: an unsharded model reads everything itself, even inside a torchrun job.
         dcp.load({"model": model_state}, checkpoint_id=record["shard_dir"], no_dist=not sharded)
-    except READ_ERRORS as error:
+    except (Exception, CheckpointException) as error:  # DCP's failures are BaseExceptions (not Ctrl-C's)
         raise ValueError(f"cannot load weights from {record['shard_dir']}: {_last_line(error)}") from None
     check_finite(model_state.items(), record["shard_dir"])
     set_model_state_dict(model, model_state)
@@ -229,10 +226,14 @@ def load_weights(record: dict, model: torch.nn.Module):
 
 def load_optimizer(record: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
     """Restore AdamW's moments and step counts, resharded to this run's world size if it changed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
     optimizer_state = get_optimizer_state_dict(model, optimizer)  # laid out as this run's shards; DCP fills it
     try:
         dcp.load({"optimizer": optimizer_state}, checkpoint_id=record["shard_dir"])
-    except READ_ERRORS as error:
+    except (Exception, CheckpointException) as error:
         raise ValueError(f"cannot resume from {record['shard_dir']} (no optimizer state?): {_last_line(error)}; "
                          "use --init") from None
     set_optimizer_state_dict(model, optimizer, optimizer_state)

@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from blockwise_attention import blockwise_attention
@@ -460,6 +459,7 @@ class Phi4(nn.Module):
         output projections), which trains fine at these depths. Parameters are visited in a fixed
         order, so a seeded generator gives the same model on any device and any number of ranks.
         """
+        from torch.distributed.tensor import DTensor, distribute_tensor  # see parallel.py, "Imports"
         for name, param in self.named_parameters():
             if name.endswith("norm.weight"):
                 param.fill_(1.0)

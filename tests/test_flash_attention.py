@@ -124,8 +124,14 @@ CASES = {
 }
 
 
+# Under TRITON_INTERPRET the two 257 x 257 cases take ~25 of the file's ~40 s on 2 cores, so they run with
+# `-m slow`; several query and key blocks, a ragged last block and GQA 4 stay covered by the others.
+SLOW_CASES = {"t257_gqa4_d64_causal_fp32", "t257_gqa4_d32_full_fp16"}
+
+
 @pytest.mark.exercise("flash_forward")
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if case in SLOW_CASES else case
+                                  for case in CASES], ids=list(CASES))
 def test_output_and_gradients_match_float64_oracle(case):
     B, H, K, T, S, D, causal, dtype = CASES[case]
     q, k, v, dout = make_inputs(B, H, K, T, S, D, dtype)

@@ -43,6 +43,17 @@ def test_every_script_answers_help(script):
     assert result.returncode == 0 and "usage" in result.stdout
 
 
+def test_the_scripts_import_without_fsdp_dtensor_or_distributed_checkpointing():
+    # parallel.py, "Imports": those packages cost every --help and flag error ~1 s; the functions that
+    # shard, save or load import them when called.
+    heavy = ("torch.distributed.fsdp", "torch.distributed.tensor", "torch.distributed.checkpoint")
+    code = ("import sys, train, dpo, eval, sample, rejection_sampling, pts, bench, benchmarks\n"
+            f"print(sorted(name for name in sys.modules if name.startswith({heavy!r})))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_sizes_table_matches_what_model_py_prints():
     with open(os.path.join(ROOT, "README.md")) as f:
         section = f.read().split("## Sizes", 1)[1].split("\n## ", 1)[0]
