@@ -36,7 +36,7 @@ import zlib
 
 import numpy as np
 import torch
-import torch.distributed as dist
+import torch.distributed as dist  # its checkpoint and tensor packages: imported where used (parallel.py, "Imports")
 
 import files
 import parallel
@@ -218,7 +218,9 @@ def load_weights(record: dict, model: torch.nn.Module):
     try:
         # no_dist: an unsharded model reads everything itself, even inside a torchrun job.
         dcp.load({"model": model_state}, checkpoint_id=record["shard_dir"], no_dist=not sharded)
-    except (Exception, CheckpointException) as error:  # DCP's failures are BaseExceptions (not Ctrl-C's)
+    # DCP's failures derive from BaseException, not Exception: named here, a corrupt shard becomes our
+    # one-line error instead of a traceback, and Ctrl-C (KeyboardInterrupt) still stops the program.
+    except (Exception, CheckpointException) as error:
         raise ValueError(f"cannot load weights from {record['shard_dir']}: {_last_line(error)}") from None
     check_finite(model_state.items(), record["shard_dir"])
     set_model_state_dict(model, model_state)
@@ -233,7 +235,7 @@ def load_optimizer(record: dict, model: torch.nn.Module, optimizer: torch.optim.
     optimizer_state = get_optimizer_state_dict(model, optimizer)  # laid out as this run's shards; DCP fills it
     try:
         dcp.load({"optimizer": optimizer_state}, checkpoint_id=record["shard_dir"])
-    except (Exception, CheckpointException) as error:
+    except (Exception, CheckpointException) as error:  # as in load_weights
         raise ValueError(f"cannot resume from {record['shard_dir']} (no optimizer state?): {_last_line(error)}; "
                          "use --init") from None
     set_optimizer_state_dict(model, optimizer, optimizer_state)

@@ -31,6 +31,7 @@ import hf
 import parallel
 import train
 import trainer
+from model import Phi4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -196,6 +197,21 @@ def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_check
         f.write(bytes([byte[0] ^ 0x04]))  # one bit: the weights would still be finite numbers
     with pytest.raises(ValueError, match=f"{data_file} is corrupt"):
         checkpoint.load_model(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.exercise("bpe", "rope")
+def test_weights_for_another_shape_or_a_missing_optimizer_state_become_one_error_line(tmp_path, tiny_checkpoint):
+    # DCP reports both as a CheckpointException, which derives from BaseException, not Exception: the
+    # loaders must still turn it into the ValueError the scripts print as one line.
+    tiny_checkpoint(tmp_path / "ckpt")  # saved without optimizer state, as a finished stage's --init is
+    model, _ = checkpoint.load_model(str(tmp_path / "ckpt"))
+    record = checkpoint.read_checkpoint(str(tmp_path / "ckpt"))
+    deeper = Phi4(dataclasses.replace(model.config, n_layer=model.config.n_layer + 1))
+    with pytest.raises(ValueError, match="cannot load weights from .*blocks.2"):
+        checkpoint.load_weights(record, deeper)
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(ValueError, match=r"no optimizer state\?.*use --init"):
+        checkpoint.load_optimizer(record, model, optimizer)
 
 
 @pytest.mark.exercise("bpe", "rope")
