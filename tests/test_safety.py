@@ -27,6 +27,7 @@ import torch
 import checkpoint
 import cli
 import dpo
+import files
 import hf
 import parallel
 import train
@@ -158,6 +159,30 @@ def test_a_range_check_of_the_wrong_kind_is_refused_when_the_parser_is_built():
         cli.config_parser(Config, "a script")
 
 
+def test_a_flag_is_never_guessed_from_its_prefix(capsys):
+    with pytest.raises(SystemExit) as stop:
+        train.parse_args(["--step", "5"])  # a typo of --steps (or of --stage) must not run as either
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unrecognized arguments: --step 5")
+
+
+def test_ctrl_c_in_a_script_prints_one_line_and_exits_130(capsys):
+    def body():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(body)
+    assert stop.value.code == 130  # 128 + SIGINT, as the shell reports a program Ctrl-C stopped
+    assert capsys.readouterr().err == "interrupted (the last checkpoint, if any, is intact)\n"
+
+
+def test_a_json_file_not_written_yet_reads_as_none_and_a_broken_one_names_its_line(tmp_path):
+    assert files.read_json(str(tmp_path / "eval.json")) is None  # a stage that has not run: the report skips it
+    (tmp_path / "eval.json").write_text('{\n  "pass_at_1": 0.5,\n}\n')
+    with pytest.raises(files.DataError, match=r"eval.json, line 3: not valid JSON"):
+        files.read_json(str(tmp_path / "eval.json"))
+
+
 # -- checkpoints are data, not code ---------------------------------------------------------------
 
 
@@ -197,6 +222,42 @@ def test_a_flipped_bit_in_a_shard_is_caught_by_its_checksum(tmp_path, tiny_check
         f.write(bytes([byte[0] ^ 0x04]))  # one bit: the weights would still be finite numbers
     with pytest.raises(ValueError, match=f"{data_file} is corrupt"):
         checkpoint.load_model(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.exercise("bpe", "rope")
+def test_a_record_from_elsewhere_a_missing_shard_file_or_tokenizer_is_refused_naming_it(tmp_path, tiny_checkpoint):
+    for name in ("foreign", "no_shard_file", "no_tokenizer"):
+        tiny_checkpoint(tmp_path / name)
+    torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "foreign" / "ckpt.pt")  # a torch file, not our record
+    with pytest.raises(ValueError, match="is not from this project"):
+        checkpoint.read_checkpoint(str(tmp_path / "foreign"))
+    shard_dir = checkpoint.read_checkpoint(str(tmp_path / "no_shard_file"))["shard_dir"]
+    data_file = next(name for name in sorted(os.listdir(shard_dir)) if name.endswith(".distcp"))
+    os.remove(os.path.join(shard_dir, data_file))  # the folder stays, one rank's file is gone
+    with pytest.raises(ValueError, match=f"{data_file} is missing"):
+        checkpoint.load_model(str(tmp_path / "no_shard_file"))
+    os.remove(tmp_path / "no_tokenizer" / "tokenizer.json")
+    with pytest.raises(ValueError, match="tokenizer.json is missing"):
+        checkpoint.load_model(str(tmp_path / "no_tokenizer"))
+
+
+@pytest.mark.exercise("bpe", "rope")
+def test_a_checkpoint_too_large_for_memory_is_refused_before_its_weights_are_read(tmp_path, tiny_checkpoint, monkeypatch):
+    tiny_checkpoint(tmp_path / "ckpt")
+    monkeypatch.setattr(parallel, "available_bytes", lambda device: 1000.0)  # a machine with 1 KB free
+    monkeypatch.setattr(checkpoint, "load_weights", lambda record, model: pytest.fail("weights read"))
+    with pytest.raises(ValueError, match="float32.* needs .* GB per rank .*use a machine with more memory"):
+        checkpoint.load_model(str(tmp_path / "ckpt"))
+
+
+@pytest.mark.exercise("bpe", "rope")
+def test_a_new_checkpoint_in_a_folder_removes_the_shards_of_the_one_it_replaces(tmp_path, tiny_model):
+    model = tiny_model()
+    for step in (1, 2):
+        checkpoint.save_checkpoint(str(tmp_path), model, None, step, None, None)
+    shard_folders = [name for name in os.listdir(tmp_path) if name.startswith("shards-")]
+    assert shard_folders == [checkpoint.read_checkpoint(str(tmp_path))["shards"]]  # step 2's, and only it
+    assert shard_folders[0].startswith("shards-0000002-")
 
 
 @pytest.mark.exercise("bpe", "rope")
