@@ -12,6 +12,7 @@ import torch
 import checkpoint
 import train
 import trainer
+from model import get_config
 from torch.distributed.checkpoint.api import CheckpointException
 from train import TrainConfig
 
@@ -171,7 +172,25 @@ def test_a_corrupt_checkpoint_exits_with_one_clear_line(tmp_path, toy_data_dir):
 def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
     result = run_train_cli("--data", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith("error: --data")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --data {tmp_path} holds no train_*.bin shards")
+
+
+def test_a_data_folder_without_its_tokenizer_is_refused_naming_it(tmp_path, toy_data_dir):
+    import glob
+    import shutil
+
+    for shard in glob.glob(os.path.join(toy_data_dir, "train_*.bin")):  # the shards, not the tokenizer
+        shutil.copy(shard, tmp_path)
+    with pytest.raises(ValueError, match=f"--data {tmp_path} has no tokenizer.json"):
+        train.prepare_data(train.TrainConfig(data=str(tmp_path)))
+
+
+@pytest.mark.exercise("bpe")
+def test_a_checkpoint_with_fewer_embedding_rows_than_the_tokenizer_has_ids_is_refused(toy_data_dir):
+    tokenizer = train.prepare_data(train.TrainConfig(data=toy_data_dir))
+    record = {"model_config": get_config("toy", vocab_size=64).to_dict()}  # ids 64 and up would index past it
+    with pytest.raises(ValueError, match=f"has {tokenizer.vocab_size} ids but the model only 64"):
+        train.model_config(train.TrainConfig(data=toy_data_dir), tokenizer, record)
 
 
 @pytest.mark.exercise("bpe")
@@ -208,6 +227,22 @@ def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, to
         capture_output=True, text=True, cwd=ROOT,
     )
     assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "--init" in result.stderr
+
+
+def test_sft_refuses_a_new_rope_base():
+    cfg = train.TrainConfig(stage="sft", init="out/midtrain", rope_theta=20000.0)
+    with pytest.raises(ValueError, match="--rope-theta changes the RoPE base only in --stage pretrain or midtrain"):
+        train.resolve_stage(cfg)
+
+
+def test_a_resumed_run_keeps_its_rows_per_micro_step_at_any_number_of_ranks():
+    # Saved by 2 ranks of 4 rows: every micro-step read 8 rows, and the data order depends on that.
+    assert trainer.global_batch(None, saved=4, saved_ranks=2, ranks=4) == 2
+    assert trainer.global_batch(8, saved=4, saved_ranks=2, ranks=1) == 8
+    with pytest.raises(ValueError, match=r"--batch-size 4 x 1 rank\(s\) = 4 rows differs .* \(4 x 2 = 8\)"):
+        trainer.global_batch(4, saved=4, saved_ranks=2, ranks=1)
+    with pytest.raises(ValueError, match="reads 8 rows per micro-step, which 3 ranks cannot share"):
+        trainer.global_batch(None, saved=4, saved_ranks=2, ranks=3)
 
 
 @pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
@@ -272,3 +307,28 @@ def test_four_micro_batches_give_the_loss_and_gradient_of_the_mean_over_all_thei
     for accum, (got_loss, got_grad) in results.items():
         assert got_loss == pytest.approx(loss.item(), rel=1e-6), accum
         torch.testing.assert_close(got_grad.double(), table.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_step_without_a_single_target_token_is_refused_instead_of_dividing_by_zero():
+    import numpy as np
+
+    import parallel
+
+    inputs = np.zeros((2, 6), dtype=np.int64)
+    targets = np.full((2, 6), -100)  # SFT rows whose assistant turn was cut off: nothing to score
+    world = parallel.init_distributed(torch.device("cpu"))
+    try:
+        step = train.lm_step(BigramLM(), FixedBatches([(inputs, targets)]), 1, world)
+        with pytest.raises(ValueError, match="a training batch has no target token"):
+            step()
+    finally:
+        parallel.shutdown(world)
+
+
+def test_a_checkpoint_whose_ranks_stopped_at_different_data_positions_resumes_only_on_as_many_ranks():
+    import parallel
+
+    record = {"ranks": [{"loader": {"position": 3}, "rng": None}, {"loader": {"position": 5}, "rng": None}]}
+    world = parallel.Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), mesh=None, owns_group=False)
+    with pytest.raises(ValueError, match="written by 2 ranks at different data positions; resume it on 2 ranks"):
+        train.restore_position(record, FixedBatches([]), world)
