@@ -1,15 +1,19 @@
 """train.py: exact resume, overfitting one batch, a golden loss curve, the LR schedule, atomic checkpoints
 that survive an interrupted save, and one-line errors with a non-zero exit for bad input."""
 
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import checkpoint
+import parallel
 import train
 import trainer
 from model import get_config
@@ -176,9 +180,6 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
 
 
 def test_a_data_folder_without_its_tokenizer_is_refused_naming_it(tmp_path, toy_data_dir):
-    import glob
-    import shutil
-
     for shard in glob.glob(os.path.join(toy_data_dir, "train_*.bin")):  # the shards, not the tokenizer
         shutil.copy(shard, tmp_path)
     with pytest.raises(ValueError, match=f"--data {tmp_path} has no tokenizer.json"):
@@ -279,10 +280,6 @@ class FixedBatches:
 
 @pytest.mark.exercise("lr_schedule")
 def test_four_micro_batches_give_the_loss_and_gradient_of_the_mean_over_all_their_target_tokens():
-    import numpy as np
-
-    import parallel
-
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, 11, size=(4, 6))
     targets = rng.integers(0, 11, size=(4, 6))
@@ -310,10 +307,6 @@ def test_four_micro_batches_give_the_loss_and_gradient_of_the_mean_over_all_thei
 
 
 def test_a_step_without_a_single_target_token_is_refused_instead_of_dividing_by_zero():
-    import numpy as np
-
-    import parallel
-
     inputs = np.zeros((2, 6), dtype=np.int64)
     targets = np.full((2, 6), -100)  # SFT rows whose assistant turn was cut off: nothing to score
     world = parallel.init_distributed(torch.device("cpu"))
@@ -326,8 +319,6 @@ def test_a_step_without_a_single_target_token_is_refused_instead_of_dividing_by_
 
 
 def test_a_checkpoint_whose_ranks_stopped_at_different_data_positions_resumes_only_on_as_many_ranks():
-    import parallel
-
     record = {"ranks": [{"loader": {"position": 3}, "rng": None}, {"loader": {"position": 5}, "rng": None}]}
     world = parallel.Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), mesh=None, owns_group=False)
     with pytest.raises(ValueError, match="written by 2 ranks at different data positions; resume it on 2 ranks"):
