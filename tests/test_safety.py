@@ -254,7 +254,7 @@ def test_a_checkpoint_too_large_for_memory_is_refused_before_its_weights_are_rea
         checkpoint.load_model(str(tmp_path / "ckpt"))
 
 
-@pytest.mark.exercise("bpe", "rope")
+@pytest.mark.exercise("rope")
 def test_a_new_checkpoint_in_a_folder_removes_the_shards_of_the_one_it_replaces(tmp_path, tiny_model):
     model = tiny_model()
     for step in (1, 2):

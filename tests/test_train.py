@@ -179,6 +179,7 @@ def test_a_data_folder_without_shards_exits_with_one_clear_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: --data {tmp_path} holds no train_*.bin shards")
 
 
+@pytest.mark.exercise("bpe")
 def test_a_data_folder_without_its_tokenizer_is_refused_naming_it(tmp_path, toy_data_dir):
     for shard in glob.glob(os.path.join(toy_data_dir, "train_*.bin")):  # the shards, not the tokenizer
         shutil.copy(shard, tmp_path)
@@ -306,6 +307,7 @@ def test_four_micro_batches_give_the_loss_and_gradient_of_the_mean_over_all_thei
         torch.testing.assert_close(got_grad.double(), table.grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.exercise("lr_schedule")
 def test_a_step_without_a_single_target_token_is_refused_instead_of_dividing_by_zero():
     inputs = np.zeros((2, 6), dtype=np.int64)
     targets = np.full((2, 6), -100)  # SFT rows whose assistant turn was cut off: nothing to score
