@@ -89,6 +89,12 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%"
 
 
+def score_with_interval(result: dict) -> str:
+    """An eval.json's score and its 95% interval: '85.4% (83.8-86.9)'."""
+    low, high = result["ci95"]
+    return f"{percent(result['accuracy'])} ({100 * low:.1f}-{100 * high:.1f})"
+
+
 def share_right(results: list[bool]) -> str:
     """percent() of the items right: the A and B cells of the effects and seeds tables."""
     return percent(sum(results) / len(results))
@@ -133,8 +139,7 @@ def stage_table(root: str, stages: list[str]) -> list[str]:
         val = next((r["val_loss"] for r in reversed(records) if "val_loss" in r), None)
         result = read_optional(os.path.join(root, stage, "eval.json"))
         if result:
-            low, high = result["ci95"]
-            accuracy = f"{percent(result['accuracy'])} ({100 * low:.1f}-{100 * high:.1f})"
+            accuracy = score_with_interval(result)
             kinds = f"{100 * result['per_kind']['takes']:.0f}% / {100 * result['per_kind']['other']:.0f}%"
         else:
             accuracy, kinds = "not evaluated", "-"
@@ -338,8 +343,7 @@ def sweep_table(root: str) -> list[str]:
     for d in sorted(os.listdir(sweep)):
         result = read_optional(os.path.join(sweep, d, "eval_dev.json"))
         if result:
-            low, high = result["ci95"]
-            rows.append(f"| {d.removeprefix('lr')} | {percent(result['accuracy'])} ({100 * low:.1f}-{100 * high:.1f}) |")
+            rows.append(f"| {d.removeprefix('lr')} | {score_with_interval(result)} |")
     return ["## DPO learning rate, chosen on the dev split", "", "| learning rate | dev pass@1 (95% CI) |", "|---|---|",
             *rows, "", f"out/dpo is the run with the best dev score (lr {best_on_dev(sweep)}); the test split never chose anything."]
 

@@ -82,7 +82,7 @@ def test_a_score_reads_the_same_in_the_effects_seeds_and_stage_tables(tmp_path):
     seeds = [line for line in text.splitlines() if line.startswith("| PTS-DPO vs full-length DPO, equal steps, from SFT | ")]
     (stage,) = rows(tmp_path / "report.md", "sft_dpo |")
     assert "| 85.4% | 90.0% |" in effect and len(seeds) == 2 and all("| 85.4% | 90.0% |" in line for line in seeds)
-    assert "| 85.4% (" in stage
+    assert "| 85.4% (83.7-86.8) |" in stage  # and its 95% Wilson interval, to one decimal as every interval
 
 
 def test_recall_at_4x_is_paired_document_by_document(tmp_path):
