@@ -4,6 +4,7 @@ chat rendering masks, the world's oracle, 13-gram decontamination, shards and th
 import json
 import os
 import random
+import runpy
 import subprocess
 import sys
 
@@ -60,11 +61,13 @@ def test_phi4_tokenizer_has_vocab_100352_with_special_ids_of_the_release(phi4):
     assert (phi4.bos_id, phi4.eos_id, phi4.pad_id) == (100257, 100265, 100349)
 
 
-def test_phi4_tokenizer_rejects_a_file_that_is_not_cl100k(tmp_path):
+def test_phi4_tokenizer_rejects_a_file_that_is_not_cl100k_or_not_there(tmp_path):
     bad = tmp_path / "bad.tiktoken"
     bad.write_text("aGVsbG8= 0\n")
     with pytest.raises(ValueError, match="sha256"):
         data.Tokenizer.phi4(str(bad))
+    with pytest.raises(FileNotFoundError, match="none.tiktoken \\(set --tokenizer-path\\)"):
+        data.Tokenizer.phi4(str(tmp_path / "none.tiktoken"))  # not tiktoken's download: the user named a file
 
 
 @pytest.mark.parametrize("text", UNICODE_SAMPLES)
@@ -146,9 +149,11 @@ def test_trained_bpe_saves_to_plain_json_and_loads_identically(toy_tokenizer, tm
     assert loaded.special_tokens == toy_tokenizer.special_tokens
 
 
-def test_training_on_empty_text_fails_clearly():
+def test_training_on_empty_text_or_for_fewer_ids_than_bytes_and_specials_fails_clearly():
     with pytest.raises(ValueError, match="empty"):
         data.Tokenizer.train("", 512)
+    with pytest.raises(ValueError, match="vocab_size must be at least 352, got 300"):
+        data.Tokenizer.train("some text", 300)  # 256 bytes + 96 special tokens: no room, not -52 merges
 
 
 # -- chat rendering -----------------------------------------------------------------------------
@@ -260,6 +265,59 @@ def test_a_truncated_shard_fails_with_a_clear_error(tmp_path):
         data.read_shard(path)
 
 
+def write_chat(tmp_path, text: str) -> str:
+    path = tmp_path / "chat.jsonl"
+    path.write_text(text)
+    return str(path)
+
+
+def foreign_file(tmp_path) -> str:
+    path = tmp_path / "x.bin"
+    path.write_bytes(bytes(64))  # as long as a header, without the magic
+    return str(path)
+
+
+def shard(tmp_path, tokens, name="s.bin") -> str:
+    path = str(tmp_path / name)
+    data.write_shard(path, np.asarray(tokens, dtype=np.uint32))
+    return path
+
+
+# (name, a call that must fail, what its message must say). Each reads a file or takes a setting a user
+# gives, so each message names the file or the flag to change.
+MALFORMED = [
+    ("a file that is not a shard", lambda tmp: data.read_shard(foreign_file(tmp)), "x.bin is not a token shard"),
+    ("no shards", lambda tmp: data.TokenLoader([], 2, 8), "no token shards given"),
+    ("fewer tokens than one batch", lambda tmp: data.TokenLoader([shard(tmp, range(17))], 2, 8),
+     "17 tokens, fewer than one batch"),
+    ("no conversation fits the rows", lambda tmp: data.ChatLoader([([1] * 20, [0] * 20)], 1, 8, pad_id=0),
+     "only 0 conversations fit --seq-len 8"),
+    ("a chat file that is not there", lambda tmp: data.read_conversations(str(tmp / "none.jsonl")),
+     "none.jsonl not found"),
+    ("a conversation without messages", lambda tmp: data.read_conversations(write_chat(tmp, '{"messages": []}\n')),
+     'chat.jsonl, line 1: "messages" must be a non-empty list'),
+    ("a role that is not one of three", lambda tmp: data.read_conversations(
+        write_chat(tmp, '{"messages": [{"role": "robot", "content": "hi"}]}\n')), "line 1: unknown role 'robot'"),
+    ("an empty chat file", lambda tmp: data.read_conversations(write_chat(tmp, "")), "chat.jsonl is empty"),
+    ("a long-document shard that does not open a document", lambda tmp: data.shard_documents(shard(tmp, [5, 0, 6]), 0),
+     "does not start with <|endoftext|>"),
+    ("a long-document share above 1", lambda tmp: data.MixtureLoader([shard(tmp, range(40))], [], 1, 8, 1.5, 0, 0),
+     "--long-fraction must be between 0 and 1, got 1.5"),
+    ("a long-document share without long documents",
+     lambda tmp: data.MixtureLoader([shard(tmp, range(40))], [], 1, 8, 0.3, 0, 0), "no long-document shards"),
+    ("a text folder that is a file", lambda tmp: data.read_text_folder(shard(tmp, [1])), "is not a folder"),
+    ("a JSON Lines file that is not there", lambda tmp: files.read_jsonl(str(tmp / "none.jsonl")),
+     "none.jsonl: no such file"),
+]
+
+
+@pytest.mark.parametrize("call, message", [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+def test_each_malformed_shard_chat_file_or_setting_is_refused_with_a_message_naming_it(tmp_path, call, message):
+    with pytest.raises(ValueError) as error:  # files.DataError is a ValueError: cli.main prints it as one line
+        call(tmp_path)
+    assert message in str(error.value)
+
+
 def test_a_shard_written_by_two_processes_at_once_is_whole_and_leaves_no_temporary_file(tmp_path):
     # The second writer runs while the first is half-way through its file, as two midtrainings building
     # the same long documents do; each must rename a whole file of its own, and the last rename wins.
@@ -321,6 +379,14 @@ def test_loader_ranks_split_the_global_batch_of_a_single_process(tmp_path):
 
 def run_data_cli(*args):
     return subprocess.run([sys.executable, "data.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_a_folder_of_text_without_an_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["data.py", "--input-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(os.path.join(ROOT, "data.py"), run_name="__main__")  # the script in this process
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --input-dir needs --out")
 
 
 def test_an_empty_corpus_folder_exits_with_one_clear_line(tmp_path):
