@@ -13,6 +13,7 @@ import torch
 import data
 import dpo
 import checkpoint
+import parallel
 
 # The DPO tests' tiny model: narrower than the shared default, with a milder init (std 0.1).
 DPO_MODEL = dict(n_layer=2, d_model=32, n_head=4, n_kv_head=2, ffn_dim=64, max_seq_len=48, init_std=0.1)
@@ -197,6 +198,39 @@ def test_pairs_with_empty_completions_or_too_long_for_the_context_are_skipped_an
 
 
 @pytest.mark.exercise("bpe")
+def test_a_missing_pairs_file_or_a_pair_without_its_text_is_refused_naming_it(toy_data_dir, tmp_path):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    with pytest.raises(ValueError, match="pairs file .*none.jsonl not found"):
+        dpo.read_pairs(str(tmp_path / "none.jsonl"), tokenizer, max_len=64)
+    no_chosen = {"prompt": "Q: 1 + 2?", "rejected": "Answer: 4"}
+    with pytest.raises(ValueError, match="p.jsonl, line 1: .*'chosen' is missing"):
+        dpo.read_pairs(write_pairs(tmp_path / "p.jsonl", [no_chosen]), tokenizer, max_len=64)
+
+
+def test_fewer_pairs_than_one_batch_are_refused_naming_the_flag():
+    with pytest.raises(ValueError, match="3 pairs are fewer than --batch-size 8"):
+        dpo.PairLoader(3, batch_size=8, seed=0)
+
+
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "sequence_logprobs")
+def test_a_starting_model_that_gives_a_pair_a_non_finite_log_prob_is_refused_before_training(tiny_model):
+    model = tiny_model(**DPO_MODEL)
+    with torch.no_grad():
+        model.lm_head.weight[7] = float("nan")  # every log-prob is NaN: the softmax sums over token 7 too
+    with pytest.raises(ValueError, match="non-finite log-prob"):
+        dpo.reference_logprobs(model, [dpo.Pair([1, 2], [3], [4])], pad_id=0, batch_size=1, average=False)
+
+
+def test_dpo_without_pairs_or_with_a_batch_the_ranks_cannot_share_is_refused_naming_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="pass --pairs"):
+        dpo.train_dpo(dpo.DPOConfig(init=str(tmp_path / "init"), out=str(tmp_path / "dpo")))
+    three_ranks = parallel.Distributed(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"), mesh=None,
+                                       owns_group=False)  # only its size is read before the refusal
+    with pytest.raises(ValueError, match="--batch-size 8 pairs must split evenly over 3 ranks"):
+        dpo.train_dpo_on(dpo.DPOConfig(init=str(tmp_path / "init"), pairs="p.jsonl", batch_size=8), three_ranks)
+
+
+@pytest.mark.exercise("bpe")
 def test_token_ids_in_a_pair_record_win_over_its_text(toy_data_dir, tmp_path):
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     record = {"prompt": "x", "chosen": "yy", "rejected": "z", "prompt_ids": [5, 6], "chosen_ids": [7], "rejected_ids": [8]}
@@ -269,6 +303,21 @@ def test_resuming_dpo_gives_the_same_losses_as_an_uninterrupted_run(toy_data_dir
     dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "b"), stop_at=3, **base))
     resumed = dpo.train_dpo(dpo.DPOConfig(out=str(tmp_path / "b"), resume=True, **base))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full[3:]], abs=1e-6)
+
+
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule", "sequence_logprobs", "dpo_loss")
+def test_a_resumed_run_whose_stored_pairs_lost_their_reference_log_probs_is_refused(toy_data_dir, tmp_path, tiny_checkpoint):
+    # Recomputing them would score the pairs with the trained weights, not the --init ones.
+    tokenizer = tiny_checkpoint(tmp_path / "init", **dict(DPO_MODEL, max_seq_len=64))
+    pairs_file = write_pairs(tmp_path / "pairs.jsonl", preference_pairs(tokenizer, n=8))
+    cfg = dict(init=str(tmp_path / "init"), pairs=pairs_file, out=str(tmp_path / "dpo"), steps=2, batch_size=8, device="cpu")
+    dpo.train_dpo(dpo.DPOConfig(stop_at=1, **cfg))
+    stored = tmp_path / "dpo" / "pairs.jsonl"
+    records = [json.loads(line) for line in stored.read_text().splitlines()]
+    assert all("ref_chosen_logp" in record for record in records)
+    write_pairs(stored, [{k: v for k, v in record.items() if not k.startswith("ref_")} for record in records])
+    with pytest.raises(ValueError, match="lacks reference log-probs of this model"):
+        dpo.train_dpo(dpo.DPOConfig(resume=True, **cfg))
 
 
 def test_dpo_without_init_exits_with_one_clear_line(tmp_path):
