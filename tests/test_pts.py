@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import data
+import pts
 import toyworld
 from model import KVCache, ModelConfig
 from pts import (
@@ -218,6 +219,30 @@ def test_the_model_estimator_counts_rollouts_and_grades_a_finished_answer_withou
     finished = tokenizer.encode("Answer: 5") + [tokenizer.eos_id]
     assert estimator(finished) == 1.0 and estimator(tokenizer.encode("Answer: 4") + [tokenizer.eos_id]) == 0.0
     assert estimator.rollouts == 6  # a finished answer is graded, not rolled out
+
+
+@pytest.mark.exercise("bpe", "chat_mask", "rope")
+def test_a_question_that_fills_the_whole_context_is_refused_before_any_rollout(tiny_model):
+    tokenizer = data.Tokenizer.train("Mia has 3 apples. Then she buys 2 more. Answer: 5\n" * 20, 400)
+    problem = toyworld.Problem("Mia has 3 apples. Then she buys 2 more. How many?", "Answer: 5", 5, 1)
+    n_prompt = len(toyworld.prompt_ids(tokenizer, problem, chat=True))
+    for max_seq_len, refused in [(n_prompt, True), (n_prompt + 1, False)]:  # one answer token fits: no refusal
+        model = tiny_model(vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len)
+        if refused:
+            with pytest.raises(ValueError, match=f"the question takes {n_prompt} tokens, the whole context"):
+                model_estimator(model, tokenizer, problem, n_rollouts=2, temperature=1.0, max_answer_tokens=20, seed=0)
+        else:
+            model_estimator(model, tokenizer, problem, n_rollouts=2, temperature=1.0, max_answer_tokens=20, seed=0)
+
+
+def test_a_p_min_above_p_max_is_refused_before_a_model_is_loaded(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pts.py", "--p-min", "0.9", "--p-max", "0.5"])
+    with pytest.raises(SystemExit) as exit_:
+        pts.parse_args()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --p-min 0.9 must not exceed --p-max 0.5")
+    monkeypatch.setattr(sys, "argv", ["pts.py", "--p-min", "0.5", "--p-max", "0.5"])
+    assert pts.parse_args().p_min == 0.5  # equal bounds are one band, and allowed
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ their definitions, stop tokens, seeding, and clear errors for prompts that do no
 import pytest
 import torch
 
-from sample import generate, sample_next
+from sample import generate, row_uniforms, sample_next
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "kv_cache")
@@ -59,6 +59,12 @@ def test_rows_stop_at_a_stop_token_and_are_padded_with_it(tiny_model):
     first = row.index(stop)
     assert first <= 3 and all(t == stop for t in row[first:])
 
+
+def test_a_negative_sampling_seed_is_refused_naming_the_flag():
+    # numpy's SeedSequence would refuse it too, but with a message that names no flag.
+    assert row_uniforms(0, [0, 1], steps=3).shape == (2, 3)
+    with pytest.raises(ValueError, match="sampling seeds must be >= 0 .*got -1; change --seed"):
+        row_uniforms(-1, [0, 1], steps=3)
 
 @pytest.mark.exercise("sampling")
 def test_top_k_of_one_and_a_tiny_top_p_both_equal_greedy():
