@@ -139,6 +139,8 @@ class ScriptedServer:
                     time.sleep(0.6)  # longer than the client's 0.2 s timeout; then hang up without a reply
                 elif fault == "malformed":
                     self.send_raw(200, b'{"choices": [{"message": ')
+                elif fault == "no text":  # well-formed JSON whose content is null
+                    self.send_json(200, {"choices": [{"message": {"role": "assistant", "content": None}}]})
                 else:
                     reply = scripted_reply(body["messages"], body["seed"])
                     self.send_json(200, {"object": "chat.completion",
@@ -321,7 +323,7 @@ def test_api_key_comes_from_the_variable_named_by_api_key_env(server, tmp_path, 
 SOLVE_EASY = prompts.solve_messages(EASY)
 
 
-@pytest.mark.parametrize("fault", ["500", "timeout", "malformed"])
+@pytest.mark.parametrize("fault", ["500", "timeout", "malformed", "no text"])
 def test_a_transient_fault_is_retried_until_a_reply_arrives(server, tmp_path, fault):
     server.faults = [fault, fault]
     teacher = quick_teacher(server, tmp_path, retries=2, timeout=0.2 if fault == "timeout" else 2.0)
@@ -447,6 +449,46 @@ def test_a_missing_input_fails_with_a_message_naming_in(tmp_path, capsys):
         synth.main(["plurality", "--in", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o.jsonl"),
                     "--model", "m"])
     assert exit_info.value.code != 0 and "--in: no such file" in capsys.readouterr().err
+
+
+# (pipeline and flags, what the error line must say); --in is a file that exists.
+BAD_FLAGS = [
+    (["plurality", "--held-out", "nope.jsonl"], "--held-out: no such file or folder: nope.jsonl"),
+    (["plurality", "--local", "nope"], "--local: not a checkpoint folder: nope"),
+    (["plurality", "--model", ""], "--model: no teacher model"),
+    (["plurality", "--timeout", "0"], "--timeout must be > 0"),
+    (["plurality", "--retries", "-1"], "--retries >= 0"),
+    (["curate", "--keep-fraction", "0"], "--keep-fraction must be in (0, 1]"),
+    (["dialogue", "--turns", "1"], "--turns must be at least 2"),
+    (["revise", "--rounds", "-1"], "--rounds must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_FLAGS, ids=[" ".join(argv) for argv, _ in BAD_FLAGS])
+def test_an_impossible_setting_fails_before_any_request_with_a_message_naming_the_flag(tmp_path, capsys, monkeypatch,
+                                                                                      argv, message):
+    monkeypatch.delenv(teachers.MODEL_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    inputs = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": EASY, "text": EASY, "seed": EASY, "prompt": EASY}])
+    model = [] if "--model" in argv or "--local" in argv else ["--model", "m"]
+    with pytest.raises(SystemExit) as exit_info:
+        synth.main([*argv, "--in", inputs, "--out", "o.jsonl", *model])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_teacher_without_a_model_name_is_refused_naming_the_flag_and_the_variable(monkeypatch):
+    monkeypatch.delenv(teachers.MODEL_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"pass --model or set {teachers.MODEL_ENV}"):
+        teachers.HTTPTeacher(model=None)
+
+
+def test_two_input_records_with_one_id_are_refused_naming_it(tmp_path, capsys):
+    # Replies are cached and resumed by id: two records under one id would share one answer.
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": EASY}, {"id": "a", "question": MID}])
+    assert synth.main(["plurality", "--in", questions, "--out", str(tmp_path / "o.jsonl"), "--model", "m"]) == 1
+    assert capsys.readouterr().err == f"error: {questions}: duplicate ids ['a']\n"
 
 
 def test_too_few_plurality_samples_fail_with_a_message_naming_k(tmp_path, capsys):
