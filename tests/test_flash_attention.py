@@ -218,12 +218,34 @@ def test_query_heads_not_a_multiple_of_kv_heads_raise_value_error():
 @pytest.mark.parametrize("q_shape, kv_shape, causal, message", [
     ((1, 2, 8, 32), (1, 2, 8, 64), False, "head dim differs"),  # q and k/v must share D
     ((1, 2, 9, 32), (1, 2, 8, 32), True, "T <= S"),  # bottom-right causal needs no more queries than keys
+    ((2, 8, 32), (1, 2, 8, 32), False, "expects 4-D q"),  # heads not split off
+    ((2, 2, 8, 32), (1, 2, 8, 32), False, "q has batch 2 but k and v have batch 1"),
+    ((1, 2, 0, 32), (1, 2, 8, 32), False, "B, T and S must be at least 1"),
 ])
 def test_inconsistent_shapes_raise_value_error_saying_why(q_shape, kv_shape, causal, message):
     q = torch.randn(*q_shape, device=DEVICE)
     k = v = torch.randn(*kv_shape, device=DEVICE)
     with pytest.raises(ValueError, match=message):
         flash_attention(q, k, v, causal=causal)
+
+
+def test_k_and_v_of_different_shapes_dtypes_or_devices_raise_value_error_saying_why():
+    q, k, v = (torch.randn(1, 2, 8, 32, device=DEVICE) for _ in range(3))
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        flash_attention(q, k, v[:, :, :4])
+    with pytest.raises(ValueError, match="must share one dtype"):
+        flash_attention(q, k, v.double())
+    with pytest.raises(ValueError, match="must share one dtype"):
+        flash_attention(q.double(), k.double(), v.double())  # float64 is not a kernel dtype
+    with pytest.raises(ValueError, match="must be on one device"):
+        flash_attention(q, k, v.to("meta"))
+
+
+def test_cpu_tensors_outside_the_interpreter_raise_runtime_error_saying_what_to_set(monkeypatch):
+    monkeypatch.setattr(kernel_module, "INTERPRET", False)
+    q = k = v = torch.randn(1, 2, 8, 32)
+    with pytest.raises(RuntimeError, match="set TRITON_INTERPRET=1"):
+        flash_attention(q, k, v)
 
 
 def test_unsupported_head_dim_raises_value_error():

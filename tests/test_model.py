@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 import model as model_module
 from conftest import TINY_MODEL
-from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, get_config, rope_tables
+from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, chunked_cross_entropy, get_config, rope_tables
 
 
 # The shared tiny model (conftest.py) with a 97-token vocabulary and Phi-4's init std of 0.02.
@@ -54,6 +54,9 @@ def test_the_14b_kv_cache_allocates_204800_bytes_per_token_in_bf16():
         (dict(attn_impl="flash"), "attn_impl"),
         (dict(n_layer=0), "n_layer"),
         (dict(rope_theta=0.5), "rope_theta"),
+        (dict(d_model=42), "head dim d_model/n_head = 7 must be even"),
+        (dict(norm_eps=0.0), "norm_eps"),
+        (dict(init_std=0.0), "init_std"),
     ],
 )
 def test_bad_config_fails_at_construction_naming_the_field(overrides, field):
@@ -308,3 +311,15 @@ def test_the_kv_cache_returns_every_key_stored_so_far_per_layer_and_refuses_to_o
     cache.advance(2)
     with pytest.raises(ValueError, match="KV cache full"):
         cache.update(0, torch.randn(2, K, 1, D), torch.randn(2, K, 1, D))
+    with pytest.raises(ValueError, match="KV cache of 65 tokens exceeds the model's max_seq_len 64"):
+        KVCache(config, batch_size=1, max_len=config.max_seq_len + 1)
+
+
+@pytest.mark.exercise("rope")
+def test_per_row_positions_without_a_cache_and_an_unknown_loss_reduction_are_refused(tiny_model):
+    model = tiny_model()
+    with pytest.raises(ValueError, match="per-row positions need a KV cache"):
+        model.hidden_states(torch.tensor([[1, 2]]), positions=torch.tensor([[0, 1]]))
+    hidden, weight, targets = torch.randn(2, 3, 8), torch.randn(5, 8), torch.tensor([[1, 2, 3], [4, 0, 1]])
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum', got 'max'"):
+        chunked_cross_entropy(hidden, weight, targets, reduction="max")
