@@ -140,6 +140,8 @@ def test_only_blanks_the_named_exercises_and_refuses_unknown_ones(tmp_path):
         make_assignment.make_assignment(str(tmp_path / "a"), root=ROOT)
     make_assignment.make_assignment(str(tmp_path / "new" / "folders" / "c"), only={"dpo_loss"}, root=ROOT)
     assert (tmp_path / "new" / "folders" / "c" / "assignment.json").exists()
+    with pytest.raises(ValueError, match="is inside the tree it copies"):
+        make_assignment.make_assignment(os.path.join(ROOT, "out", "handout"), root=ROOT)  # would copy itself
 
 
 BAD_MARKERS = {
@@ -184,6 +186,24 @@ def test_the_score_table_gives_an_exercises_points_once_all_its_own_tests_pass_a
     table = score_table(exercises, results)
     assert [(r["passed"], r["tests"], r["points"], r["shared_passed"], r["shared"]) for r in table] == [
         (1, 2, 0, 1, 1), (2, 2, 6, 1, 1)]
+
+
+def test_an_exercise_table_missing_or_naming_an_exercise_no_block_defines_is_refused(tmp_path):
+    (tmp_path / "EXERCISES.md").write_text("# Exercises\n\nNo table yet.\n")
+    with pytest.raises(ValueError, match="EXERCISES.md has no exercise table"):
+        read_exercises(str(tmp_path / "EXERCISES.md"))
+    (tmp_path / "EXERCISES.md").write_text("| # | id | exercise | report | points | minutes | needs |\n"
+                                          "|---|---|---|---|---|---|---|\n| 1 | `a` | A | §1 | 5 | 10 | - |\n")
+    (tmp_path / "chapter.py").write_text("def f():\n    return 1\n")  # no block for `a`
+    with pytest.raises(ValueError, match=r"lists exercises no block defines: \['a'\]"):
+        make_assignment.make_assignment(str(tmp_path / "handout"), root=str(tmp_path))
+
+
+def test_grading_an_unknown_exercise_id_is_refused_naming_the_known_ones():
+    result = subprocess.run([sys.executable, "grade_assignment.py", "ropes"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: unknown exercise ids ['ropes']; known: ") and "rope" in result.stderr
 
 
 def test_a_table_row_with_a_missing_cell_is_refused_naming_the_line(tmp_path):

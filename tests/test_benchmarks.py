@@ -8,6 +8,7 @@ order against upstream's seed-0 draw; a mock model that answers right (or never)
 every task; a tiny random checkpoint runs end to end through the command line for every task.
 """
 
+import gzip
 import json
 import math
 import os
@@ -152,6 +153,22 @@ def test_math_answers_that_differ_or_need_nontrivial_simplification_do_not_match
     assert not grading.math_equal(reference, answer)
 
 
+# Answers outside the grammar: each is graded wrong, never a crash that would stop a benchmark run.
+UNPARSEABLE = [
+    ("2", "2\\frac1"),          # a command that lacks its second argument
+    ("4", "2\\sqrt[3{8}"),      # an index that never closes
+    ("3", "3!"),                # a character outside the grammar, not to be skipped (3! is 6)
+    ("2", "\\alpha"),           # LaTeX the grammar does not know
+    ("x+sqrt", "sqrt+x"),       # a function name without its argument: no number, even on both sides
+    ("-2", "(-8)^{1/3}"),       # the principal cube root of -8 is complex (1 + 1.73i): no real value
+]
+
+
+@pytest.mark.parametrize("reference, answer", UNPARSEABLE)
+def test_an_answer_outside_the_grammar_is_graded_wrong_without_an_error(equivalence, reference, answer):
+    assert grading.math_equal(reference, answer) is False
+
+
 def test_nothing_in_a_math_answer_is_executed():
     # A Python call hidden in an answer is refused by the parser, never evaluated.
     assert grading.parse_math("__import__('os').system('echo hi')") is None
@@ -228,6 +245,12 @@ def test_pass_at_k_of_five_samples_with_two_right_is_0_4_at_k_1_and_0_7_at_k_2()
     assert stats.pass_at_k(5, 0, 5) == 0.0
 
 
+
+@pytest.mark.parametrize("n, c, k", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)])
+def test_pass_at_k_refuses_more_passes_than_samples_or_a_k_outside_1_to_n(n, c, k):
+    with pytest.raises(ValueError, match=f"got n={n}, c={c}, k={k}"):
+        stats.pass_at_k(n, c, k)
+
 def test_pass_at_k_equals_the_binomial_formula_for_every_small_case():
     for n in range(1, 12):
         for c in range(n + 1):
@@ -280,11 +303,41 @@ def test_gpqa_options_are_shuffled_as_simple_evals_did_with_seed_0(tmp_path):
         assert f"{case.reference}) {items[case.item]['Correct Answer']}\n" in case.prompt + "\n"
 
 
-def test_a_malformed_data_line_is_named_by_file_and_line(tmp_path):
-    bad = tmp_path / "mgsm_en.tsv"
-    bad.write_text("fine question\t3\nno tab here\n")
-    with pytest.raises(benchmarks.files.DataError, match=r"mgsm_en.tsv, line 2"):
-        benchmarks.read_items("mgsm", str(bad))
+# (task, file name, its text, what the error must say): each public format, broken the ways a download or an
+# edit breaks it.
+MALFORMED_DATA = [
+    ("mgsm", "mgsm_en.tsv", "fine question\t3\nno tab here\n", "mgsm_en.tsv, line 2: expected 'question<TAB>"),
+    ("mgsm", "mgsm_xx.tsv", "fine question\t3\n", "mgsm_xx.tsv: cannot tell the language"),
+    ("math", "math_test.csv", "Problem,Answer\n1+1?,2\n", "math_test.csv: no column Question in the header"),
+    ("math", "math_test.csv", 'Question,Answer\n1+1?,2\n2+2?," "\n', "math_test.csv, line 3: empty Answer"),
+    ("math", "math.jsonl", '{"problem": "1+1?", "answer": 2}\n{"problem": "2+2?"}\n',
+     "math.jsonl, line 2: needs Question and Answer"),
+    ("math", "math.jsonl.gz", '{"problem": "1+1?", "answer": 2}\n[1, 2]\n', "math.jsonl.gz, line 2: expected a JSON object"),
+    ("mmlu", "mmlu.csv", "Question,A,B,C,D,Answer\n3*3?,6,8,9,12,C\n2*2?,4,5,6,7,E\n",
+     "mmlu.csv, row 3: Answer must be one of A-D, got 'E'"),
+    ("humaneval", "HumanEval.jsonl", '{"task_id": "T/0", "prompt": "def f():", "test": "", "entry_point": 3}\n',
+     "HumanEval.jsonl, line 1: missing entry_point"),
+    ("gpqa", "gpqa_diamond.csv", "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n",
+     "gpqa_diamond.csv holds no GPQA"),
+]
+
+
+@pytest.mark.parametrize("task, name, text, message", MALFORMED_DATA,
+                         ids=[f"{case[1]} {case[3].split(': ')[-1][:30]}" for case in MALFORMED_DATA])
+def test_a_malformed_data_file_is_named_by_file_and_line(tmp_path, task, name, text, message):
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    with pytest.raises(benchmarks.files.DataError) as error:
+        benchmarks.read_items(task, str(path))
+    assert message in str(error.value)
+
+
+def test_a_folder_without_any_mgsm_file_says_where_mgsm_comes_from(tmp_path):
+    with pytest.raises(benchmarks.files.DataError, match="holds no mgsm_XX.tsv file; MGSM comes from"):
+        benchmarks.read_items("mgsm", str(tmp_path))
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -157,6 +157,19 @@ def test_grouped_bars_draw_one_bar_per_group_and_series_with_error_bars_spanning
         assert float(vertical[1:]) == pytest.approx(BOTTOM - hi * (BOTTOM - TOP), abs=0.01)
 
 
+
+def test_a_chart_without_series_a_reversed_y_range_or_x_0_on_a_log_axis_is_refused():
+    with pytest.raises(ValueError, match="line_chart needs at least one series"):
+        figures.line_chart({}, "t", "x", "y")
+    with pytest.raises(ValueError, match="bar_chart needs at least one group and one series"):
+        figures.bar_chart(["sft"], {}, "t", "y")
+    with pytest.raises(ValueError, match="bar_chart needs at least one group and one series"):
+        figures.bar_chart([], {"MATH": []}, "t", "y")
+    with pytest.raises(ValueError, match=r"y_range must run from low to high, got \(1, 0\)"):
+        figures.line_chart({"run": [(0, 0.5)]}, "t", "x", "y", y_range=(1, 0))
+    with pytest.raises(ValueError, match="series 'run' has x <= 0, which a log x axis cannot show"):
+        figures.line_chart({"run": [(0, 0.5), (10, 0.7)]}, "t", "x", "y", log_x=True)
+
 def test_a_bar_chart_refuses_series_or_errors_whose_length_differs_from_the_groups():
     with pytest.raises(ValueError, match="'MATH' has 1 values for 2 groups"):
         figures.bar_chart(["sft", "dpo"], {"MATH": [0.1]}, "t", "y")

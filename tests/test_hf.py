@@ -356,6 +356,42 @@ def test_a_bad_folder_gives_one_clear_line(tmp_path, kind):
     assert "\n" not in str(error.value)
 
 
+def safetensors_bytes(header, n_bytes: int = 0) -> bytes:
+    """The safetensors layout: the header's length in 8 little-endian bytes, the header as JSON, n_bytes of data."""
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + bytes(n_bytes)
+
+
+F32_PAIR = {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}  # two float32 values: 8 bytes
+
+# (what is wrong, the file's bytes, the error)
+BAD_SAFETENSORS = [
+    ("shorter than its header length", b"\x10\x00", "is truncated: 2 bytes, too short for the 8-byte header length"),
+    ("a header longer than the file", safetensors_bytes(F32_PAIR, 8)[:40], "is truncated or not safetensors"),
+    ("a header that is a list", safetensors_bytes([1, 2]), "its header is not a JSON object"),
+    ("a tensor whose bytes do not fit its shape",
+     safetensors_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, 4),
+     "tensor w spans 4 bytes, not those of F32 [2]"),
+]
+
+
+@pytest.mark.parametrize("raw, message", [case[1:] for case in BAD_SAFETENSORS], ids=[case[0] for case in BAD_SAFETENSORS])
+def test_a_broken_safetensors_file_is_refused_before_any_weight_is_read(tmp_path, raw, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_bytes(F32_PAIR, 8))
+    assert list(hf.read_safetensors_header(str(path))[0]) == ["w"]  # the well-formed file reads
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        hf.read_safetensors_header(str(path))
+
+
+def test_a_path_that_is_not_a_folder_is_refused_naming_what_to_pass(tmp_path):
+    path = tmp_path / "phi-4.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="is not a folder; pass a Hugging Face model folder"):
+        Phi4.from_pretrained(str(path))
+
+
 @pytest.mark.parametrize("kind", BAD_FOLDERS)
 def test_sample_py_exits_nonzero_with_one_error_line_on_a_bad_folder(tmp_path, kind):
     folder = make_bad_folder(kind, tmp_path / "bad")
@@ -545,6 +581,35 @@ def test_from_hf_refuses_special_tokens_where_phi4_does_not_put_them(tmp_path):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
     with pytest.raises(ValueError, match=re.escape("<|im_sep|> at 265")):
+        hf.load_tokenizer(folder)
+
+
+def edit_tokenizer_json(folder: str, edit) -> None:
+    path = os.path.join(folder, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    edit(spec)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+
+
+# (what is wrong, an edit of a valid tokenizer.json with merges a + b -> ab (256), ab + c -> abc (257), the error)
+BAD_TOKENIZERS = [
+    ("not a BPE", lambda spec: spec["model"].update(type="WordPiece"), "model type 'WordPiece' is not a byte-level BPE"),
+    ("a merge of three", lambda spec: spec["model"].update(merges=[["a", "b", "c"], ["ab", "c"]]), "is not a pair of tokens"),
+    ("merges out of id order", lambda spec: spec["model"]["merges"].reverse(),  # ab (256) merged after abc (257)
+     "merge 'a' + 'b' does not follow the id order"),
+    ("a gap in the ids", lambda spec: spec["model"]["vocab"].update(abc=1000), "the 258 BPE ids are not exactly 0..257"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [case[1:] for case in BAD_TOKENIZERS], ids=[case[0] for case in BAD_TOKENIZERS])
+def test_from_hf_refuses_a_tokenizer_that_is_not_a_tiktoken_style_bpe(tmp_path, edit, message):
+    ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abc": 257}
+    folder = write_hf_tokenizer(tmp_path, ranks)
+    assert hf.load_tokenizer(folder).encode("abc") == [257]  # the file as written is fine
+    edit_tokenizer_json(folder, edit)
+    with pytest.raises(ValueError, match=re.escape(message)):
         hf.load_tokenizer(folder)
 
 

@@ -194,3 +194,9 @@ def test_a_program_calling_libc_directly_cannot_connect_to_this_machine():
 
 def test_the_result_names_the_isolation_mode_it_ran_in(mode):
     assert sandbox.run_python("pass\n", LIMITS, isolation=mode).isolation == mode
+
+
+def test_the_command_line_without_a_file_is_refused_naming_the_argument(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sandbox.main([])
+    assert exit_.value.code == 2 and "file: give a Python file to run, or --which" in capsys.readouterr().err

@@ -286,6 +286,8 @@ def test_a_recall_document_fills_its_length_and_asks_for_its_first_line(tokenize
         assert tokenizer.decode(doc.ids[answer["position"]: answer["position"] + answer["n_tokens"]]) == f" {key}"
         assert tokenizer.decode(doc.ids[answer["fact_position"]: answer["fact_position"] + answer["n_tokens"]]) == f" {key}"
         assert answer["position"] - answer["fact_position"] > length - 20
+    with pytest.raises(ValueError, match="8 tokens cannot hold a recall document"):
+        toyworld.recall_document(rng, tokenizer, 8)  # the key line and the question alone need ~11
 
 
 # -- decontamination between splits ---------------------------------------------------------------
