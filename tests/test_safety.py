@@ -72,6 +72,9 @@ def workspace(tmp_path_factory, tiny_checkpoint, toy_data_dir):
         shutil.rmtree(shards)
     (root / "problems").mkdir()
     (root / "problems" / "eval.jsonl").write_text('{"question": "q", "solution": "s", "answer": "7", "level": 1}\n')
+    (root / "no_data").mkdir()  # a data folder without its splits
+    (root / "no_questions").mkdir()
+    (root / "no_questions" / "rl.jsonl").write_text("")
     return root
 
 
@@ -122,6 +125,13 @@ BAD_INPUTS = [
     ("PTS on a corrupt checkpoint", ["pts.py", "--init", "{ws}/corrupt", "--data", "{data}"], "corrupt"),
     ("DPO from a checkpoint without shards", ["dpo.py", "--init", "{ws}/no_shards", "--pairs", "{ws}/float_ids.jsonl",
                                               "--out", "{ws}/d"], "missing"),
+    ("PTS without its questions", ["pts.py", "--init", "{ws}/ckpt", "--data", "{ws}/no_data"], "no_data/rl.jsonl not found"),
+    ("PTS speed on no question", ["pts.py", "--init", "{ws}/ckpt", "--data", "{ws}/no_questions", "--bench"],
+     "rl.jsonl holds no questions; --bench needs one"),
+    ("held-out samples without the held-out file", ["sample.py", "--init", "{ws}/ckpt", "--data", "{ws}/no_data"],
+     "no_data/eval.jsonl not found"),
+    ("rejection sampling past the last problem", ["rejection_sampling.py", "--init", "{ws}/ckpt", "--data", "{data}",
+                                                  "--skip", "1000000", "--out", "{ws}/rs"], "no problems after --skip 1000000"),
 ]
 
 
@@ -139,6 +149,14 @@ def test_bad_input_exits_with_one_error_line_naming_the_fault_and_changes_no_fil
     after = snapshot(workspace)
     assert {path: data for path, data in after.items() if path in before} == before  # nothing overwritten
 
+
+
+@pytest.mark.parametrize("script", ["sample.py", "eval.py"])
+def test_without_init_and_without_any_checkpoint_under_out_the_error_says_how_to_make_one(tmp_path, script):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)  # a folder without out/: the newest checkpoint is none
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: no checkpoint under out/; train one with `python train.py` or pass --init DIR"
 
 # train.py's --dry-run: --gpu-memory-gb works with it only.
 @pytest.mark.parametrize("script, config, base", [(train, train.TrainConfig, ["--dry-run"]), (dpo, dpo.DPOConfig, [])],
