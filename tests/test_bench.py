@@ -14,6 +14,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,19 @@ def test_bench_answers_help():
     result = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout and "--repeats" in result.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parts", "train", "--seq-len", "512"], "--seq-len 512 exceeds the toy context of 256"),
+    (["--parts", "decode", "--prompt-len", "200", "--new-tokens", "100"],
+     "--prompt-len 200 + --new-tokens 100 exceeds the toy context of 256"),
+])
+def test_a_length_past_the_models_context_is_refused_before_anything_is_built(flags, message):
+    args = bench.parse_args(flags)
+    config = bench.bench_config(args.size, args.vocab_size, args.n_layer)
+    bench.check_lengths(bench.parse_args(["--parts", "train,decode"]), config)  # the defaults fit
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bench.check_lengths(args, config)
 
 
 def test_an_unknown_part_fails_in_one_line_naming_the_flag():

@@ -212,6 +212,12 @@ def test_the_single_gpu_benchmark_reports_throughput_mfu_and_peak_memory(tmp_pat
         assert record["mfu"] == (pytest.approx(record["tok_s"] * per_token / peak) if peak else None)
 
 
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_a_gpu_on_a_machine_without_one_is_refused_naming_the_flag():
+    with pytest.raises(ValueError, match="--device cuda was asked for but no CUDA GPU is visible; use --device cpu"):
+        parallel.resolve_device("cuda")
+
 # Four 40 MB buffers allocated, written and freed 10 times, as a training step's activations are, then the
 # page faults they cost. 40 MB is above the largest threshold glibc's default ever picks for giving a block
 # pages of its own (32 MB), so by default every round maps its 40,960 4 KB pages anew, and the test is
@@ -242,5 +248,7 @@ def test_on_a_cpu_freed_memory_is_reused_without_page_faults():
     round_pages = 4 * (40 << 20) // 4096  # 40,960
     default, kept = faults("default"), faults("keep")
     assert default > 9 * round_pages  # the default allocator maps the pages anew (measured: every round)
-    # kept: the first round maps them, the others reuse them (measured: 1-1.75 rounds' worth in all)
-    assert kept < 3 * round_pages
+    # kept: the first round maps them, the others reuse them (measured: 1-1.75 rounds' worth in all; 3.0 once,
+    # in a full test run on a shared machine). Half the default's count still tells the setting from its
+    # absence (10 rounds).
+    assert kept < 5 * round_pages
