@@ -225,6 +225,23 @@ def test_chat_batches_put_loss_exactly_on_assistant_tokens_and_pad_with_a_token_
         assert all(targets[r, t - 1] == tok.im_end_id for t in im_end_positions)
 
 
+def test_chat_epochs_each_show_every_whole_batch_once_in_a_new_order_and_resume_exactly():
+    # 7 conversations, global batches of 2 (two ranks of 1): three batches an epoch, the seventh waits for
+    # a later epoch's shuffle. Conversation i is the row [i, i] (its first token names it).
+    examples = [([i, i], [0, 1]) for i in range(7)]
+    ranks = [data.ChatLoader(examples, batch_size=1, seq_len=8, pad_id=99, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    epochs = []
+    for _ in range(3):
+        seen = [int(loader.next_batch()[0][0, 0]) for _ in range(3) for loader in ranks]  # rank 0, rank 1, ...
+        assert len(set(seen)) == 6  # six different conversations: none twice in an epoch
+        epochs.append(seen)
+    assert [loader.state_dict() for loader in ranks] == [{"position": 6, "epoch": 2}] * 2
+    assert len({tuple(e) for e in epochs}) == 3  # each epoch its own order
+    resumed = data.ChatLoader(examples, batch_size=1, seq_len=8, pad_id=99, rank=0, world_size=2, seed=3)
+    resumed.load_state_dict({"position": 4, "epoch": 1})  # rank 0 after one epoch and two batches
+    assert int(resumed.next_batch()[0][0, 0]) == epochs[1][4]
+
+
 def test_a_chat_file_may_mix_world_problems_and_messages_records_and_keeps_their_order(tmp_path):
     # speedrun.sh's RS-SFT data is the teacher's problems followed by the accepted answers, one file.
     rng = random.Random(3)
@@ -407,3 +424,16 @@ def test_a_users_text_folder_becomes_shards_with_a_trained_bpe(tmp_path):
     tokenizer = data.Tokenizer.load(str(tmp_path / "o" / "tokenizer.json"))
     text = tokenizer.decode(data.read_shard(data.shard_paths(str(tmp_path / "o"), "train")[0]).tolist())
     assert "quick brown fox" in text or "of a document" in text
+
+
+def test_a_users_text_folder_sharded_with_phi4s_tokenizer_holds_its_ids_document_by_document(tmp_path, phi4, cl100k_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    documents = [f"Document {i}: Ünïcödé, 数学 and <|im_end|> typed as text." for i in range(3)]
+    for i, text in enumerate(documents):
+        (folder / f"{i}.txt").write_text(text)
+    meta = data.build_from_folder(str(folder), str(tmp_path / "o"), "phi4", vocab_size=None, tokenizer_path=cl100k_path)
+    assert meta["vocab_size"] == 100_352 and data.Tokenizer.load(str(tmp_path / "o" / "tokenizer.json")).name == "phi4"
+    shards = data.shard_paths(str(tmp_path / "o"), "train") + data.shard_paths(str(tmp_path / "o"), "val")
+    stored = sorted(doc.tolist() for path in shards for doc in data.shard_documents(path, phi4.bos_id))
+    assert stored == sorted([phi4.bos_id] + phi4.encode(text) for text in documents)  # shuffled into the splits
