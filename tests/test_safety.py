@@ -354,6 +354,15 @@ def test_resume_takes_the_saved_schedule_and_logs_each_step_once(toy_run, tmp_pa
     assert logged == [1, 2, 3, 4]
 
 
+
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
+def test_resuming_a_finished_run_trains_nothing_and_says_so(toy_run, tmp_path, capsys):
+    train.train(toy_run(tmp_path, steps=2))
+    log = (tmp_path / "log.jsonl").read_text()
+    again = train.train(trainer.with_given(toy_run(tmp_path, resume=True, steps=None, warmup_steps=None), {"resume", "out"}))
+    assert again == [] and "done: nothing to run (already at step 2)" in capsys.readouterr().out
+    assert (tmp_path / "log.jsonl").read_text() == log
+
 # -- DPO and non-finite values ------------------------------------------------------------------
 
 

@@ -433,6 +433,20 @@ def test_an_interrupted_run_keeps_its_records_and_a_rerun_resumes_then_hits_the_
     assert server.requests == [] and read(fresh) == read(out)
 
 
+def test_a_record_torn_by_a_kill_mid_write_is_cut_off_and_written_again(server, tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "easy", "question": EASY}, {"id": "mid", "question": MID}])
+    out = tmp_path / "questions.jsonl"
+    argv = ["plurality", "--in", questions, "--out", str(out), "--k", "5"]
+    assert synth.main(argv, teacher=quick_teacher(server, tmp_path)) == 0
+    whole = out.read_text()
+    rejected = tmp_path / "questions.rejected.jsonl"
+    torn = rejected.read_text()
+    rejected.write_text(torn + torn[: len(torn) // 2])  # a second copy of "easy", killed half-way through
+    out.write_text(whole[: len(whole) // 2])  # and "mid", the only kept record, cut in half
+    assert synth.main(argv, teacher=quick_teacher(server, tmp_path)) == 0
+    assert out.read_text() == whole and rejected.read_text() == torn  # every record whole, none twice
+
+
 def test_samples_with_different_indices_are_cached_separately(server, tmp_path):
     teacher = quick_teacher(server, tmp_path)
     answers = [teacher.complete(prompts.solve_messages(HARD), sample_index=i) for i in range(5)]
