@@ -119,6 +119,7 @@ MUST_MATCH = [
     ("(x+1)^2", "x^2+2x+1"), ("3+2x", "2x+3"), ("5", "\\boxed{5}"), ("10", "10\\%"), ("1000", "1,000"),
     ("5", "x = 5"), ("C", "\\text{(C)}"), ("\\dfrac{3}{4}", "\\frac34"), ("(1,2)", "(1, 2)"),
     ("2, -3", "-3, 2"), ("\\text{Monday}", "Monday"), ("2", "\\sqrt[3]{8}"), ("\\frac{\\pi}{2}", "\\pi/2"),
+    ("x^2-1", "(x-1)(x+1)"), ("3", "(1)+(2)"),  # brackets that close before the end do not make a tuple
 ]
 MUST_NOT_MATCH = [
     ("649", "3245/5"),        # the judge template's own example: a nontrivial simplification
@@ -129,6 +130,7 @@ MUST_NOT_MATCH = [
     ("1/3", "0.333"),
     ("\\text{Monday}", "Tuesday"),
     ("2", "2, 3"),
+    ("2, -3", "2, 3"),        # a list of solutions matches part for part
     ("5", None), ("5", ""), ("5", "10^{10^{10}}"),
     ("1", "1^{2000}"),        # equal, but past the exponent limit both paths keep (10^{10^{10}} has 10^10 digits)
 ]
@@ -403,6 +405,17 @@ def test_a_tiny_random_model_runs_end_to_end_and_writes_items_and_summary(task, 
     assert written["prompts_too_long"] == 0
 
 
+def test_mgsm_limit_keeps_the_first_problems_of_each_language_in_file_order(tmp_path):
+    folder = tmp_path / "mgsm"
+    folder.mkdir()
+    (folder / "mgsm_en.tsv").write_text("one\t1\n\ntwo\t2\nthree\t3\n")  # a blank line is skipped, not an item
+    (folder / "mgsm_de.tsv").write_text("eins\t1\nzwei\t2\n")
+    items = benchmarks.read_items("mgsm", str(folder))
+    assert [(i["lang"], i["inputs"]) for i in items] == [("de", "eins"), ("de", "zwei"), ("en", "one"), ("en", "two"),
+                                                         ("en", "three")]  # simple-evals' language order
+    chosen, _ = benchmarks.choose_items("mgsm", items, 2)
+    assert [i["inputs"] for i in chosen] == ["eins", "zwei", "one", "two"]  # mgsm_eval.py: not a random sample
+
 def right_answer(task: str, item: dict, prompt: str) -> str:
     """What a perfect model would reply to this prompt."""
     if task == "math":
@@ -443,3 +456,25 @@ def test_a_mock_model_that_is_always_right_scores_100_and_one_that_never_answers
     assert all(r["finished"] for r in records)
     if task == "humaneval":
         assert summary["pass@2_percent"] == (100.0 if perfect else 0.0)
+
+
+@pytest.mark.exercise("bpe", "chat_mask")
+def test_a_question_too_long_for_the_context_is_kept_and_scored_wrong_not_dropped(tmp_path, monkeypatch):
+    tokenizer = Tokenizer.train("plain text for a tiny tokenizer " * 5, vocab_size=360)
+    items = benchmarks.read_items("math", write_data(tmp_path)["math"])
+    lengths = [len(tokenizer.render_prompt([{"role": "user", "content": c.prompt}]))
+               for c in benchmarks.make_cases("math", items, 1, random.Random(0))]
+    assert lengths[0] != lengths[1]
+
+    def always_right(model, prompts, n, *args, **kwargs):
+        return [[tokenizer.encode(f"Answer: {items[lengths.index(len(ids))]['Answer']}") + [tokenizer.im_end_id]] * n
+                for ids in prompts]
+
+    monkeypatch.setattr(benchmarks, "sample_completions", always_right)
+    model = type("FakeModel", (), {"config": ModelConfig(vocab_size=384, n_layer=1, d_model=32, n_head=2, n_kv_head=1,
+                                                         ffn_dim=64, max_seq_len=max(lengths))})()  # one prompt fits
+    records, summary = benchmarks.run_benchmark(model, tokenizer, "math", items, 1, benchmarks.Settings(progress=False))
+    long = lengths.index(max(lengths))
+    assert [r["correct"] for r in records] == [i != long for i in range(2)]
+    assert records[long]["skipped"] == "prompt does not fit the model's context" and "skipped" not in records[1 - long]
+    assert summary["score_percent"] == 50.0  # over both items: the one that did not fit counts as wrong

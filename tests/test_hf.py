@@ -241,6 +241,16 @@ def test_missing_unexpected_and_misshaped_tensors_are_listed_in_one_error(tmp_pa
     assert "\n" not in message
 
 
+def test_a_tensor_stored_in_two_shards_is_refused_naming_it(tmp_path):
+    tensors = random_hf_tensors()
+    folder = write_hf_folder(tmp_path, tensors)
+    first = os.path.join(folder, "model-00001-of-00003.safetensors")
+    header, _ = hf.read_safetensors_header(first)
+    write_safetensors_by_hand(first, {**{name: tensors[name] for name in header}, "model.norm.weight": tensors["model.norm.weight"]})
+    with pytest.raises(ValueError, match=re.escape("unexpected: model.norm.weight (again in model-0000")):
+        Phi4.from_pretrained(folder)
+
+
 @pytest.mark.parametrize(
     "overrides, named",
     [
@@ -249,6 +259,8 @@ def test_missing_unexpected_and_misshaped_tensors_are_listed_in_one_error(tmp_pa
         ({"sliding_window": 16}, "sliding_window 16"),
         ({"attention_bias": True}, "biases"),
         ({"partial_rotary_factor": 0.75}, "partial_rotary_factor"),
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+        ({"head_dim": 4}, "head_dim 4 != hidden_size / num_attention_heads"),
     ],
 )
 def test_phi3_variants_we_do_not_implement_are_refused_by_name(tmp_path, overrides, named):
@@ -369,6 +381,8 @@ BAD_SAFETENSORS = [
     ("shorter than its header length", b"\x10\x00", "is truncated: 2 bytes, too short for the 8-byte header length"),
     ("a header longer than the file", safetensors_bytes(F32_PAIR, 8)[:40], "is truncated or not safetensors"),
     ("a header that is a list", safetensors_bytes([1, 2]), "its header is not a JSON object"),
+    ("a dtype we cannot hold", safetensors_bytes({"w": {"dtype": "I8", "shape": [2], "data_offsets": [0, 2]}}, 2),
+     "tensor w is I8; only F64, F32, F16, BF16 weights are supported"),
     ("a tensor whose bytes do not fit its shape",
      safetensors_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, 4),
      "tensor w spans 4 bytes, not those of F32 [2]"),
