@@ -134,14 +134,46 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
     assert result["n"] == 40 and result["correct"] == 20 and result["accuracy"] == 0.5
 
 
+@pytest.mark.exercise("bpe", "rope")
+def test_maj_at_k_scores_the_most_frequent_of_k_sampled_answers(toy_data_dir, monkeypatch, tiny_model):
+    """Greedy always wrong; of 3 samples, 2 right for even problems and 1 right for odd ones: maj@3 is 50%."""
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    problems = toyworld.make_split(98, 10)
+    by_prompt = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+    calls = []
+
+    def fake_sample_completions(model, prompts, n, max_new_tokens, stop_tokens, temperature, *args, **kwargs):
+        calls.append((n, temperature))
+        groups = []
+        for prompt in prompts:
+            i, problem = by_prompt[tuple(prompt)]
+            right = [True, True, False] if i % 2 == 0 else [False, False, True]
+            answers = [problem.answer if ok else problem.answer + 1 + j for j, ok in enumerate(right)][:n] if n > 1 else [-1]
+            groups.append([tokenizer.encode(f"Answer: {a}") for a in answers])
+        return groups
+
+    monkeypatch.setattr(evaluation, "sample_completions", fake_sample_completions)
+    result = evaluation.evaluate_problems(tiny_model(), tokenizer, problems, maj_k=3, temperature=0.9)
+    assert calls == [(1, 0), (3, 0.9)]  # greedy, then k samples at the given temperature
+    assert result["accuracy"] == 0.0 and result["maj_correct"] == 5 and result["maj_accuracy"] == 0.5
+
+
 def test_wilson_interval_matches_known_values():
     low, high = stats.wilson_interval(50, 100)
     assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
     assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)  # no problems: every accuracy possible, not 0 / 0
 
 
 # ----------------------------------------------------------------------------------------------------
 # Batched sampling, maj@k and rejection sampling
+
+
+def test_no_prompts_or_no_new_tokens_give_empty_completions_without_running_the_model():
+    # A model that fails when called: nothing may reach it.
+    model = type("Unreachable", (), {"__getattr__": lambda self, name: pytest.fail(f"model.{name} was used")})()
+    assert sample.sample_completions(model, [], 3, 10, (0,)) == []
+    assert sample.sample_completions(model, [[1, 2], [3]], 2, 0, (0,)) == [[[], []], [[], []]]
 
 
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "kv_cache")
