@@ -135,6 +135,35 @@ def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch
 
 
 @pytest.mark.exercise("bpe", "rope")
+def test_a_partial_held_out_run_never_replaces_the_checkpoints_score(toy_data_dir, tmp_path, monkeypatch, tiny_model):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    problems = toyworld.make_split(97, 3)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
+
+    def all_right(model, prompts, n, *args, **kwargs):
+        answers = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): p.answer for p in problems}
+        return [[tokenizer.encode(f"Answer: {answers[tuple(ids)]}")] for ids in prompts]
+
+    monkeypatch.setattr(evaluation, "sample_completions", all_right)
+    model, score = tiny_model(), tmp_path / "ckpt" / "eval.json"
+    score.parent.mkdir()
+    evaluation.run_heldout(model, tokenizer, str(score.parent), evaluation.parse_args(["--data", str(tmp_path / "data"), "--limit", "2"]))
+    assert not score.exists()  # 2 of 3 problems: printed, not saved as the stage's score
+    evaluation.run_heldout(model, tokenizer, str(score.parent), evaluation.parse_args(["--data", str(tmp_path / "data")]))
+    assert json.loads(score.read_text())["n"] == 3 and json.loads(score.read_text())["accuracy"] == 1.0
+
+
+def test_the_recall_lengths_of_a_midtrained_checkpoint_are_multiples_of_its_context_before_extension(monkeypatch):
+    model = type("Model", (), {"config": type("Config", (), {"max_seq_len": 1024})()})()
+    # The midtrained one from its record alone; a pretrained one from its preset; one without a record from itself.
+    for record, base in [({"train_config": {"stage": "midtrain"}}, 256),
+                         ({"train_config": {"stage": "pretrain", "size": "toy"}}, 256), ({}, 1024)]:
+        monkeypatch.setattr(evaluation.checkpoint, "read_checkpoint", lambda path: record)
+        assert evaluation.pretraining_length("ckpt", model) == base
+
+
+@pytest.mark.exercise("bpe", "rope")
 def test_maj_at_k_scores_the_most_frequent_of_k_sampled_answers(toy_data_dir, monkeypatch, tiny_model):
     """Greedy always wrong; of 3 samples, 2 right for even problems and 1 right for odd ones: maj@3 is 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
