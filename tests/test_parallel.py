@@ -155,6 +155,14 @@ def test_the_14b_dry_run_prints_the_plan_without_allocating_the_model():
     assert peak_rss_kib < 2 * 1024**2
 
 
+def test_the_dry_run_plans_the_depth_asked_for():
+    # The model states scale with the layers: 2 of the 14b's 40 blocks hold 2 x 340,797,440 weights beside
+    # the embedding and LM head (2 x 513,802,240), 16 bytes each over 8 ranks.
+    plan = train.plan_memory(TrainConfig(size="14b", dry_run=True, world_size=8, batch_size=1, n_layer=2))
+    states = next(line for line in plan.splitlines() if "model states" in line)
+    assert f"{16 * (2 * 513_802_240 + 2 * 340_797_440) / 8 / 1e9:.2f} GB" in states
+
+
 def saved_bytes_per_token(block: torch.nn.Module, dtype: torch.dtype, d_model: int, max_seq_len: int) -> float:
     """Bytes autograd keeps for one block's backward, per token: measured at two lengths, so everything
     that does not grow with the tokens (weights, the RoPE tables) cancels out."""

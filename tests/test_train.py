@@ -231,6 +231,13 @@ def test_sft_without_init_exits_with_one_clear_line_naming_the_flag(tmp_path, to
     assert result.returncode != 0 and result.stderr.strip().startswith("error:") and "--init" in result.stderr
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "lr_schedule")
+def test_a_fresh_models_depth_and_rope_base_come_from_the_flags(toy_run, tmp_path):
+    train.train(toy_run(tmp_path, steps=1, n_layer=1, rope_theta=1234.0))
+    config = checkpoint.read_checkpoint(str(tmp_path))["model_config"]
+    assert (config["n_layer"], config["rope_theta"]) == (1, 1234.0)  # the toy preset has 4 layers and base 800
+
+
 def test_sft_refuses_a_new_rope_base():
     cfg = train.TrainConfig(stage="sft", init="out/midtrain", rope_theta=20000.0)
     with pytest.raises(ValueError, match="--rope-theta changes the RoPE base only in --stage pretrain or midtrain"):
