@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpoint
+import data
 import parallel
 import train
 import trainer
@@ -200,6 +201,19 @@ def test_a_batch_too_large_for_memory_is_refused_before_training_naming_the_flag
     result = run_train_cli("--seq-len", "100000", "--data", toy_data_dir, "--out", str(tmp_path / "o"), "--steps", "1")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "--seq-len" in result.stderr
+
+
+@pytest.mark.exercise("bpe", "chat_mask")
+def test_sft_conversations_longer_than_the_rows_are_left_out_and_the_count_is_printed(toy_data_dir, tmp_path, toy_run, capsys):
+    # Cut-off answers would teach stopping mid-solution; a silent drop would hide a too-short --seq-len.
+    cfg = train.resolve_stage(toy_run(tmp_path, stage="sft", init=str(tmp_path / "pre"), seq_len=None))
+    tokenizer = train.prepare_data(cfg)
+    loader, _ = train.make_loaders(cfg, tokenizer, 100)
+    lengths = [len(tokenizer.render_chat(c)[0]) for c in data.read_conversations(os.path.join(toy_data_dir, "sft.jsonl"))]
+    n_val = min(200, len(lengths) // 10)  # the head of the file is held out
+    too_long = sum(n > 101 for n in lengths[n_val:])
+    assert 0 < too_long < len(lengths) - n_val and loader.n_dropped == too_long
+    assert f"note: {too_long} conversations longer than --seq-len 100 were left out" in capsys.readouterr().out
 
 
 @pytest.mark.exercise("bpe", "chat_mask", "rmsnorm_swiglu", "rope", "lr_schedule")
