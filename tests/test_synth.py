@@ -238,6 +238,31 @@ def test_rewrite_keeps_exercises_whose_answer_an_independent_solve_confirms(serv
     assert (rejected["question"], rejected["dropped_by"]) == (APPLES, "answer disagreement")
 
 
+class FixedTeacher:
+    """A teacher that gives the same reply to every request."""
+
+    name = "fixed"
+
+    def __init__(self, reply: str):
+        self.reply = reply
+
+    def complete(self, messages, sample_index: int = 0) -> str:
+        return self.reply
+
+
+def test_a_reply_without_exercises_or_an_empty_turn_is_kept_as_a_reject_naming_why():
+    seed = {"id": "s", "text": OKAY_PASSAGE}
+    [rewrite] = synth.rewrite_seed(FixedTeacher("I cannot think of an exercise."), seed)
+    assert rewrite["dropped_by"] == "unparseable exercises" and rewrite["reply"] == "I cannot think of an exercise."
+    [dialogue] = synth.build_dialogue(FixedTeacher("  \n"), seed)
+    assert dialogue["dropped_by"] == "empty turn 1"
+
+
+@pytest.mark.parametrize("reply, score", [("7", 7.0), ("**8.**", 8.0), ("Score: 9", 9.0), ("6/10", 6.0), ("seven", None)])
+def test_a_curation_score_is_read_from_the_usual_forms_of_a_reply(reply, score):
+    assert synth.parse_score(reply) == score
+
+
 def test_dialogue_alternates_student_and_teacher_turns(server, tmp_path):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"id": "s", "text": OKAY_PASSAGE}])
     out = tmp_path / "dialogues.jsonl"
