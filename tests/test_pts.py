@@ -32,6 +32,7 @@ from pts import (
     find_pivotal_tokens,
     model_estimator,
     pair_record,
+    pivot_pair,
     search_question,
     success_curve,
     split_point,
@@ -316,6 +317,14 @@ def test_the_alternative_token_rule_on_known_rollout_tallies():
     assert alternative_token(estimate, Pivot(0, 5, 0.3, 0.9)) == 8  # raising: worst rate, most rollouts
     assert alternative_token(estimate, Pivot(0, 5, 0.3, 0.0)) == 10  # lowering: best rate
     assert alternative_token(estimate, Pivot(0, 10, 0.3, 0.0)) is None  # only 9 is left, at exactly 1/2
+
+
+def test_a_pivot_whose_prefix_rollouts_hold_no_other_first_token_gives_no_pair_and_no_new_rollout():
+    estimator = mock_estimator([7])  # every rollout from [1, 2] continues with 7: there is nothing to contrast
+    estimator.estimate([1, 2])  # the search has this estimate already when it asks for a pair
+    rollouts = estimator.rollouts
+    assert pivot_pair(estimator, [1, 2, 7, 3, 4, STOP], Pivot(2, 7, 1.0, 0.0)) is None
+    assert estimator.rollouts == rollouts
 
 
 @pytest.mark.exercise("bpe", "pivotal_tokens")
