@@ -163,6 +163,21 @@ def test_the_recall_lengths_of_a_midtrained_checkpoint_are_multiples_of_its_cont
         assert evaluation.pretraining_length("ckpt", model) == base
 
 
+@pytest.mark.exercise("bpe", "rmsnorm_swiglu", "rope", "kv_cache")
+def test_shown_samples_say_why_an_answer_ended_without_a_stop_token_and_what_the_oracle_says(toy_data_dir, tiny_model, capsys):
+    tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
+    model = tiny_model(vocab_size=64 * -(-tokenizer.vocab_size // 64), max_seq_len=256)
+    problems = toyworld.read_problems(f"{toy_data_dir}/eval.jsonl")[:2]
+    sample.show_samples(model, tokenizer, sample.parse_args(["--data", toy_data_dir, "--num-samples", "2",
+                                                              "--max-new-tokens", "3"]), "cpu")
+    out = capsys.readouterr().out
+    assert out.count("[stopped after --max-new-tokens 3 tokens]") == 2  # an untrained model does not stop in 3
+    assert [f"[oracle: wrong; expected {p.answer}]" in out for p in problems] == [True, True]
+    sample.show_samples(model, tokenizer, sample.parse_args(["--prompt", "Mia", "--num-samples", "1",
+                                                              "--max-new-tokens", "1000"]), "cpu")
+    assert "[stopped at the model's context of 256 tokens]" in capsys.readouterr().out
+
+
 @pytest.mark.exercise("bpe", "rope")
 def test_maj_at_k_scores_the_most_frequent_of_k_sampled_answers(toy_data_dir, monkeypatch, tiny_model):
     """Greedy always wrong; of 3 samples, 2 right for even problems and 1 right for odd ones: maj@3 is 50%."""
