@@ -335,6 +335,22 @@ def test_each_malformed_shard_chat_file_or_setting_is_refused_with_a_message_nam
     assert message in str(error.value)
 
 
+def test_rebuilding_the_toy_world_first_removes_long_documents_made_with_the_old_tokenizer(tmp_path, monkeypatch):
+    for name in ("long_train_000.bin", "long_val_000.bin", data.LONG_META, "train_000.bin"):
+        (tmp_path / name).write_bytes(b"from an earlier build")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop  # the build goes no further than drawing its first split
+
+    monkeypatch.setattr(data.toyworld, "make_split", stop)
+    with pytest.raises(Stop):
+        data.build_toy_dataset(str(tmp_path))
+    assert os.listdir(tmp_path) == ["train_000.bin"]  # the rebuild overwrites the rest itself
+
+
 def test_a_shard_written_by_two_processes_at_once_is_whole_and_leaves_no_temporary_file(tmp_path):
     # The second writer runs while the first is half-way through its file, as two midtrainings building
     # the same long documents do; each must rename a whole file of its own, and the last rename wins.
