@@ -211,9 +211,10 @@ def test_the_fused_gate_up_is_split_gate_first(tmp_path):
 
 
 @pytest.mark.exercise("rope")
-def test_loading_converts_to_the_requested_dtype(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "bfloat16"])  # the command lines pass the name
+def test_loading_converts_to_the_requested_dtype(tmp_path, dtype):
     tensors = random_hf_tensors()
-    model = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors), dtype=torch.bfloat16)
+    model = Phi4.from_pretrained(write_hf_folder(tmp_path, tensors), dtype=dtype)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.equal(model.lm_head.weight, tensors["lm_head.weight"].to(torch.bfloat16))
     assert model.rope_cos.dtype == torch.float32  # the RoPE tables stay float32 whatever the weights
@@ -513,13 +514,18 @@ def write_hf_tokenizer(folder, ranks: dict[bytes, int], layout="tokenizer.json")
         }
         with open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump(spec, f, ensure_ascii=False)
-    else:  # the older pair of files, special tokens in added_tokens.json
+    else:  # the older pair of files, special tokens in added_tokens.json or tokenizer_config.json
         with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump(vocab, f, ensure_ascii=False)
         with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "".join(f"{left} {right}\n" for left, right in merges))
-        with open(os.path.join(folder, "added_tokens.json"), "w", encoding="utf-8") as f:
-            json.dump(specials, f)
+        if layout.endswith("tokenizer_config.json"):
+            decoder = {str(i): {"content": name, "special": True} for name, i in specials.items()}
+            with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+                json.dump({"added_tokens_decoder": decoder}, f)
+        else:
+            with open(os.path.join(folder, "added_tokens.json"), "w", encoding="utf-8") as f:
+                json.dump(specials, f)
     return str(folder)
 
 
@@ -570,6 +576,23 @@ def test_from_hf_reads_back_a_bpe_trained_here(tmp_path):
     assert ours.encode(text) == trained.encode(text) and ours.vocab_size == trained.vocab_size
     assert ours.name == "hf-bpe"  # not the full Phi-4 vocabulary: train.py sizes the embedding to it
 
+
+@pytest.mark.parametrize("layout", ["vocab.json + merges.txt", "vocab.json + merges.txt + tokenizer_config.json"])
+def test_the_older_pair_of_files_has_its_special_tokens_checked_in_either_file_that_may_hold_them(tmp_path, layout):
+    ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abc": 257}
+    folder = write_hf_tokenizer(tmp_path, ranks, layout)
+    ours = hf.load_tokenizer(folder)
+    assert ours.encode("abc") == [257]
+    assert ours.special_tokens == {name: 258 + i for i, name in enumerate(tokenization.PHI4_SPECIAL_NAMES)}
+    # <|im_sep|> and <|im_end|> swapped in the file: ids the Phi-4 layout does not give them.
+    name = "tokenizer_config.json" if layout.endswith("tokenizer_config.json") else "added_tokens.json"
+    path = os.path.join(folder, name)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace("<|im_sep|>", "SWAP").replace("<|im_end|>", "<|im_sep|>").replace("SWAP", "<|im_end|>"))
+    with pytest.raises(ValueError, match=re.escape("<|im_sep|> at 267, <|im_end|> at 268")):  # 258 + 9, 258 + 10
+        hf.load_tokenizer(folder)
 
 @pytest.mark.exercise("bpe")
 def test_special_tokens_also_listed_in_the_vocabulary_are_not_taken_for_bpe_ranks(tmp_path):
