@@ -650,3 +650,17 @@ def test_the_local_teacher_gives_different_samples_for_different_indices(tiny_te
     replies = [teacher.complete(prompts.solve_messages(MID), sample_index=i) for i in range(3)]
     again = teacher.complete(prompts.solve_messages(MID), sample_index=0)
     assert len(set(replies)) > 1 and again == replies[0]  # distinct seeds, each reproducible
+
+
+@pytest.mark.exercise("bpe", "chat_mask", "rope")
+def test_the_local_teacher_ends_its_reply_at_im_end_and_drops_the_padding_after_it(tiny_teacher_model, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import sample
+    model, tokenizer = tiny_teacher_model
+    reply = tokenizer.encode("Answer: 7")
+
+    def generate(model, idx, max_new_tokens, **kwargs):  # a finished reply, padded with its stop token
+        return torch.cat([idx, torch.tensor([reply + [tokenizer.im_end_id] * 3])], dim=1)  # (1, T + n)
+
+    monkeypatch.setattr(sample, "generate", generate)
+    assert teachers.LocalTeacher(model, tokenizer).complete(prompts.solve_messages(MID)) == "Answer: 7"
