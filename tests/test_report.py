@@ -176,3 +176,36 @@ def test_a_difference_shown_in_the_wrong_direction_says_so_and_does_not_count_as
     assert first.endswith("| yes: B behind |") and second.endswith("| yes |")
     (summary,) = rows(tmp_path / "report.md", "synthetic-heavy vs web-heavy pretraining, reasoning: mean of 2 seeds")
     assert summary.endswith("| B ahead in 1 of 2 |")
+
+
+def test_the_post_training_notes_quote_the_sampling_summaries_and_the_dpo_logs_last_ten_steps(tmp_path):
+    for name, judge in (("rs", "steps"), ("rs_dpo", "answer")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({
+            "problems": 3000, "samples_per_problem": 8, "temperature": 0.8, "init": "out/sft", "judge": judge,
+            "sample_accuracy": 0.5, "pass_at_n": 0.9, "sft_records": 100, "pairs": 50}))
+    (tmp_path / "pts").mkdir()
+    (tmp_path / "pts" / "pairs.summary.json").write_text(json.dumps({"questions": 600, "pairs": 213, "decision_pivots": 40}))
+    # Losses 0.0, 0.1, ..., 1.1: the last ten (0.2 to 1.1) average 0.65; the first two are left out.
+    make_stage(tmp_path, "dpo", losses=[i / 10 for i in range(12)], nll=1.0, chosen_reward=0.5, rejected_reward=-0.5,
+               accuracy=1.0, margin=1.0)
+    make_stage(tmp_path, "sft")  # no margin in its log: not a DPO stage
+    lines = report.post_training_notes(str(tmp_path), ["sft", "dpo"])
+    assert ("- rs: 3000 problems x 8 samples at T=0.8 from out/sft, judged by every step: 50.0% of samples correct, "
+            "pass@8 90.0%, 100 distinct accepted answers, 50 correct-vs-incorrect pairs.") in lines
+    assert any(line.startswith("- rs_dpo: ") and "judged by the answer" in line for line in lines)
+    assert "- pts: 600 questions searched, 213 pairs that part at one token (40 at a decision word)." in lines
+    assert [line for line in lines if line.startswith("| ") and "stage" not in line] == [
+        "| dpo | 12 | 0.650 | 1.000 | 0.50 | -0.50 | 1.00 |"]
+
+
+def test_the_sweep_table_shows_each_learning_rate_with_its_dev_score_and_interval(tmp_path):
+    assert report.sweep_table(str(tmp_path)) == []  # no sweep was run
+    for name, correct in (("lr3e-05", 400), ("lr0.0001", 450)):
+        (tmp_path / "dpo_sweep" / name).mkdir(parents=True)
+        (tmp_path / "dpo_sweep" / name / "eval_dev.json").write_text(json.dumps({
+            "accuracy": correct / 1000, "n": 1000, "correct": correct, "ci95": list(stats.wilson_interval(correct, 1000))}))
+    table = report.sweep_table(str(tmp_path))
+    assert [line for line in table if line.startswith("| ") and "rate" not in line] == [
+        "| 0.0001 | 45.0% (41.9-48.1) |", "| 3e-05 | 40.0% (37.0-43.1) |"]
+    assert table[-1].startswith("out/dpo is the run with the best dev score (lr 0.0001)")
