@@ -252,6 +252,25 @@ def test_a_fresh_models_depth_and_rope_base_come_from_the_flags(toy_run, tmp_pat
     assert (config["n_layer"], config["rope_theta"]) == (1, 1234.0)  # the toy preset has 4 layers and base 800
 
 
+@pytest.mark.exercise("bpe")
+def test_only_the_default_data_folder_is_built_on_demand_and_a_missing_one_named_by_the_user_is_refused(
+        toy_data_dir, tmp_path, monkeypatch, capsys):
+    built = []
+
+    def build(out_dir, **kwargs):  # the toy world, as data.py would build it (copied: building takes a minute)
+        built.append(out_dir)
+        shutil.copytree(toy_data_dir, out_dir, dirs_exist_ok=True)
+
+    default = str(tmp_path / "toy")
+    monkeypatch.setattr(data, "TOY_DATA_DIR", default)
+    monkeypatch.setattr(data, "build_toy_dataset", build)
+    assert train.prepare_data(TrainConfig(data=default)).vocab_size > 256
+    assert built == [default] and f"no data in {default}: building the toy synthetic world" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--data .*mine holds no train_\\*.bin shards"):
+        train.prepare_data(TrainConfig(data=str(tmp_path / "mine")))  # a folder that is not there: a typo, not a build
+    assert built == [default]
+
+
 def test_sft_refuses_a_new_rope_base():
     cfg = train.TrainConfig(stage="sft", init="out/midtrain", rope_theta=20000.0)
     with pytest.raises(ValueError, match="--rope-theta changes the RoPE base only in --stage pretrain or midtrain"):
