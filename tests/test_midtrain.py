@@ -222,6 +222,22 @@ def test_the_mixture_puts_exactly_30_percent_of_rows_on_long_documents_spread_ev
             assert list(row) == list(expected[:-1]) and list(target) == list(expected[1:])
 
 
+def test_the_long_token_share_midtraining_prints_is_the_share_of_target_tokens_its_rows_give_long_documents(mixture_shards):
+    folder, documents, bos, pad = mixture_shards
+    loader = data.MixtureLoader(data.shard_paths(folder, "train"), data.shard_paths(folder, "long_train"),
+                                batch_size=10, seq_len=12, long_fraction=0.3, bos_id=bos, pad_id=pad)
+    long = total = 0
+    for _ in range(70):  # 700 rows: 210 long ones, each of the 7 documents 30 times
+        inputs, targets = loader.next_batch()
+        for row, target in zip(inputs, targets):
+            n = int((target != -100).sum())
+            total, long = total + n, long + (n if row[0] == bos else 0)
+    assert (long, total) == (1680, 7560)  # 210 x 8 targets (lengths 6-12, one fewer each), 490 x 12
+    assert loader.long_token_share() == pytest.approx(long / total)
+    replay_only = data.MixtureLoader(data.shard_paths(folder, "train"), [], 10, 12, 0.0, bos, pad)
+    assert replay_only.long_token_share() == 0.0
+
+
 def test_the_mixture_splits_the_same_global_rows_over_ranks_and_resumes_exactly(mixture_shards):
     folder, _, bos, pad = mixture_shards
     make = lambda rank, world_size, batch: data.MixtureLoader(
