@@ -594,16 +594,22 @@ def test_the_older_pair_of_files_has_its_special_tokens_checked_in_either_file_t
     with pytest.raises(ValueError, match=re.escape("<|im_sep|> at 267, <|im_end|> at 268")):  # 258 + 9, 258 + 10
         hf.load_tokenizer(folder)
 
+def edit_tokenizer_json(folder: str, edit) -> None:
+    """Apply edit(spec) to the folder's tokenizer.json, as a hand edit of the file would."""
+    path = os.path.join(folder, "tokenizer.json")
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    edit(spec)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+
+
 @pytest.mark.exercise("bpe")
 def test_special_tokens_also_listed_in_the_vocabulary_are_not_taken_for_bpe_ranks(tmp_path):
     trained = small_bpe()
     folder = write_hf_tokenizer(tmp_path, trained.mergeable_ranks)
-    path = os.path.join(folder, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    spec["model"]["vocab"].update({token["content"]: token["id"] for token in spec["added_tokens"]})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(spec, f)
+    edit_tokenizer_json(folder, lambda spec: spec["model"]["vocab"].update(
+        {token["content"]: token["id"] for token in spec["added_tokens"]}))
     ours = hf.load_tokenizer(folder)
     assert ours.special_tokens == trained.special_tokens and ours.vocab_size == trained.vocab_size
 
@@ -611,23 +617,13 @@ def test_special_tokens_also_listed_in_the_vocabulary_are_not_taken_for_bpe_rank
 def test_from_hf_refuses_special_tokens_where_phi4_does_not_put_them(tmp_path):
     ranks = {bytes([b]): b for b in range(256)}
     folder = write_hf_tokenizer(tmp_path, ranks)
-    path = os.path.join(folder, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    spec["added_tokens"][9]["content"], spec["added_tokens"][10]["content"] = "<|im_sep|>", "<|im_end|>"  # swapped
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(spec, f)
+
+    def swap(spec):
+        spec["added_tokens"][9]["content"], spec["added_tokens"][10]["content"] = "<|im_sep|>", "<|im_end|>"
+
+    edit_tokenizer_json(folder, swap)
     with pytest.raises(ValueError, match=re.escape("<|im_sep|> at 265")):
         hf.load_tokenizer(folder)
-
-
-def edit_tokenizer_json(folder: str, edit) -> None:
-    path = os.path.join(folder, "tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    edit(spec)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(spec, f)
 
 
 # (what is wrong, an edit of a valid tokenizer.json with merges a + b -> ab (256), ab + c -> abc (257), the error)
