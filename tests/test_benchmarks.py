@@ -430,6 +430,11 @@ def right_answer(task: str, item: dict, prompt: str) -> str:
     return f"```python\n{item['prompt']}{item['canonical_solution']}```"
 
 
+def shape_only_model(max_seq_len: int):
+    """A stand-in model with a config and nothing else: sample_completions is mocked, only the context is read."""
+    config = ModelConfig(vocab_size=384, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64, max_seq_len=max_seq_len)
+    return type("ShapeOnlyModel", (), {"config": config})()
+
 @pytest.mark.exercise("bpe", "chat_mask")
 @pytest.mark.parametrize("task", benchmarks.TASKS)
 @pytest.mark.parametrize("perfect", [True, False])
@@ -448,8 +453,7 @@ def test_a_mock_model_that_is_always_right_scores_100_and_one_that_never_answers
         return replies
 
     monkeypatch.setattr(benchmarks, "sample_completions", fake_sample_completions)
-    model = type("FakeModel", (), {"config": ModelConfig(vocab_size=384, n_layer=1, d_model=32, n_head=2, n_kv_head=1,
-                                                         ffn_dim=64, max_seq_len=4096)})()
+    model = shape_only_model(max_seq_len=4096)
     settings = benchmarks.Settings(progress=False, workers=2)
     records, summary = benchmarks.run_benchmark(model, tokenizer, task, items, 2, settings, random.Random(0))
     assert summary["score_percent"] == (100.0 if perfect else 0.0)
@@ -471,8 +475,7 @@ def test_a_question_too_long_for_the_context_is_kept_and_scored_wrong_not_droppe
                 for ids in prompts]
 
     monkeypatch.setattr(benchmarks, "sample_completions", always_right)
-    model = type("FakeModel", (), {"config": ModelConfig(vocab_size=384, n_layer=1, d_model=32, n_head=2, n_kv_head=1,
-                                                         ffn_dim=64, max_seq_len=max(lengths))})()  # one prompt fits
+    model = shape_only_model(max_seq_len=max(lengths))  # one prompt fits
     records, summary = benchmarks.run_benchmark(model, tokenizer, "math", items, 1, benchmarks.Settings(progress=False))
     long = lengths.index(max(lengths))
     assert [r["correct"] for r in records] == [i != long for i in range(2)]

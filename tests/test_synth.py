@@ -239,22 +239,22 @@ def test_rewrite_keeps_exercises_whose_answer_an_independent_solve_confirms(serv
 
 
 class FixedTeacher:
-    """A teacher that gives the same reply to every request."""
+    """A teacher whose reply is a fixed function of the request: the teacher is not what these tests test."""
 
     name = "fixed"
 
-    def __init__(self, reply: str):
-        self.reply = reply
+    def __init__(self, reply_to):
+        self.reply_to = reply_to
 
     def complete(self, messages, sample_index: int = 0) -> str:
-        return self.reply
+        return self.reply_to(messages)
 
 
 def test_a_reply_without_exercises_or_an_empty_turn_is_kept_as_a_reject_naming_why():
     seed = {"id": "s", "text": OKAY_PASSAGE}
-    [rewrite] = synth.rewrite_seed(FixedTeacher("I cannot think of an exercise."), seed)
+    [rewrite] = synth.rewrite_seed(FixedTeacher(lambda messages: "I cannot think of an exercise."), seed)
     assert rewrite["dropped_by"] == "unparseable exercises" and rewrite["reply"] == "I cannot think of an exercise."
-    [dialogue] = synth.build_dialogue(FixedTeacher("  \n"), seed)
+    [dialogue] = synth.build_dialogue(FixedTeacher(lambda messages: "  \n"), seed)
     assert dialogue["dropped_by"] == "empty turn 1"
 
 
@@ -595,14 +595,11 @@ def test_a_program_cannot_reach_a_server_listening_on_this_machine():
     ("import socket\ndef add(a, b):\n    socket.socket().connect(('127.0.0.1', 9))\n", "network blocked", LIMITS),
 ])
 def test_reverse_code_drops_regenerated_code_that_misbehaves(regenerated, reason, limits):
-    class FixedTeacher:  # the teacher is not under test here: it always "regenerates" the same code
-        name = "fixed"
-
-        def complete(self, messages, sample_index=0):
-            return "Write add(a, b)." if messages[0]["content"] == prompts.CODE_TO_INSTRUCTION_SYSTEM else regenerated
+    def reply_to(messages):  # it always "regenerates" the same code
+        return "Write add(a, b)." if messages[0]["content"] == prompts.CODE_TO_INSTRUCTION_SYSTEM else regenerated
 
     item = {"id": "add", "code": CODE_CASES["add"][0], "tests": CODE_CASES["add"][1]}
-    [record] = synth.reverse_code(FixedTeacher(), item, limits=limits)
+    [record] = synth.reverse_code(FixedTeacher(reply_to), item, limits=limits)
     assert record["dropped_by"] == f"regenerated code fails tests ({reason})"
 
 
