@@ -6,6 +6,8 @@ exercise's NotImplementedError while every other test passes, and putting back o
 that exercise's own tests pass.
 """
 import ast
+import csv
+import io
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ import sys
 
 import pytest
 
+import grade_assignment
 import make_assignment
 from grade_assignment import EXERCISES_FILE, graded_tests, read_exercises, score_table
 
@@ -197,6 +200,35 @@ def test_an_exercise_table_missing_or_naming_an_exercise_no_block_defines_is_ref
     (tmp_path / "chapter.py").write_text("def f():\n    return 1\n")  # no block for `a`
     with pytest.raises(ValueError, match=r"lists exercises no block defines: \['a'\]"):
         make_assignment.make_assignment(str(tmp_path / "handout"), root=str(tmp_path))
+
+
+def test_the_exercise_list_gives_each_exercises_points_minutes_and_blocks_and_writes_nothing(tmp_path):
+    listed = subprocess.run([sys.executable, os.path.join(ROOT, "make_assignment.py"), "--list"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and os.listdir(tmp_path) == []
+    exercises = read_exercises(os.path.join(ROOT, EXERCISES_FILE))
+    lines = listed.stdout.splitlines()
+    assert [line.split()[:5] for line in lines] == [[e["id"], str(e["points"]), "pts", str(e["minutes"]), "min"]
+                                                    for e in exercises]
+    blocks = make_assignment.find_blocks(ROOT, make_assignment.tree_files(ROOT), {e["id"] for e in exercises})
+    for exercise, line in zip(exercises, lines):
+        assert all(f"{b.path}:{b.function}" in line for b in blocks if b.exercise == exercise["id"])
+
+
+def test_the_score_table_as_csv_has_one_row_per_exercise_asked_for(monkeypatch, capsys, tmp_path):
+    results = [{"exercises": ["rope"], "outcome": "passed"}, {"exercises": ["rope"], "outcome": "failed"},
+               {"exercises": ["bpe"], "outcome": "passed"}, {"exercises": ["bpe", "rope"], "outcome": "passed"}]
+    asked = []
+    monkeypatch.setattr(grade_assignment, "run_tests", lambda ids, everything: asked.append(ids) or results)
+    monkeypatch.setattr(sys, "argv", ["grade_assignment.py", "bpe", "rope", "--csv", "--json", str(tmp_path / "r.json")])
+    grade_assignment.main()
+    table = {e["id"]: e for e in read_exercises(os.path.join(ROOT, EXERCISES_FILE))}
+    bpe, rope = table["bpe"], table["rope"]
+    assert asked == [["bpe", "rope"]] and json.loads((tmp_path / "r.json").read_text()) == results
+    assert list(csv.reader(io.StringIO(capsys.readouterr().out))) == [
+        ["exercise", "title", "tests passed", "tests", "points", "of", "shared passed", "shared"],
+        ["bpe", bpe["title"], "1", "1", str(bpe["points"]), str(bpe["points"]), "1", "1"],
+        ["rope", rope["title"], "1", "2", "0", str(rope["points"]), "1", "1"]]  # one own test failed: no points
 
 
 def test_grading_an_unknown_exercise_id_is_refused_naming_the_known_ones():
