@@ -9,6 +9,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 
@@ -180,6 +181,25 @@ def test_the_long_shards_hold_recall_documents_of_every_length_that_fit_a_row(to
         key = re.match(r"Key: (\w+)\n", text).group(1)
         assert text.endswith(f"The key was {key}.\n") and text.count("Key") == 1
 
+
+
+@pytest.mark.exercise("bpe")
+def test_long_documents_are_reused_for_the_same_row_length_and_rebuilt_for_another(toy_data_dir, tmp_path, capsys):
+    shutil.copy(os.path.join(toy_data_dir, "tokenizer.json"), tmp_path)  # the folder's own tokenizer, nothing else
+    bos = data.Tokenizer.load(os.path.join(toy_data_dir, "tokenizer.json")).bos_id
+
+    def longest():
+        shard = np.asarray(data.read_shard(data.shard_paths(str(tmp_path), "long_train")[0]))
+        return int(np.diff([*np.flatnonzero(shard == bos), len(shard)]).max())  # documents open with bos
+
+    assert data.ensure_long_documents(str(tmp_path), 65, n_train=40, n_val=4)["doc_tokens"] == 65
+    assert "building long documents of up to 65 tokens" in capsys.readouterr().out
+    assert data.ensure_long_documents(str(tmp_path), 65, n_train=40, n_val=4)["doc_tokens"] == 65
+    assert capsys.readouterr().out == ""  # built for this length already
+    assert longest() <= 65
+    assert data.ensure_long_documents(str(tmp_path), 129, n_train=40, n_val=4)["doc_tokens"] == 129
+    assert "building long documents of up to 129 tokens" in capsys.readouterr().out
+    assert 65 < longest() <= 129  # a longer --seq-len gets longer documents, not the old ones
 
 # -- the 30/70 mixture ---------------------------------------------------------------------------------
 
