@@ -237,6 +237,13 @@ def test_rewrite_keeps_exercises_whose_answer_an_independent_solve_confirms(serv
     [rejected] = read(tmp_path / "exercises.rejected.jsonl")
     assert (rejected["question"], rejected["dropped_by"]) == (APPLES, "answer disagreement")
 
+    server.requests = []
+    unchecked = tmp_path / "unchecked.jsonl"
+    synth.main(["rewrite", "--in", seeds, "--out", str(unchecked), "--n-exercises", "2", "--no-verify"]
+               + teacher_flags(server, tmp_path))
+    assert [r["question"] for r in read(unchecked)] == [EGGS, APPLES]  # --no-verify: both kept, nothing solved again
+    assert len(server.requests) == 0 and "check_answer" not in read(unchecked)[1]  # the rewrite itself was cached
+
 
 class FixedTeacher:
     """A teacher whose reply is a fixed function of the request: the teacher is not what these tests test."""
