@@ -316,6 +316,8 @@ MALFORMED = [
     ("a role that is not one of three", lambda tmp: data.read_conversations(
         write_chat(tmp, '{"messages": [{"role": "robot", "content": "hi"}]}\n')), "line 1: unknown role 'robot'"),
     ("an empty chat file", lambda tmp: data.read_conversations(write_chat(tmp, "")), "chat.jsonl is empty"),
+    ("a record of neither kind", lambda tmp: data.read_conversations(write_chat(tmp, '{"text": "hi"}\n')),
+     'line 1: a record needs "messages" or "question" + "solution"'),
     ("a long-document shard that does not open a document", lambda tmp: data.shard_documents(shard(tmp, [5, 0, 6]), 0),
      "does not start with <|endoftext|>"),
     ("a long-document share above 1", lambda tmp: data.MixtureLoader([shard(tmp, range(40))], [], 1, 8, 1.5, 0, 0),
@@ -440,6 +442,15 @@ def test_a_users_text_folder_becomes_shards_with_a_trained_bpe(tmp_path):
     tokenizer = data.Tokenizer.load(str(tmp_path / "o" / "tokenizer.json"))
     text = tokenizer.decode(data.read_shard(data.shard_paths(str(tmp_path / "o"), "train")[0]).tolist())
     assert "quick brown fox" in text or "of a document" in text
+
+
+@pytest.mark.exercise("bpe")
+def test_a_folder_of_one_document_puts_it_all_in_training_and_writes_no_validation_split(tmp_path):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "only.txt").write_text("The quick brown fox jumps over the lazy dog. " * 50)
+    meta = data.build_from_folder(str(tmp_path / "texts"), str(tmp_path / "o"), "bpe", vocab_size=400)
+    assert "val_tokens" not in meta and data.shard_paths(str(tmp_path / "o"), "val") == []
+    assert meta["train_tokens"] == len(data.read_shard(data.shard_paths(str(tmp_path / "o"), "train")[0]))
 
 
 def test_a_users_text_folder_sharded_with_phi4s_tokenizer_holds_its_ids_document_by_document(tmp_path, phi4, cl100k_path):
