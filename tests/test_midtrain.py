@@ -303,6 +303,22 @@ def test_the_long_context_eval_scores_a_perfect_predictor_100_percent_and_a_shif
     # The key sits on the first line and is asked on the last: the distance is nearly the whole length.
     assert [e["mean_distance"] > 256 * e["multiple"] - 24 for e in perfect["retrieval"]] == [True] * 3
     assert [b["start"] for b in perfect["loss_by_position"]] == [0, 256, 512, 768]
+
+
+@pytest.mark.exercise("bpe", "rope", "context_extension")
+def test_the_long_context_eval_extends_rope_only_past_the_models_context_and_restores_it(toy_tokenizer, monkeypatch):
+    def exact(model, documents, pad_id, batch_size=8):  # a perfect predictor: the forward is not under test
+        return [(torch.zeros(len(ids) - 1), torch.tensor(ids[1:])) for ids in documents]
+
+    monkeypatch.setattr(evaluation, "document_losses", exact)
+    for max_seq_len, extended_to in [(1024, []), (256, [1024, 256])]:  # 4 x 256 fits, or extend then restore
+        model = Phi4(ModelConfig(vocab_size=960, n_layer=1, d_model=32, n_head=2, n_kv_head=1, ffn_dim=64,
+                                 max_seq_len=max_seq_len))
+        calls, set_rope = [], model.set_rope
+        monkeypatch.setattr(model, "set_rope", lambda max_seq_len: calls.append(max_seq_len) or set_rope(max_seq_len=max_seq_len))
+        result = evaluation.evaluate_long_context(model, toy_tokenizer, base_len=256, n_docs=2)
+        assert calls == extended_to and model.config.max_seq_len == max_seq_len
+        assert [e["extrapolated"] for e in result["retrieval"]] == [256 * m > max_seq_len for m in (1, 2, 4)]
     assert model.config.max_seq_len == 256 and model.rope_cos.shape[0] == 256  # left as it was loaded
 
 
