@@ -111,12 +111,16 @@ import sample  # noqa: E402
 import stats  # noqa: E402
 
 
+def problems_by_prompt(tokenizer, problems) -> dict[tuple, tuple[int, "toyworld.Problem"]]:
+    """Prompt ids as evaluation renders them -> (index, problem): how a fake sampler knows what it was asked."""
+    return {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+
 @pytest.mark.exercise("bpe", "rope")
 def test_evaluation_scores_a_known_answer_mock_exactly(toy_data_dir, monkeypatch, tiny_model):
     """A fake sampler that answers correctly exactly for odd-indexed problems must score 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     problems = toyworld.make_split(99, 40)
-    by_prompt = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+    by_prompt = problems_by_prompt(tokenizer, problems)
 
     def fake_sample_completions(model, prompts, n, max_new_tokens, stop_tokens, *args, **kwargs):
         assert n == 1  # greedy evaluation asks for one answer per prompt
@@ -141,9 +145,10 @@ def test_a_partial_held_out_run_never_replaces_the_checkpoints_score(toy_data_di
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "eval.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in problems))
 
+    by_prompt = problems_by_prompt(tokenizer, problems)
+
     def all_right(model, prompts, n, *args, **kwargs):
-        answers = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): p.answer for p in problems}
-        return [[tokenizer.encode(f"Answer: {answers[tuple(ids)]}")] for ids in prompts]
+        return [[tokenizer.encode(f"Answer: {by_prompt[tuple(ids)][1].answer}")] for ids in prompts]
 
     monkeypatch.setattr(evaluation, "sample_completions", all_right)
     model, score = tiny_model(), tmp_path / "ckpt" / "eval.json"
@@ -183,7 +188,7 @@ def test_maj_at_k_scores_the_most_frequent_of_k_sampled_answers(toy_data_dir, mo
     """Greedy always wrong; of 3 samples, 2 right for even problems and 1 right for odd ones: maj@3 is 50%."""
     tokenizer = data.Tokenizer.load(f"{toy_data_dir}/tokenizer.json")
     problems = toyworld.make_split(98, 10)
-    by_prompt = {tuple(tokenizer.encode(toyworld.problem_prompt(p))): (i, p) for i, p in enumerate(problems)}
+    by_prompt = problems_by_prompt(tokenizer, problems)
     calls = []
 
     def fake_sample_completions(model, prompts, n, max_new_tokens, stop_tokens, temperature, *args, **kwargs):

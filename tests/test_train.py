@@ -210,9 +210,9 @@ def test_sft_conversations_longer_than_the_rows_are_left_out_and_the_count_is_pr
     tokenizer = train.prepare_data(cfg)
     loader, _ = train.make_loaders(cfg, tokenizer, 100)
     lengths = [len(tokenizer.render_chat(c)[0]) for c in data.read_conversations(os.path.join(toy_data_dir, "sft.jsonl"))]
-    n_val = min(200, len(lengths) // 10)  # the head of the file is held out
-    too_long = sum(n > 101 for n in lengths[n_val:])
-    assert 0 < too_long < len(lengths) - n_val and loader.n_dropped == too_long
+    trained = lengths[len(lengths) - len(loader.examples) - loader.n_dropped:]  # the tail: the head is held out
+    too_long = sum(n > 101 for n in trained)
+    assert 0 < too_long < len(trained) and loader.n_dropped == too_long and len(loader.examples) == len(trained) - too_long
     assert f"note: {too_long} conversations longer than --seq-len 100 were left out" in capsys.readouterr().out
 
 
