@@ -76,24 +76,7 @@ grep -v '^\s*$' "$OUT_DIR/kernel_bench.log" | tail -n 40 >> "$RESULTS"
 rm -rf "$OUT_DIR/train"
 run_part train_mfu 170 python train.py --size 14b --n-layer 4 --seq-len 4096 --batch-size 2 --data random --device cuda \
     --activation-checkpointing --compile --steps 20 --warmup-steps 1 --eval-every 0 --save-every 0 --out "$OUT_DIR/train"
-python - "$OUT_DIR" >> "$RESULTS" 2>&1 <<'EOF'
-import json, os, statistics, sys
-out = sys.argv[1]
-path = os.path.join(out, "train", "log.jsonl")
-records = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-steady = [r for r in records if r["step"] > 5]  # steps 1-5 include compilation and allocation
-summary = {"steps": len(records)}
-if steady:
-    summary.update(median_tok_s=statistics.median(r["tok_s"] for r in steady),
-                   median_mfu=statistics.median(r["mfu"] for r in steady) if steady[0].get("mfu") is not None else None,
-                   peak_mem_gb=max(r.get("peak_mem_gb", 0) for r in records), last_loss=records[-1]["loss"])
-    mfu = f"{summary['median_mfu']:.1%}" if summary["median_mfu"] is not None else "n/a (GPU not in parallel.PEAK_BF16_FLOPS)"
-    print(f"train_mfu: steps 6-{records[-1]['step']}: median {summary['median_tok_s']:,.0f} tok/s, MFU {mfu}, "
-          f"peak memory {summary['peak_mem_gb']:.1f} GB, loss {summary['last_loss']:.3f}")
-else:
-    print(f"train_mfu: no steady-state steps in {path} ({len(records)} steps logged)")
-json.dump(summary, open(os.path.join(out, "train_mfu.json"), "w"))
-EOF
+python scripts/gpu_check_results.py train "$OUT_DIR" >> "$RESULTS" 2>&1
 
 # 4. bf16 decode tokens/s, batch 1 greedy and batch 64 sampling, ours and transformers, same weights; and the
 #    measured matmul peak (8192 x 8192) to set the datasheet's 989 TFLOP/s against
@@ -103,21 +86,7 @@ grep -v '^\s*$' "$OUT_DIR/decode.log" | tail -n 6 >> "$RESULTS"
 
 # ---------------------------------------------------------------------------------------------------------
 # One JSON file with every part's status and the numbers, then the results for the reader
-python - "$OUT_DIR" <<'EOF'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    path = os.path.join(out, name)
-    try:
-        return json.load(open(path))
-    except (OSError, ValueError):
-        return None
-parts = [json.loads(line) for line in open(os.path.join(out, "parts.jsonl"))]
-decode = load("decode.json") or {}
-results = {"header": open(os.path.join(out, "results.txt")).read().splitlines()[:3], "parts": parts,
-           "train_mfu": load("train_mfu.json"), "decode_rows": decode.get("rows"), "matmul_peak": decode.get("peak")}
-json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=1, default=str)
-EOF
+python scripts/gpu_check_results.py merge "$OUT_DIR"
 echo
 cat "$RESULTS"
 echo

@@ -10,11 +10,14 @@
   an empty kernel cache.
 - A short run prints every row of both tables; `python bench.py --help` works; without transformers one
   line says so; scripts/gpu_check.sh exits 1 with one line on a machine without a GPU.
+- scripts/gpu_check.sh, which only a GPU runs, is rehearsed here: every command it runs is accepted by its
+  own script's parser, and its summaries read what train.py and bench.py write (their CPU runs, same keys).
 """
 
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -246,3 +249,89 @@ def test_gpu_check_exits_1_in_one_line_without_a_gpu():
     result = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 1 and "\n" not in output and "GPU" in output
+
+
+def gpu_check_parts() -> list[tuple[str, int, list[str]]]:
+    """(name, time limit in s, command) of every `run_part` line of scripts/gpu_check.sh, as bash would split it."""
+    with open(os.path.join(ROOT, "scripts", "gpu_check.sh")) as f:
+        script = f.read().replace("\\\n", " ")  # continuation lines joined
+    parts = []
+    for line in script.splitlines():
+        if line.startswith("run_part "):
+            _, name, limit, *command = shlex.split(line.replace('"$OUT_DIR"', "out/gpu_check"))
+            parts.append((name, int(limit), command))
+    return parts
+
+
+def test_every_command_gpu_check_runs_is_accepted_by_its_own_scripts_parser():
+    # A misspelt flag would cost a GPU run (minutes of a rare budget) to find; here it costs a second.
+    parts = gpu_check_parts()
+    assert [name for name, _, _ in parts] == ["kernel_tests", "kernel_bench", "train_mfu", "decode"]
+    assert sum(limit for _, limit, _ in parts) <= 420  # the script's promise: under 8 minutes with start-up
+    for name, _, command in parts:
+        assert command[0] == "python", name
+        script, flags = command[1], command[2:]
+        if command[1:3] == ["-m", "pytest"]:
+            test_file = os.path.join(ROOT, command[-1])
+            assert "-m" in flags and flags[flags.index("-m") + 1] == "gpu"
+            assert "pytest.mark.gpu" in open(test_file).read()
+        elif script == "train.py":
+            import train
+
+            config = train.parse_args(flags)
+            assert config.device == "cuda" and config.compile
+        elif script == "bench.py":
+            assert bench.parse_args(flags).device == "cuda"
+        elif script == "flash_attention.py":
+            # Its parser lives under __main__: run it. Parsed flags reach the GPU check (exit 1), bad ones exit 2.
+            result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr, result.stderr
+        else:
+            pytest.fail(f"gpu_check.sh's part {name} runs {script}, which this test does not know how to check")
+
+
+def run_gpu_check_results(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "scripts/gpu_check_results.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.exercise("rmsnorm_swiglu", "rope", "lr_schedule", "kv_cache", "sampling")
+def test_gpu_check_summaries_read_the_files_train_py_and_bench_py_write(tmp_path):
+    """The two parts' commands at toy size on the CPU, then the script's summaries over their files."""
+    subprocess.run([sys.executable, "train.py", "--size", "toy", "--data", "random", "--device", "cpu", "--steps", "7",
+                    "--warmup-steps", "1", "--eval-every", "0", "--save-every", "0", "--batch-size", "2",
+                    "--seq-len", "32", "--out", str(tmp_path / "train")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "bench.py", *SHORT_RUN, "--parts", "peak,decode", "--no-hf",
+                    "--json", str(tmp_path / "decode.json")], cwd=ROOT, check=True, capture_output=True)
+    (tmp_path / "results.txt").write_text("gpu_check.sh, a date, commit abc\nGPU name\ntorch x\n\n== decode: ok\n")
+    (tmp_path / "parts.jsonl").write_text('{"part": "train_mfu", "status": "ok"}\n{"part": "decode", "status": "ok"}\n')
+
+    result = run_gpu_check_results("train", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    steady = [r["tok_s"] for r in log if r["step"] >= 6]
+    median = sum(steady) / 2  # steps 6 and 7: the median of two is their mean
+    assert len(steady) == 2
+    assert result.stdout.startswith(f"train_mfu: steps 6-7: median {median:,.0f} tok/s, MFU n/a")
+    assert json.loads((tmp_path / "train_mfu.json").read_text())["last_loss"] == log[-1]["loss"]
+
+    assert run_gpu_check_results("merge", str(tmp_path)).returncode == 0
+    merged = json.loads((tmp_path / "results.json").read_text())
+    decode = json.loads((tmp_path / "decode.json").read_text())
+    assert merged["header"] == ["gpu_check.sh, a date, commit abc", "GPU name", "torch x"]
+    assert [p["part"] for p in merged["parts"]] == ["train_mfu", "decode"]
+    assert merged["decode_rows"] == decode["rows"] and merged["matmul_peak"] == decode["peak"]
+    assert merged["train_mfu"]["median_tok_s"] == pytest.approx(median)
+
+
+def test_the_mfu_summary_takes_medians_over_the_steady_steps_only(tmp_path):
+    # A GPU's log, by hand: steps 1-5 (compiling) are slow and must not count; MFU and memory are present.
+    (tmp_path / "train").mkdir()
+    records = [{"step": s, "loss": 10.0 - s, "tok_s": 100.0 * s, "mfu": 0.01 * s, "peak_mem_gb": 20.0 + s}
+               for s in range(1, 10)]
+    (tmp_path / "train" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_gpu_check_results("train", str(tmp_path))
+    # Steps 6-9: tok/s 600-900 (median 750), MFU 6-9% (median 7.5%), highest memory 29 GB, last loss 1.
+    assert result.stdout.strip() == "train_mfu: steps 6-9: median 750 tok/s, MFU 7.5%, peak memory 29.0 GB, loss 1.000"
+    assert run_gpu_check_results("--help").returncode == 0
+    assert run_gpu_check_results("trian", str(tmp_path)).returncode == 2
