@@ -298,11 +298,12 @@ def run_gpu_check_results(*args) -> subprocess.CompletedProcess:
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "lr_schedule", "kv_cache", "sampling")
 def test_gpu_check_summaries_read_the_files_train_py_and_bench_py_write(tmp_path):
     """The two parts' commands at toy size on the CPU, then the script's summaries over their files."""
-    subprocess.run([sys.executable, "train.py", "--size", "toy", "--data", "random", "--device", "cpu", "--steps", "7",
-                    "--warmup-steps", "1", "--eval-every", "0", "--save-every", "0", "--batch-size", "2",
-                    "--seq-len", "32", "--out", str(tmp_path / "train")], cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([sys.executable, "bench.py", *SHORT_RUN, "--parts", "peak,decode", "--no-hf",
-                    "--json", str(tmp_path / "decode.json")], cwd=ROOT, check=True, capture_output=True)
+    for command in (["train.py", "--size", "toy", "--data", "random", "--device", "cpu", "--steps", "7", "--warmup-steps",
+                     "1", "--eval-every", "0", "--save-every", "0", "--batch-size", "2", "--seq-len", "32",
+                     "--out", str(tmp_path / "train")],
+                    ["bench.py", *SHORT_RUN, "--parts", "peak,decode", "--no-hf", "--json", str(tmp_path / "decode.json")]):
+        run = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr  # the stderr says which exercise is missing in a handout
     (tmp_path / "results.txt").write_text("gpu_check.sh, a date, commit abc\nGPU name\ntorch x\n\n== decode: ok\n")
     (tmp_path / "parts.jsonl").write_text('{"part": "train_mfu", "status": "ok"}\n{"part": "decode", "status": "ok"}\n')
 
