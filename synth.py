@@ -300,19 +300,24 @@ def plurality_filter(teacher, item: dict, k: int = 5) -> list[dict]:
 # written (flush hands it to the OS: it survives the process, not a power cut). On a rerun every input whose
 # id already appears as a seed_id in the output or the rejects file is skipped.
 
-# Which input field each pipeline reads; a plain .txt / .py file in --in becomes one record with this field.
+# Which input field each pipeline reads; a plain text file in --in becomes one record with this field.
+TEXT_SUFFIXES = (".txt", ".md", ".py")
+INPUT_SUFFIXES = (".jsonl", *TEXT_SUFFIXES)
 INPUT_FIELD = {"curate": "text", "rewrite": "text", "dialogue": "text", "revise": "prompt",
                "reverse-code": "code", "plurality": "question"}
 
 
 def load_items(path: str, field: str) -> list[dict]:
-    """Input records from a .jsonl file, a plain text file, or a folder of them.
+    """Input records from a .jsonl file, a plain text file (.txt, .md, .py), or a folder of them.
 
-    Raises files.DataError naming the file (and line) for a malformed line, a record without `field`,
-    or duplicate ids; main prints it as one `error: ...` line.
+    A folder's files of other types (a README.pdf, .DS_Store) are passed over. Raises files.DataError naming
+    the file (and line) for a malformed line, a record without `field`, duplicate ids, a file of another
+    type named directly, or no records at all; main prints it as one `error: ...` line.
     """
     root = Path(path)
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    if not root.is_dir() and root.suffix not in INPUT_SUFFIXES:
+        raise files.DataError(f"{root}: not a file synth.py reads (.jsonl, or text: {', '.join(TEXT_SUFFIXES)})")
     items = []
     for file in paths:
         if file.suffix == ".jsonl":
@@ -325,9 +330,12 @@ def load_items(path: str, field: str) -> list[dict]:
                     raise files.DataError(f"{file}, line {line_number}: no text field {field!r}")
                 record.setdefault("id", f"{file.stem}:{line_number}")  # stable across reruns, so resume works
                 items.append(record)
-        elif file.suffix in (".txt", ".md", ".py"):
+        elif file.suffix in TEXT_SUFFIXES:
             items.append({"id": str(file.relative_to(root)) if root.is_dir() else file.stem,
                           field: file.read_text(encoding="utf-8")})
+    if not items:  # an empty run would exit 0 having done nothing, or decontaminate against nothing
+        raise files.DataError(f"{path}: no records (synth.py reads .jsonl files and text files: "
+                              f"{', '.join(TEXT_SUFFIXES)})")
     ids = [str(item["id"]) for item in items]
     if len(set(ids)) != len(ids):
         raise files.DataError(f"{path}: duplicate ids {sorted(i for i, n in Counter(ids).items() if n > 1)[:3]}")
@@ -403,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     io = common.add_argument_group("input and output")
     io.add_argument("--in", dest="input", required=True,
-                    help="input .jsonl (one record per line, with an 'id' and the pipeline's field), a .txt/.py "
-                         "file, or a folder of them")
+                    help="input .jsonl (one record per line, with an 'id' and the pipeline's field), a .txt/.md/.py "
+                         "file, or a folder of them (its files of other types are passed over)")
     io.add_argument("--out", required=True, help="output NAME.jsonl; dropped records go to NAME.rejected.jsonl beside it")
     io.add_argument("--held-out", help="held-out/eval texts (.jsonl or text files); records sharing a 13-gram "
                                        "with them are dropped")

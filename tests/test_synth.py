@@ -18,6 +18,7 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -548,6 +549,39 @@ def test_an_input_record_without_the_pipeline_field_is_named_by_line(tmp_path, c
     questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": EASY}, {"id": "b", "text": "x"}])
     assert synth.main(["plurality", "--in", questions, "--out", str(tmp_path / "o.jsonl"), "--model", "m"]) == 1
     assert capsys.readouterr().err == f"error: {questions}, line 2: no text field 'question'\n"
+
+
+# (what --in or --held-out is, the error line's end): a run that found nothing to read must not exit 0 having
+# done nothing, nor decontaminate against no held-out text.
+NOTHING_TO_READ = [
+    ("--in", "table.csv", "table.csv: not a file synth.py reads (.jsonl, or text: .txt, .md, .py)"),
+    ("--in", "empty.jsonl", "empty.jsonl: no records (synth.py reads .jsonl files and text files: .txt, .md, .py)"),
+    ("--in", "folder", "folder: no records (synth.py reads .jsonl files and text files: .txt, .md, .py)"),
+    ("--held-out", "table.csv", "table.csv: not a file synth.py reads (.jsonl, or text: .txt, .md, .py)"),
+]
+
+
+@pytest.mark.parametrize("flag, name, message", NOTHING_TO_READ, ids=[f"{f} {n}" for f, n, _ in NOTHING_TO_READ])
+def test_an_input_with_nothing_synth_can_read_is_refused_in_one_line(tmp_path, capsys, monkeypatch, flag, name, message):
+    monkeypatch.chdir(tmp_path)
+    Path("table.csv").write_text("question,answer\n1+1,2\n")
+    Path("empty.jsonl").write_text("\n")
+    Path("folder").mkdir()
+    Path("folder/table.csv").write_text("question,answer\n")  # the folder holds only a file of another type
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "question": EASY}])
+    inputs = {"--in": name, "--held-out": questions} if flag == "--in" else {"--in": questions, "--held-out": name}
+    assert synth.main(["plurality", "--in", inputs["--in"], "--held-out", inputs["--held-out"], "--out", "o.jsonl",
+                       "--model", "m"]) == 1
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not Path("o.jsonl").exists()
+
+
+def test_a_folders_files_of_other_types_are_passed_over(tmp_path):
+    (tmp_path / "notes.txt").write_text("A passage.")
+    (tmp_path / "more.jsonl").write_text(json.dumps({"id": "m", "text": "Another."}) + "\n")
+    (tmp_path / "slides.pdf").write_bytes(b"%PDF-1.4")
+    assert synth.load_items(str(tmp_path), "text") == [{"id": "m", "text": "Another."},
+                                                       {"id": "notes.txt", "text": "A passage."}]
 
 
 def test_a_malformed_jsonl_line_gives_one_error_line_and_exit_code_1(tmp_path, capsys):
