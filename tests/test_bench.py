@@ -251,6 +251,20 @@ def test_gpu_check_exits_1_in_one_line_without_a_gpu():
     assert result.returncode == 1 and "\n" not in output and "GPU" in output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine's torch sees a GPU")
+def test_gpu_check_exits_1_in_one_line_when_nvidia_smi_finds_a_gpu_but_torch_does_not(tmp_path):
+    # A CPU build of torch on a GPU machine: a stand-in nvidia-smi that finds a GPU, and this CPU torch.
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", PYTHON=sys.executable)
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 1 and "\n" not in output
+    assert output.startswith(f"gpu_check.sh: {sys.executable}'s torch sees no CUDA GPU")
+    assert not (tmp_path / "out").exists()  # nothing is run or written
+
+
 def gpu_check_parts() -> list[tuple[str, int, list[str]]]:
     """(name, time limit in s, command) of every `run_part` line of scripts/gpu_check.sh, as bash would split it."""
     with open(os.path.join(ROOT, "scripts", "gpu_check.sh")) as f:
@@ -258,7 +272,8 @@ def gpu_check_parts() -> list[tuple[str, int, list[str]]]:
     parts = []
     for line in script.splitlines():
         if line.startswith("run_part "):
-            _, name, limit, *command = shlex.split(line.replace('"$OUT_DIR"', "out/gpu_check"))
+            line = line.replace('"$OUT_DIR"', "out/gpu_check").replace('"$PYTHON"', "python")
+            _, name, limit, *command = shlex.split(line)
             parts.append((name, int(limit), command))
     return parts
 
