@@ -174,6 +174,30 @@ def test_make_assignment_answers_help_and_refuses_a_missing_out_dir_in_one_line(
     assert bare.returncode == 2 and bare.stderr.count("\n") == 1 and "OUT_DIR" in bare.stderr
 
 
+def test_the_trace_credits_each_test_with_the_blocks_it_runs_itself_through_a_fixture_or_a_subprocess(tmp_path):
+    """make_assignment.py --trace on a tree of two blocks and five tests, against what each test runs by design."""
+    (tmp_path / "EXERCISES.md").write_text("| # | id | exercise | report | points | minutes | needs |\n"
+                                          "|---|---|---|---|---|---|---|\n"
+                                          "| 1 | `a` | A | §1 | 5 | 10 | - |\n| 2 | `b` | B | §2 | 5 | 10 | - |\n")
+    (tmp_path / "chapter.py").write_text(
+        "def f():\n    # BEGIN SOLUTION a: return 1\n    return 1\n    # END SOLUTION a\n\n\n"
+        "def g():\n    # BEGIN SOLUTION b: return 2\n    return 2\n    # END SOLUTION b\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text(
+        "import pytest\nimport chapter\n\n\n@pytest.fixture(scope='session')\ndef two():\n    return chapter.g()\n")
+    (tmp_path / "tests" / "test_t.py").write_text(
+        "import subprocess, sys\nimport chapter\n\n\n"
+        "def test_itself():\n    assert chapter.f() == 1\n\n\n"
+        "def test_fixture(two):\n    assert two == 2 and chapter.f() == 1\n\n\n"  # a's hit is the test's, not two's
+        "def test_again_fixture(two):\n    assert two == 2\n\n\n"  # the session fixture ran once, for the test before
+        "def test_subprocess():\n    subprocess.run([sys.executable, '-c', 'import chapter; chapter.g()'], check=True)\n\n\n"
+        "def test_nothing():\n    assert True\n")
+    traced = make_assignment.trace(["-p", "no:cacheprovider", "tests"], root=str(tmp_path))
+    assert traced == {"tests/test_t.py::test_itself": {"a"}, "tests/test_t.py::test_fixture": {"a", "b"},
+                      "tests/test_t.py::test_again_fixture": {"b"}, "tests/test_t.py::test_subprocess": {"b"},
+                      "tests/test_t.py::test_nothing": set()}
+
+
 def test_the_trace_report_names_tests_whose_markers_differ_from_the_blocks_they_run():
     traced = {"tests/t.py::test_a[1]": {"rope"}, "tests/t.py::test_a[2]": {"bpe"}, "tests/t.py::test_b": set(),
               "tests/t.py::test_c": {"rope"}}
