@@ -44,10 +44,16 @@ Layout
 q (B, H, T, D) is laid out as (B*K, T*G, D) with row t*G + g: the G query heads of one KV head stacked
 under each other, position-major. One batched matmul per KV head then serves its whole group without
 repeating K and V, and a block of positions is a contiguous block of rows. The causal bias of a block is
-0 where the key is visible and -inf where not, added by the same `baddbmm` that computes the scores.
+0 where the key is visible and -inf where not, added by the same `baddbmm` that computes the scores; it
+depends only on the shapes, so it is made once and reused by every layer and step. Each relayout casts
+in the same pass, and the output comes back in the (B, T, H, D) memory layout of the projections around
+it, so the model's (B, T, H*D) view of it costs no copy (nor does its gradient's way back in): together
+1.03x one layer's forward + backward at 16 x 256, 1.07x at 4 x 1,024, 1.02x the toy's train step, the
+same numbers to the bit (LAB.md, "Another CPU").
 
 Dims legend: B batch, H query heads, K key/value heads, G = H // K, T queries, S keys, D head dim.
 """
+import functools
 import math
 
 import torch
@@ -70,20 +76,25 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     return _BlockwiseAttention.apply(q, k, v, causal and mask is None, mask)
 
 
-def _rows(x: torch.Tensor, K: int) -> torch.Tensor:
-    """(B, H, T, D) -> (B*K, T*G, D), row t*G + g: a KV head's G query heads, position-major (a copy)."""
+def _rows(x: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, T, D) -> (B*K, T*G, D) in `dtype`, row t*G + g: a KV head's G query heads, position-major (one copy)."""
     B, H, T, D = x.shape
     G = H // K
-    return x.view(B, K, G, T, D).transpose(2, 3).reshape(B * K, T * G, D)  # (B*K, T*G, D)
+    rows = torch.empty(B, K, T, G, D, dtype=dtype, device=x.device)
+    rows.copy_(x.view(B, K, G, T, D).transpose(2, 3))  # the layout and the cast in one pass
+    return rows.view(B * K, T * G, D)  # (B*K, T*G, D)
 
 
-def _heads(x: torch.Tensor, B: int, H: int) -> torch.Tensor:
-    """The inverse of _rows: (B*K, T*G, D) -> (B, H, T, D)."""
+def _heads(x: torch.Tensor, B: int, H: int, dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of _rows: (B*K, T*G, D) -> (B, H, T, D) in `dtype`, laid out in memory as (B, T, H, D), the
+    layout of the projections it came from and goes back to, so that neither direction copies again."""
     BK, TG, D = x.shape
     K = BK // B
     G = H // K
     T = TG // G
-    return x.view(B, K, T, G, D).transpose(2, 3).reshape(B, H, T, D)  # (B, H, T, D)
+    heads = torch.empty(B, T, K, G, D, dtype=dtype, device=x.device)
+    heads.copy_(x.view(B, K, T, G, D).transpose(1, 2))  # (B, T, K, G, D)
+    return heads.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
 
 def _blocks(T: int, S: int, causal: bool) -> list[tuple[int, int, int]]:
@@ -99,11 +110,17 @@ def _bias(t0: int, t1: int, keys: int, T: int, S: int, G: int, causal: bool, mas
         B = mask.shape[0]
         # (B, T, S) -> (B, K, T, G, S) -> (B*K, T*G, S): every head of a row sees what the row's mask allows.
         visible = mask[:, None, t0:t1, None, :keys].expand(B, K, t1 - t0, G, keys).reshape(B * K, (t1 - t0) * G, keys)
-    elif causal:
-        position = torch.arange(t0, t1, device=device).repeat_interleave(G)  # (T_blk*G,): row t*G + g is query t
-        visible = torch.arange(keys, device=device)[None, :] <= position[:, None] + (S - T)  # (T_blk*G, keys)
-    else:
-        return None
+        return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
+    if causal:
+        return _causal_bias(t0, t1, keys, T, S, G, dtype, torch.device(device))
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_bias(t0: int, t1: int, keys: int, T: int, S: int, G: int, dtype, device) -> torch.Tensor:
+    """A causal block's bias, (T_blk*G, keys), made once per shape: every layer and step asks for the same ones."""
+    position = torch.arange(t0, t1, device=device).repeat_interleave(G)  # (T_blk*G,): row t*G + g is query t
+    visible = torch.arange(keys, device=device)[None, :] <= position[:, None] + (S - T)  # (T_blk*G, keys)
     return torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
 
 
@@ -119,9 +136,9 @@ class _BlockwiseAttention(torch.autograd.Function):
         # choose (the docstring's "Precision" says what bf16 matmuls would save).
         dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(q.device.type, enabled=False):
-            q_rows = _rows(q, K).to(dtype)  # (B*K, T*G, D)
-            k_rows = k.reshape(B * K, S, D).to(dtype)  # (B*K, S, D)
-            v_rows = v.reshape(B * K, S, D).to(dtype)  # (B*K, S, D)
+            q_rows = _rows(q, K, dtype)  # (B*K, T*G, D)
+            k_rows = torch.empty(B, K, S, D, dtype=dtype, device=k.device).copy_(k).view(B * K, S, D)  # (B*K, S, D)
+            v_rows = torch.empty(B, K, S, D, dtype=dtype, device=v.device).copy_(v).view(B * K, S, D)  # (B*K, S, D)
             out = torch.empty(B * K, T * G, D, dtype=dtype, device=q.device)
             probs = []
             for t0, t1, keys in _blocks(T, S, causal):
@@ -137,24 +154,24 @@ class _BlockwiseAttention(torch.autograd.Function):
                 probs.append(p)
         ctx.save_for_backward(q_rows, k_rows, v_rows, out, *probs)
         ctx.dims, ctx.causal, ctx.dtypes = (B, H, K, G, T, S, D), causal, (q.dtype, k.dtype, v.dtype)
-        return _heads(out, B, H).to(q.dtype)
+        return _heads(out, B, H, q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         q_rows, k_rows, v_rows, out, *probs = ctx.saved_tensors
         B, H, K, G, T, S, D = ctx.dims
         with torch.autocast(q_rows.device.type, enabled=False):
-            do = _rows(grad_out, K).to(out.dtype)  # (B*K, T*G, D)
+            do = _rows(grad_out, K, out.dtype)  # (B*K, T*G, D)
             delta = (do * out).sum(-1, keepdim=True)  # (B*K, T*G, 1): rowsum(dO * O)
             dq = torch.empty_like(q_rows)  # (B*K, T*G, D)
             dk, dv = torch.zeros_like(k_rows), torch.zeros_like(v_rows)  # (B*K, S, D): sums over query blocks
             for (t0, t1, keys), p in zip(_blocks(T, S, ctx.causal), probs):
                 rows = slice(t0 * G, t1 * G)
-                dv[:, :keys] += torch.bmm(p.transpose(1, 2), do[:, rows])  # P^T dO
+                dv[:, :keys].baddbmm_(p.transpose(1, 2), do[:, rows])  # += P^T dO
                 dp = torch.bmm(do[:, rows], v_rows[:, :keys].transpose(1, 2))  # (B*K, T_blk*G, keys): dO V^T
                 ds = dp.sub_(delta[:, rows]).mul_(p).mul_(1.0 / math.sqrt(D))  # scale * P * (dP - delta), in place
                 dq[:, rows] = torch.bmm(ds, k_rows[:, :keys])  # (B*K, T_blk*G, D)
-                dk[:, :keys] += torch.bmm(ds.transpose(1, 2), q_rows[:, rows])  # (B*K, keys, D)
+                dk[:, :keys].baddbmm_(ds.transpose(1, 2), q_rows[:, rows])  # += dS^T Q: (B*K, keys, D)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
-        dq = _heads(dq, B, H).to(q_dtype)  # (B, H, T, D)
+        dq = _heads(dq, B, H, q_dtype)  # (B, H, T, D)
         return dq, dk.view(B, K, S, D).to(k_dtype), dv.view(B, K, S, D).to(v_dtype), None, None

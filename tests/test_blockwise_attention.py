@@ -102,6 +102,28 @@ def test_under_bf16_autocast_the_scores_stay_fp32():
     torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
 
 
+def test_the_output_and_the_query_gradient_come_back_in_the_projections_layout_in_the_inputs_dtype():
+    # The model views the output as (B, T, H*D) and q_proj's gradient is (B, T, H*D): laid out as (B, T, H, D),
+    # neither view copies. A bf16 input gets bf16 back, computed in fp32 inside.
+    q, k, v, grad = inputs(2, 4, 2, 70, 70, 16, dtype=torch.bfloat16)
+    out = attention(q, k, v)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)  # as the layers below receive them (not .grad,
+    for x in (out, dq):                                       # which takes its leaf's layout)
+        assert x.dtype == torch.bfloat16 and x.shape == (2, 4, 70, 16)
+        assert x.transpose(1, 2).is_contiguous()  # (B, T, H, D) in memory: .view(B, T, H * D) works
+    assert dk.dtype == dv.dtype == torch.bfloat16
+
+
+def test_a_causal_blocks_bias_is_made_once_and_never_written_to():
+    first = blockwise_attention._bias(64, 128, 128, 200, 200, 2, True, None, 2, torch.float32, torch.device("cpu"))
+    q, k, v, grad = inputs(1, 2, 1, 200, 200, 8, dtype=torch.float32)
+    output_and_grads(attention, q, k, v, grad)  # uses the same bias, from the cache
+    again = blockwise_attention._bias(64, 128, 128, 200, 200, 2, True, None, 2, torch.float32, torch.device("cpu"))
+    assert again is first
+    rows = torch.arange(64, 128).repeat_interleave(2)[:, None]  # (128, 1): row t*G + g is query t
+    assert torch.equal(first == 0, torch.arange(128)[None, :] <= rows)  # 0 where visible, -inf elsewhere
+
+
 def test_causal_attention_with_more_queries_than_keys_is_refused():
     q, k, v, _ = inputs(1, 2, 1, 5, 4, 8)
     with pytest.raises(ValueError, match="T <= S"):
