@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (17-24 min on 2 cores).
+# The Phi-4 recipe at toy scale, end to end on a laptop CPU, ending in out/report.md (16-24 min on 2 cores).
 #
 #   data         the synthetic world -> BPE tokenizer -> two pretraining mixtures, test/dev/post-training splits
 #   pretrain     synthetic-heavy mixture + 40% recall rows                                -> out/pretrain
