@@ -6,8 +6,8 @@ causal masks aligned bottom-right, an optional per-row mask) and exists for one 
 fused attention (`F.scaled_dot_product_attention`, which transformers' Phi3ForCausalLM calls too) is slow,
 above all its backward and above all in bf16. At the toy's shape (16 rows x 256 tokens, 4 query heads of 32
 sharing 2 KV heads) one layer's forward + backward under bf16 autocast is 1.67x faster here, and the whole
-train step 1.19-1.34x transformers' over four runs (`python bench.py --threads 1 --parts attention,train`;
-README, "Performance"). Nothing here is CPU-specific in principle; on a GPU the Triton kernel
+train step 1.19-1.34x transformers' on two kinds of CPU and many hours, 1.29-1.31x in the steadiest runs
+(`python bench.py --threads 1 --parts attention,train`; README, "Performance"). Nothing here is CPU-specific in principle; on a GPU the Triton kernel
 (flash_attention.py) is the fast path, and it rests on the same two ideas.
 
 Idea 1: query blocks skip the masked triangle
