@@ -5,7 +5,7 @@ No timing is asserted (a shared machine's speed is not a property of the code).
   are each rollout's sampled tokens up to and including its stop token (counted here from generate's output).
 - The length-grouped baseline of --bench-batch gives the engine's own answers under greedy decoding, so
   its tokens/s is the same work done another way.
-- The three commands (sample.py --bench, --bench-batch, pts.py --bench) print every row they promise.
+- The three measurements behind sample.py --bench, --bench-batch and pts.py --bench print every row they promise.
 """
 
 import re
