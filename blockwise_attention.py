@@ -77,7 +77,8 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
 
 
 def _rows(x: torch.Tensor, K: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B, H, T, D) -> (B*K, T*G, D) in `dtype`, row t*G + g: a KV head's G query heads, position-major (one copy)."""
+    """(B, H, T, D) -> (B*K, T*G, D) in `dtype`, row t*G + g: a KV head's G query heads, position-major (one copy).
+    K and V themselves (H = K, so G = 1) become (B*K, S, D) the same way."""
     B, H, T, D = x.shape
     G = H // K
     rows = torch.empty(B, K, T, G, D, dtype=dtype, device=x.device)
@@ -137,8 +138,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(q.device.type, enabled=False):
             q_rows = _rows(q, K, dtype)  # (B*K, T*G, D)
-            k_rows = torch.empty(B, K, S, D, dtype=dtype, device=k.device).copy_(k).view(B * K, S, D)  # (B*K, S, D)
-            v_rows = torch.empty(B, K, S, D, dtype=dtype, device=v.device).copy_(v).view(B * K, S, D)  # (B*K, S, D)
+            k_rows, v_rows = _rows(k, K, dtype), _rows(v, K, dtype)  # (B*K, S, D) each: G = 1, one row a position
             out = torch.empty(B * K, T * G, D, dtype=dtype, device=q.device)
             probs = []
             for t0, t1, keys in _blocks(T, S, causal):

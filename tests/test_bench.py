@@ -326,8 +326,8 @@ def test_gpu_check_summaries_read_the_files_train_py_and_bench_py_write(tmp_path
     assert result.returncode == 0, result.stderr
     log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
     steady = [r["tok_s"] for r in log if r["step"] >= 6]
-    median = sum(steady) / 2  # steps 6 and 7: the median of two is their mean
     assert len(steady) == 2
+    median = sum(steady) / 2  # steps 6 and 7: the median of two is their mean
     assert result.stdout.startswith(f"train_mfu: steps 6-7: median {median:,.0f} tok/s, MFU n/a")
     assert json.loads((tmp_path / "train_mfu.json").read_text())["last_loss"] == log[-1]["loss"]
 
