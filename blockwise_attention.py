@@ -48,7 +48,7 @@ repeating K and V, and a block of positions is a contiguous block of rows. The c
 depends only on the shapes, so it is made once and reused by every layer and step. Each relayout casts
 in the same pass, and the output comes back in the (B, T, H, D) memory layout of the projections around
 it, so the model's (B, T, H*D) view of it costs no copy (nor does its gradient's way back in): together
-1.03x one layer's forward + backward at 16 x 256, 1.07x at 4 x 1,024, 1.02x the toy's train step, the
+1.03x one layer's forward + backward at 16 x 256, 1.06-1.07x at 4 x 1,024, 1.00-1.02x the toy's train step, the
 same numbers to the bit (LAB.md, "Another CPU").
 
 Dims legend: B batch, H query heads, K key/value heads, G = H // K, T queries, S keys, D head dim.
