@@ -338,7 +338,7 @@ def test_two_torchrun_ranks_train_dpo_like_one_process_with_the_same_batch(toy_d
     for name, value in flags.items():
         command += ["--" + name.replace("_", "-"), str(value)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path)))  # its torchelastic_* folder stays in tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads(line) for line in open(tmp_path / "two" / "log.jsonl")]
     assert [r["loss"] for r in ranks] == pytest.approx([r["loss"] for r in single], rel=1e-5)

@@ -36,7 +36,8 @@ def torchrun(data_dir, out, nproc=2, **overrides):
         flags += [flag] if value is True else [flag, str(value)]
     # --standalone: a private rendezvous on a free local port, so concurrent test runs never collide.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train.py", *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* folder in the temp folder; this keeps it in the test's own.
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=os.path.dirname(os.path.abspath(out)))
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return read_log(out)
