@@ -18,6 +18,27 @@ if not torch.cuda.is_available():
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+
+def triton_kernel_skip_reason() -> str | None:
+    """Why flash_attention.py's kernels cannot run here, or None: they run on a GPU, or on the CPU under
+    Triton's interpreter. Triton < 3.9's interpreter calls int() on 1-element arrays for loop bounds,
+    which newer NumPy refuses, so there the CPU tests cannot run."""
+    import numpy as np
+    import flash_attention
+
+    if not flash_attention.HAS_TRITON:
+        return "needs triton (pip install triton; on CPU the tests run it under TRITON_INTERPRET=1)"
+    if not flash_attention.INTERPRET:
+        return None if torch.cuda.is_available() else "needs a CUDA GPU, or TRITON_INTERPRET=1 for Triton's interpreter"
+    import triton
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9):
+        try:
+            int(np.zeros(1, dtype=np.int32))
+        except TypeError:
+            return (f"Triton {triton.__version__}'s interpreter cannot run the kernels with NumPy {np.__version__}; "
+                    "CPU tests need triton>=3.9 (or an older NumPy)")
+    return None
+
 # Where tiktoken itself caches the cl100k_base rank file after its first download: the sha1 of the URL,
 # under $TIKTOKEN_CACHE_DIR (or $DATA_GYM_CACHE_DIR, or <tmp>/data-gym-cache). Never downloaded here.
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"

@@ -21,27 +21,14 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from conftest import triton_kernel_skip_reason  # noqa: E402
 from flash_attention import flash_attention  # noqa: E402  (after the skip: without Triton there is nothing to test)
-
-
-def _interpreter_can_run_kernels() -> bool:
-    """Triton < 3.9's interpreter calls int() on 1-element arrays for loop bounds, which newer NumPy refuses."""
-    import numpy as np
-
-    if not kernel_module.INTERPRET or tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 9):
-        return True
-    try:
-        int(np.zeros(1, dtype=np.int32))
-        return True
-    except TypeError:
-        return False
 
 # The module itself (its attribute `flash_attention` is the function of the same name).
 kernel_module = importlib.import_module("flash_attention")
 
-if not _interpreter_can_run_kernels():
-    pytest.skip(f"Triton {triton.__version__}'s interpreter cannot run these kernels with this NumPy; "
-                "CPU tests need triton>=3.9 (or an older NumPy)", allow_module_level=True)
+if triton_kernel_skip_reason():
+    pytest.skip(triton_kernel_skip_reason(), allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -3,7 +3,6 @@ GQA against MHA with repeated heads, causality, the KV cache against full recomp
 direct rotation, chunked cross-entropy against the plain one, and reproducible meta-device init."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import model as model_module
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, triton_kernel_skip_reason
 from model import PRESETS, KVCache, ModelConfig, Phi4, apply_rope, chunked_cross_entropy, get_config, rope_tables
 
 
@@ -69,20 +68,11 @@ def test_unknown_size_name_is_rejected_with_the_choices():
         get_config("15b")
 
 
-def kernel_can_run() -> bool:
-    """The Triton kernel runs on a GPU, or on the CPU under Triton's interpreter (tests/conftest.py sets it)."""
-    try:
-        import flash_attention
-    except ImportError:
-        return False
-    return flash_attention.HAS_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-
-
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "flash_forward")
 @pytest.mark.parametrize("other", ["sdpa", "triton"])
 def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other, tiny_model):
-    if other == "triton" and not kernel_can_run():
-        pytest.skip("needs triton (pip install triton; on CPU the tests run it under TRITON_INTERPRET=1)")
+    if other == "triton" and triton_kernel_skip_reason():
+        pytest.skip(triton_kernel_skip_reason())
     # head_dim 16: the smallest the kernel takes. GQA (4 query heads on 2 KV heads), odd length 29.
     model = tiny_model(d_model=64, n_head=4, n_kv_head=2, attn_impl="naive", **MODEL_TEST)
     idx = torch.randint(0, 97, (2, 29), generator=torch.Generator().manual_seed(1))
