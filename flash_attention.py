@@ -117,6 +117,7 @@ Run it
 ------
     python -m pytest tests/test_flash_attention.py -q   # CPU: Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)
     python flash_attention.py --bench                   # CUDA GPU: TFLOP/s vs torch SDPA, and a bf16 check at Phi-4 shapes
+    python flash_attention.py --compile-for 90 --dump out/ptx   # any machine: the kernels compiled for an H100, their PTX
     python flash_attention.py --help
 
 `import flash_attention` works also where Triton is not installed (CPU-only or macOS builds of PyTorch):
@@ -132,6 +133,7 @@ import functools
 import math
 import os
 import sys
+import time
 import types
 
 import torch
@@ -608,18 +610,29 @@ def _max_shared_memory(device_index: int) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
-def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, device: torch.device | None = None) -> dict:
-    """Tile sizes and launch knobs for kernel "fwd", "dkdv" or "dq" (BLOCK_M = queries, BLOCK_N = keys).
+def _shared_memory(device: torch.device) -> int:
+    """What _launch_config needs to know of the GPU: its shared memory per program (0 under the interpreter,
+    whose tiles do not depend on it)."""
+    if INTERPRET:
+        return 0
+    return _max_shared_memory(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, shared_memory: int = 0) -> dict:
+    """Tile sizes and launch knobs for kernel "fwd", "delta", "dkdv" or "dq" (BLOCK_M = queries, BLOCK_N = keys), on a
+    GPU whose programs may use `shared_memory` bytes of shared memory each.
 
     The kernels are correct for any power-of-two tiles >= 16; these rules only trade speed. The GPU choices
-    were checked by compiling for sm_90 and sm_80 (few or no spilled registers, shared memory within limits);
-    they are sensible defaults, not the result of timing many configurations.
+    were checked by compiling for sm_90 and sm_80 (few or no spilled registers; `--compile-for 80,90` shows
+    their shared memory within limits); they are sensible defaults, not the result of timing many configurations.
     """
     if INTERPRET:
         # Under the interpreter each tile operation is a numpy call, so small tiles keep CPU tests quick,
         # and unequal BLOCK_M / BLOCK_N make the tests exercise diagonals that span several key blocks.
-        return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
+        return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "delta": dict(BLOCK_M=16), "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
                 "dq": dict(BLOCK_M=32, BLOCK_N=16)}[kernel]
+    if kernel == "delta":
+        return dict(BLOCK_M=64)  # a memory-bound row reduction: the tile size barely matters
     if dtype == torch.float32:
         # Exact fp32 dots run on CUDA cores, not tensor cores, and fp32 tiles take twice the shared memory:
         # fp32 is the precise path for checking, not the fast one, so small tiles that fit any GPU.
@@ -630,8 +643,7 @@ def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, device: torch
     # 8 warps from D = 64 up split those accumulators over more threads so the registers do not spill.
     warps = 8 if head_dim >= 64 else 4
     # GPUs with less shared memory per program (consumer cards) get fewer buffers and a shorter dQ tile.
-    roomy = _max_shared_memory(device.index if device is not None and device.index is not None
-                               else torch.cuda.current_device()) >= 160 * 1024
+    roomy = shared_memory >= 160 * 1024
     if kernel == "fwd":
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=warps, num_stages=3 if roomy else 2)
     if kernel == "dkdv":
@@ -699,7 +711,7 @@ def _forward(q, k, v, causal: bool, scale: float):
     out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D) contiguous
     # The O(T) memory that replaces the O(T * S) probabilities: one fp32 number per query row and head.
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)  # (B, H, T)
-    cfg = _launch_config("fwd", D, q.dtype, q.device)
+    cfg = _launch_config("fwd", D, q.dtype, _shared_memory(q.device))
     # One program per (query block, query head, batch). Heads and batch get their own grid axes (up to
     # 65535 each) so no division is needed in the kernel to recover them.
     grid = (triton.cdiv(T, cfg["BLOCK_M"]), H, B)
@@ -720,10 +732,10 @@ def _backward(dout, q, k, v, out, lse, causal: bool, scale: float):
     # 1. delta = rowsum(dO * O), one fp32 number per query row, laid out like lse. dout may be any layout
     #    (autograd sometimes hands over expanded or transposed gradients): its strides travel with it.
     delta = torch.empty_like(lse)  # (B, H, T)
-    block = 16 if INTERPRET else 64  # a memory-bound row reduction: the tile size barely matters
-    _bwd_delta_kernel[(triton.cdiv(T, block), H, B)](
+    cfg = _launch_config("delta", D, q.dtype, _shared_memory(q.device))
+    _bwd_delta_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), H, B)](
         out, dout, delta, *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
-        T, HEAD_DIM=D, BLOCK_M=block)
+        T, HEAD_DIM=D, **cfg)
     # Gradients are allocated in the input dtype: nothing here assumes fp16.
     dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D)
     dk = torch.empty((B, K, S, D), dtype=k.dtype, device=k.device)  # (B, K, S, D)
@@ -735,12 +747,12 @@ def _backward(dout, q, k, v, out, lse, causal: bool, scale: float):
     sizes = (T, S, H // K, scale * LOG2_E, scale)
     options = dict(HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
     # 2. dK and dV: one program per key block per KV head, looping over the query heads of its group.
-    cfg = _launch_config("dkdv", D, q.dtype, q.device)
+    cfg = _launch_config("dkdv", D, q.dtype, _shared_memory(q.device))
     _bwd_dkdv_kernel[(triton.cdiv(S, cfg["BLOCK_N"]), K, B)](
         *inputs, dk, dv, *input_strides, *dk.stride(), *dv.stride(), *sizes, **options, **cfg)
     # 3. dQ: one program per query block per query head. It runs after dK/dV only by launch order; the two
     #    kernels share inputs but write different tensors, so they do not depend on each other.
-    cfg = _launch_config("dq", D, q.dtype, q.device)
+    cfg = _launch_config("dq", D, q.dtype, _shared_memory(q.device))
     _bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), H, B)](
         *inputs, dq, *input_strides, *dq.stride(), *sizes, **options, **cfg)
     return dq, dk, dv
@@ -789,6 +801,80 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     # Plain bool and float: a 0-d tensor would reach the kernels as a pointer, a numpy scalar as another type,
     # while a Python float is an ordinary runtime argument, so a new scale never triggers a recompilation.
     return _FlashAttention.apply(q, k, v, bool(causal), float(scale))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Compiling without a GPU: python flash_attention.py --compile-for 80,90
+# ------------------------------------------------------------------------------------------------------------
+
+# Shared memory one program may use, by compute capability: what _launch_config asks of a GPU, for GPUs that
+# are not here (A100, RTX 3090, RTX 4090, H100/H200).
+GPU_SHARED_MEMORY = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # pointer element types
+
+
+def compile_for(arch: int, head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, causal: bool = True) -> dict:
+    """The four kernels compiled for an NVIDIA GPU of compute capability `arch` (90: H100/H200, 80: A100) with
+    the launch configuration such a GPU gets, on any machine: Triton's front end and LLVM run on the CPU and
+    the ptxas that ships with Triton assembles the binary. -> {"fwd", "delta", "dkdv", "dq": compiled kernel};
+    each one's .asm holds every stage ("ttir", "ttgir", "llir", "ptx", "cubin") and .metadata.shared the
+    bytes of shared memory one program uses. (A real launch also specialises on argument values, e.g. a
+    stride of 1; that changes addressing code, not the tiles.)
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernels = {"fwd": _fwd_kernel, "delta": _bwd_delta_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+    compiled = {}
+    for name, kernel in kernels.items():
+        cfg = _launch_config(name, head_dim, dtype, GPU_SHARED_MEMORY[arch])
+        options = {knob: cfg[knob] for knob in ("num_warps", "num_stages") if knob in cfg}
+        values = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(dtype), **cfg)
+        constexprs = {arg: values[arg] for arg in kernel.arg_names if arg in values}  # the delta kernel has no CAUSAL
+        signature = {}
+        for arg in kernel.arg_names:  # the types _forward and _backward pass
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg.endswith("_ptr"):  # lse and delta are fp32 whatever the inputs' dtype
+                signature[arg] = "*fp32" if arg in ("lse_ptr", "delta_ptr") else "*" + TRITON_TYPES[dtype]
+            elif arg in ("qk_scale", "scale"):
+                signature[arg] = "fp32"
+            else:  # strides, T, S, group_size
+                signature[arg] = "i32"
+        source = ASTSource(kernel, signature, {(kernel.arg_names.index(arg),): v for arg, v in constexprs.items()})
+        compiled[name] = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    return compiled
+
+
+def run_compile_check(args) -> bool:
+    """Compile for each --compile-for architecture and print a table; False if a kernel needs more shared
+    memory than its GPU has (its launch would fail there). --dump DIR writes every stage's text."""
+    all_ok = True
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    print(f"triton {triton.__version__}, {args.dtype}, head dim {args.head_dim}, causal")
+    print(f"{'GPU':<8} {'kernel':<6} {'tiles (M x N)':<14} {'warps':>5} {'stages':>6} {'shared KiB':>10} "
+          f"{'of':>4} {'PTX lines':>9}")
+    for arch in args.compile_for:
+        start = time.perf_counter()
+        kernels = compile_for(arch, args.head_dim, dtype)
+        seconds = time.perf_counter() - start
+        for name, kernel in kernels.items():
+            cfg, meta = _launch_config(name, args.head_dim, dtype, GPU_SHARED_MEMORY[arch]), kernel.metadata
+            ok = meta.shared <= GPU_SHARED_MEMORY[arch]
+            all_ok &= ok
+            tiles = f"{cfg['BLOCK_M']} x {cfg.get('BLOCK_N', '-')}"
+            print(f"sm_{arch:<5} {name:<6} {tiles:<14} {meta.num_warps:>5} {meta.num_stages:>6} "
+                  f"{meta.shared / 1024:>10.1f} {GPU_SHARED_MEMORY[arch] // 1024:>4} "
+                  f"{kernel.asm['ptx'].count(chr(10)):>9,}{'' if ok else '  TOO MUCH'}")
+            if args.dump:
+                os.makedirs(args.dump, exist_ok=True)
+                for stage in ("ttir", "ttgir", "llir", "ptx"):
+                    with open(os.path.join(args.dump, f"sm{arch}_{name}.{stage}"), "w") as f:
+                        f.write(kernel.asm[stage])
+        print(f"sm_{arch}: compiled in {seconds:.1f} s")
+    if args.dump:
+        print(f"each kernel's Triton IR, GPU IR, LLVM IR and PTX: {args.dump}/")
+    return all_ok
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -965,8 +1051,15 @@ def run_correctness_check(args) -> bool:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description="FlashAttention-2 in Triton. --bench compares TFLOP/s against torch SDPA backends on a "
-                    "CUDA GPU and checks bf16 accuracy at Phi-4 shapes. Tests: python -m pytest tests/test_flash_attention.py")
+                    "CUDA GPU and checks bf16 accuracy at Phi-4 shapes; --compile-for compiles the kernels for a "
+                    "GPU that need not be here. Tests: python -m pytest tests/test_flash_attention.py")
     parser.add_argument("--bench", action="store_true", help="run the throughput tables and the bf16 check (needs a CUDA GPU)")
+    parser.add_argument("--compile-for", default=None, metavar="ARCHS",
+                        help="compile every kernel for these compute capabilities, comma-separated (90: H100/H200, "
+                             f"80: A100; known: {', '.join(map(str, GPU_SHARED_MEMORY))}) and print their shared "
+                             "memory; no GPU needed")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="inputs of --compile-for (default bf16)")
+    parser.add_argument("--dump", default=None, metavar="DIR", help="with --compile-for: write each kernel's IRs and PTX here")
     parser.add_argument("--tokens", type=int, default=16384, help="B*T per measurement; B = tokens // T (default 16384)")
     parser.add_argument("--seq-lens", default="512,1024,2048,4096,8192,16384", help="comma-separated T values (S = T)")
     parser.add_argument("--n-head", type=int, default=40, help="query heads H (Phi-4: 40)")
@@ -975,6 +1068,21 @@ if __name__ == "__main__":
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="which masks to time")
     parser.add_argument("--skip-check", action="store_true", help="skip the bf16 correctness check")
     args = parser.parse_args()
+    if args.compile_for is not None:
+        try:
+            args.compile_for = [int(arch) for arch in args.compile_for.split(",")]
+        except ValueError:
+            parser.error(f"--compile-for takes compute capabilities such as 80,90; got {args.compile_for!r}")
+        unknown = [arch for arch in args.compile_for if arch not in GPU_SHARED_MEMORY]
+        if unknown:
+            parser.error(f"--compile-for: no shared memory size known for {unknown}; "
+                         f"use {', '.join(map(str, GPU_SHARED_MEMORY))}")
+        if args.head_dim not in SUPPORTED_HEAD_DIMS:
+            parser.error(f"--head-dim {args.head_dim} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
+        if not HAS_TRITON or INTERPRET:
+            print("--compile-for needs Triton, with TRITON_INTERPRET unset", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(0 if run_compile_check(args) else 1)
     # Without --bench there is nothing to run from the command line: the kernel is a library function.
     if not args.bench:
         parser.print_help()
