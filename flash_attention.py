@@ -132,6 +132,7 @@ import argparse
 import functools
 import math
 import os
+import re
 import sys
 import time
 import types
@@ -818,8 +819,13 @@ def compile_for(arch: int, head_dim: int = 128, dtype: torch.dtype = torch.bfloa
     the launch configuration such a GPU gets, on any machine: Triton's front end and LLVM run on the CPU and
     the ptxas that ships with Triton assembles the binary. -> {"fwd", "delta", "dkdv", "dq": compiled kernel};
     each one's .asm holds every stage ("ttir", "ttgir", "llir", "ptx", "cubin") and .metadata.shared the
-    bytes of shared memory one program uses. (A real launch also specialises on argument values, e.g. a
-    stride of 1; that changes addressing code, not the tiles.)
+    bytes of shared memory one program uses.
+
+    Compiled as a launch on contiguous inputs whose lengths are multiples of 16 (the benchmark's) compiles
+    them: Triton specialises on argument values, turning an integer equal to 1 (each tensor's last stride)
+    into a constant and marking pointers and integers divisible by 16 as such. Both matter: they make the
+    loads wide and aligned, which is what lets the compiler pipeline them through shared memory (without
+    them the forward kernel uses 48 KiB of it on sm_90 instead of 128).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -831,19 +837,43 @@ def compile_for(arch: int, head_dim: int = 128, dtype: torch.dtype = torch.bfloa
         options = {knob: cfg[knob] for knob in ("num_warps", "num_stages") if knob in cfg}
         values = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(dtype), **cfg)
         constexprs = {arg: values[arg] for arg in kernel.arg_names if arg in values}  # the delta kernel has no CAUSAL
-        signature = {}
-        for arg in kernel.arg_names:  # the types _forward and _backward pass
+        # stride_qd, stride_kd, ...: the head-dim stride of each tensor, 1 when it is contiguous.
+        constexprs.update({arg: 1 for arg in kernel.arg_names if arg.startswith("stride_") and arg.endswith("d")})
+        signature, divisible_by_16 = {}, {}
+        for i, arg in enumerate(kernel.arg_names):  # the types _forward and _backward pass
             if arg in constexprs:
                 signature[arg] = "constexpr"
-            elif arg.endswith("_ptr"):  # lse and delta are fp32 whatever the inputs' dtype
+                continue
+            if arg.endswith("_ptr"):  # lse and delta are fp32 whatever the inputs' dtype
                 signature[arg] = "*fp32" if arg in ("lse_ptr", "delta_ptr") else "*" + TRITON_TYPES[dtype]
             elif arg in ("qk_scale", "scale"):
                 signature[arg] = "fp32"
             else:  # strides, T, S, group_size
                 signature[arg] = "i32"
-        source = ASTSource(kernel, signature, {(kernel.arg_names.index(arg),): v for arg, v in constexprs.items()})
+            if arg.endswith("_ptr") or arg.startswith("stride_") or arg in ("T", "S"):  # not group_size, not scales
+                divisible_by_16[(i,)] = [["tt.divisibility", 16]]
+        source = ASTSource(kernel, signature, {(kernel.arg_names.index(arg),): v for arg, v in constexprs.items()},
+                           divisible_by_16)
         compiled[name] = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
     return compiled
+
+
+def registers_and_stack(cubin: bytes) -> tuple[int, int] | None:
+    """(registers per thread, stack bytes per thread) of a compiled kernel, read by the cuobjdump that ships
+    with Triton; None where it is missing. A stack in a Triton kernel holds spilled registers: 255 registers
+    is the most one thread may have, and what does not fit goes to (slow) local memory."""
+    import subprocess
+    import tempfile
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(cuobjdump):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return (int(found.group(1)), int(found.group(2))) if found else None
 
 
 def run_compile_check(args) -> bool:
@@ -853,7 +883,7 @@ def run_compile_check(args) -> bool:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     print(f"triton {triton.__version__}, {args.dtype}, head dim {args.head_dim}, causal")
     print(f"{'GPU':<8} {'kernel':<6} {'tiles (M x N)':<14} {'warps':>5} {'stages':>6} {'shared KiB':>10} "
-          f"{'of':>4} {'PTX lines':>9}")
+          f"{'of':>4} {'registers':>9} {'stack B':>7} {'PTX lines':>9}")
     for arch in args.compile_for:
         start = time.perf_counter()
         kernels = compile_for(arch, args.head_dim, dtype)
@@ -863,8 +893,9 @@ def run_compile_check(args) -> bool:
             ok = meta.shared <= GPU_SHARED_MEMORY[arch]
             all_ok &= ok
             tiles = f"{cfg['BLOCK_M']} x {cfg.get('BLOCK_N', '-')}"
+            registers, stack = registers_and_stack(kernel.asm["cubin"]) or ("-", "-")
             print(f"sm_{arch:<5} {name:<6} {tiles:<14} {meta.num_warps:>5} {meta.num_stages:>6} "
-                  f"{meta.shared / 1024:>10.1f} {GPU_SHARED_MEMORY[arch] // 1024:>4} "
+                  f"{meta.shared / 1024:>10.1f} {GPU_SHARED_MEMORY[arch] // 1024:>4} {registers:>9} {stack:>7} "
                   f"{kernel.asm['ptx'].count(chr(10)):>9,}{'' if ok else '  TOO MUCH'}")
             if args.dump:
                 os.makedirs(args.dump, exist_ok=True)
