@@ -652,6 +652,11 @@ def _launch_config(kernel: str, head_dim: int, dtype: torch.dtype, shared_memory
     return dict(BLOCK_M=128, BLOCK_N=64 if roomy else 32, num_warps=warps, num_stages=2)
 
 
+# Compiler options of every launch: multiply-adds fused into FMAs, one rounding instead of two (faster, and no
+# less accurate). Said explicitly because Triton's default changes: 3.9 warns that 3.10 will not fuse.
+COMPILER_OPTIONS = dict(enable_fp_fusion=True)
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact IEEE dots (TF32 would cost ~3 decimal digits); 16-bit inputs ignore this knob."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -722,7 +727,7 @@ def _forward(q, k, v, causal: bool, scale: float):
     _fwd_kernel[grid](
         q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(), lse.stride(0), lse.stride(1),
         T, S, H // K, scale * LOG2_E,
-        HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), **cfg)
+        HEAD_DIM=D, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), **cfg, **COMPILER_OPTIONS)
     return out, lse
 
 
@@ -736,7 +741,7 @@ def _backward(dout, q, k, v, out, lse, causal: bool, scale: float):
     cfg = _launch_config("delta", D, q.dtype, _shared_memory(q.device))
     _bwd_delta_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), H, B)](
         out, dout, delta, *out.stride(), *dout.stride(), delta.stride(0), delta.stride(1),
-        T, HEAD_DIM=D, **cfg)
+        T, HEAD_DIM=D, **cfg, **COMPILER_OPTIONS)
     # Gradients are allocated in the input dtype: nothing here assumes fp16.
     dq = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)  # (B, H, T, D)
     dk = torch.empty((B, K, S, D), dtype=k.dtype, device=k.device)  # (B, K, S, D)
@@ -750,12 +755,12 @@ def _backward(dout, q, k, v, out, lse, causal: bool, scale: float):
     # 2. dK and dV: one program per key block per KV head, looping over the query heads of its group.
     cfg = _launch_config("dkdv", D, q.dtype, _shared_memory(q.device))
     _bwd_dkdv_kernel[(triton.cdiv(S, cfg["BLOCK_N"]), K, B)](
-        *inputs, dk, dv, *input_strides, *dk.stride(), *dv.stride(), *sizes, **options, **cfg)
+        *inputs, dk, dv, *input_strides, *dk.stride(), *dv.stride(), *sizes, **options, **cfg, **COMPILER_OPTIONS)
     # 3. dQ: one program per query block per query head. It runs after dK/dV only by launch order; the two
     #    kernels share inputs but write different tensors, so they do not depend on each other.
     cfg = _launch_config("dq", D, q.dtype, _shared_memory(q.device))
     _bwd_dq_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), H, B)](
-        *inputs, dq, *input_strides, *dq.stride(), *sizes, **options, **cfg)
+        *inputs, dq, *input_strides, *dq.stride(), *sizes, **options, **cfg, **COMPILER_OPTIONS)
     return dq, dk, dv
 
 
@@ -834,7 +839,7 @@ def compile_for(arch: int, head_dim: int = 128, dtype: torch.dtype = torch.bfloa
     compiled = {}
     for name, kernel in kernels.items():
         cfg = _launch_config(name, head_dim, dtype, GPU_SHARED_MEMORY[arch])
-        options = {knob: cfg[knob] for knob in ("num_warps", "num_stages") if knob in cfg}
+        options = {**{knob: cfg[knob] for knob in ("num_warps", "num_stages") if knob in cfg}, **COMPILER_OPTIONS}
         values = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(dtype), **cfg)
         constexprs = {arg: values[arg] for arg in kernel.arg_names if arg in values}  # the delta kernel has no CAUSAL
         # stride_qd, stride_kd, ...: the head-dim stride of each tensor, 1 when it is contiguous.

@@ -75,7 +75,9 @@ def test_compile_for_writes_every_stage_of_every_kernel_and_refuses_an_unknown_g
     assert sorted(os.listdir(tmp_path)) == sorted(f"sm90_{kernel}.{stage}" for kernel in KERNELS
                                                   for stage in ("ttir", "ttgir", "llir", "ptx"))
     assert "tt.dot" in (tmp_path / "sm90_fwd.ttir").read_text()  # Triton IR: the kernel's tl.dot calls
-    assert ".target sm_90" in (tmp_path / "sm90_fwd.ptx").read_text()
+    ptx = (tmp_path / "sm90_fwd.ptx").read_text()
+    assert ".target sm_90" in ptx
+    assert "fma.rn.f32" in ptx  # COMPILER_OPTIONS: multiply-adds fused, whatever Triton's default
     result = run(["flash_attention.py", "--compile-for", "75"], timeout=60)
     assert result.returncode == 2
     assert "--compile-for: no shared memory size known for [75]" in result.stderr
