@@ -128,7 +128,6 @@ that name (Hugging Face's kernel hub), and a folder of ours with the same name w
 Dims legend used in the shape comments: B batch, H query heads, K key/value heads, T queries, S keys,
 D head dim; BLOCK_M / BLOCK_N are the query / key tile sizes inside the kernels.
 """
-import argparse
 import functools
 import math
 import os
@@ -903,7 +902,6 @@ def run_compile_check(args) -> bool:
                   f"{meta.shared / 1024:>10.1f} {GPU_SHARED_MEMORY[arch] // 1024:>4} {registers:>9} {stack:>7} "
                   f"{kernel.asm['ptx'].count(chr(10)):>9,}{'' if ok else '  TOO MUCH'}")
             if args.dump:
-                os.makedirs(args.dump, exist_ok=True)
                 for stage in ("ttir", "ttgir", "llir", "ptx"):
                     with open(os.path.join(args.dump, f"sm{arch}_{name}.{stage}"), "w") as f:
                         f.write(kernel.asm[stage])
@@ -1085,7 +1083,9 @@ def run_correctness_check(args) -> bool:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
+    import cli  # the command line only: the kernel itself needs no CLI plumbing
+
+    parser = cli.Parser(
         description="FlashAttention-2 in Triton. --bench compares TFLOP/s against torch SDPA backends on a "
                     "CUDA GPU and checks bf16 accuracy at Phi-4 shapes; --compile-for compiles the kernels for a "
                     "GPU that need not be here. Tests: python -m pytest tests/test_flash_attention.py")
@@ -1094,12 +1094,12 @@ if __name__ == "__main__":
                         help="compile every kernel for these compute capabilities, comma-separated (90: H100/H200, "
                              f"80: A100; known: {', '.join(map(str, GPU_SHARED_MEMORY))}) and print their shared "
                              "memory; no GPU needed")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="inputs of --compile-for (default bf16)")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="inputs of --compile-for")
     parser.add_argument("--dump", default=None, metavar="DIR", help="with --compile-for: write each kernel's IRs and PTX here")
-    parser.add_argument("--tokens", type=int, default=16384, help="B*T per measurement; B = tokens // T (default 16384)")
+    parser.add_argument("--tokens", type=cli.at_least(1), default=16384, help="B*T per measurement; B = tokens // T")
     parser.add_argument("--seq-lens", default="512,1024,2048,4096,8192,16384", help="comma-separated T values (S = T)")
-    parser.add_argument("--n-head", type=int, default=40, help="query heads H (Phi-4: 40)")
-    parser.add_argument("--n-kv-head", type=int, default=10, help="key/value heads K (Phi-4: 10)")
+    parser.add_argument("--n-head", type=cli.at_least(1), default=40, help="query heads H (Phi-4: 40)")
+    parser.add_argument("--n-kv-head", type=cli.at_least(1), default=10, help="key/value heads K (Phi-4: 10)")
     parser.add_argument("--head-dim", type=int, default=128, help="head dim D (Phi-4: 128)")
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="which masks to time")
     parser.add_argument("--skip-check", action="store_true", help="skip the bf16 correctness check")
@@ -1115,8 +1115,13 @@ if __name__ == "__main__":
                          f"use {', '.join(map(str, GPU_SHARED_MEMORY))}")
         if args.head_dim not in SUPPORTED_HEAD_DIMS:
             parser.error(f"--head-dim {args.head_dim} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
+        if args.dump:
+            try:
+                os.makedirs(args.dump, exist_ok=True)
+            except OSError as error:
+                parser.error(f"--dump: cannot make {args.dump} ({error.strerror})")
         if not HAS_TRITON or INTERPRET:
-            print("--compile-for needs Triton, with TRITON_INTERPRET unset", file=sys.stderr)
+            print("error: --compile-for needs Triton, with TRITON_INTERPRET unset", file=sys.stderr)
             sys.exit(1)
         sys.exit(0 if run_compile_check(args) else 1)
     # Without --bench there is nothing to run from the command line: the kernel is a library function.

@@ -61,7 +61,6 @@ Commands:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
@@ -452,12 +451,14 @@ def main(argv=None) -> int:
     if argv[:1] == ["_run"]:
         run_guarded_program()
         return 0
-    parser = argparse.ArgumentParser(description="Run a Python file in the sandbox synth.py uses for "
-                                                 "generated code, and print the verdict.")
+    import cli  # here, not at the top: the copy of this file in the temporary folder runs without the project
+
+    parser = cli.Parser(description="Run a Python file in the sandbox synth.py uses for generated code, and "
+                                    "print the verdict.")
     parser.add_argument("file", nargs="?", help="the Python file to run")
     parser.add_argument("--which", action="store_true", help="only print the isolation mode of this machine")
-    parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds")
-    parser.add_argument("--memory-mb", type=int, default=1024, help="address-space limit")
+    parser.add_argument("--timeout", type=cli.between(0.0, 3600.0, low_open=True), default=10.0, help="wall-clock seconds")
+    parser.add_argument("--memory-mb", type=cli.at_least(64), default=1024, help="address-space limit (MB)")
     parser.add_argument("--isolation", choices=[NAMESPACES, PROCESS_LIMITS], help="force a mode (default: best)")
     args = parser.parse_args(argv)
     if args.which:
@@ -465,6 +466,8 @@ def main(argv=None) -> int:
         return 0
     if not args.file:
         parser.error("file: give a Python file to run, or --which")
+    if not os.path.isfile(args.file):
+        parser.error(f"file: {args.file} is not a file")
     result = run_python(Path(args.file).read_text(encoding="utf-8"),
                         SandboxLimits(timeout=args.timeout, memory_mb=args.memory_mb), args.isolation)
     sys.stdout.write(result.stdout)

@@ -196,7 +196,14 @@ def test_the_result_names_the_isolation_mode_it_ran_in(mode):
     assert sandbox.run_python("pass\n", LIMITS, isolation=mode).isolation == mode
 
 
-def test_the_command_line_without_a_file_is_refused_naming_the_argument(capsys):
+@pytest.mark.parametrize("argv, message", [
+    ([], "file: give a Python file to run, or --which"),
+    (["/no/such/file.py"], "file: /no/such/file.py is not a file"),
+    (["--timeout", "-1", "x.py"], "argument --timeout: must be in (0, 3600], got -1"),
+    (["--memory-mb", "0", "x.py"], "argument --memory-mb: must be at least 64, got 0"),
+])
+def test_the_command_line_refuses_bad_input_in_one_line_naming_the_argument(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        sandbox.main([])
-    assert exit_.value.code == 2 and "file: give a Python file to run, or --which" in capsys.readouterr().err
+        sandbox.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
