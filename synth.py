@@ -66,6 +66,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import cli  # flags with ranges, errors as one line
 import toyworld  # the world's answer extractor and the 13-gram decontamination rule; no torch
 import files  # atomic writes and the JSONL reader that names file and line
 import prompts  # every teacher prompt, in full
@@ -417,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--held-out", help="held-out/eval texts (.jsonl or text files); records sharing a 13-gram "
                                        "with them are dropped")
     io.add_argument("--held-out-field", default="question", help="field read from --held-out .jsonl records")
-    io.add_argument("--limit", type=int, help="process only the first N inputs")
+    io.add_argument("--limit", type=cli.at_least(1), help="process only the first N inputs")
     teacher = common.add_argument_group("teacher (HTTP endpoint by default, or --local)")
     teacher.add_argument("--base-url", help="OpenAI-compatible base URL ending in /v1 (default: $OPENAI_BASE_URL, "
                                             f"else {DEFAULT_BASE_URL})")
@@ -430,29 +431,30 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--timeout", type=float, default=120.0, help="seconds for a whole HTTP request, however slowly the reply arrives")
     teacher.add_argument("--retries", type=int, default=4, help="retries after a failed HTTP request")
     teacher.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (> 0 for plurality)")
-    teacher.add_argument("--max-tokens", type=int, default=1024, help="longest reply, in tokens")
+    teacher.add_argument("--max-tokens", type=cli.at_least(1), default=1024, help="longest reply, in tokens")
     teacher.add_argument("--seed", type=int, default=0, help="base sampling seed; sample i uses seed + i")
 
-    parser = argparse.ArgumentParser(
+    parser = cli.Parser(
         description="Phi-4-style synthetic data (report section 2) from a teacher model, with validation. "
                     "Run `python synth.py PIPELINE --help` for a pipeline's flags.",
         epilog=__doc__[__doc__.index("Commands"):], formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="PIPELINE")
-    add = functools.partial(commands.add_parser, parents=[common])
+    # Each pipeline's parser is a cli.Parser too (errors in one line); its help names defaults itself.
+    add = functools.partial(commands.add_parser, parents=[common], formatter_class=argparse.HelpFormatter)
     curate = add("curate", help="score passages 0-10 for educational/reasoning value and keep the best")
     curate.add_argument("--min-score", type=float, default=6.0, help="keep passages scoring at least this")
     curate.add_argument("--keep-fraction", type=float, default=1.0, help="and only the top fraction (0-1] of them")
     rewrite = add("rewrite", help="turn seed passages into exercises with worked solutions")
-    rewrite.add_argument("--n-exercises", type=int, default=3, help="exercises requested per seed")
+    rewrite.add_argument("--n-exercises", type=cli.at_least(1), default=3, help="exercises requested per seed")
     rewrite.add_argument("--no-verify", action="store_true", help="skip the independent re-derivation of answers")
     dialogue = add("dialogue", help="a student agent and a teacher agent alternate turns about each seed")
     dialogue.add_argument("--turns", type=int, default=4, help="turns in each conversation, student first")
     revise = add("revise", help="draft -> critique against a rubric -> revise, for each prompt")
     revise.add_argument("--rounds", type=int, default=2, help="most revisions per prompt")
     reverse = add("reverse-code", help="code -> instruction -> regenerated code, validated by tests or similarity")
-    reverse.add_argument("--min-similarity", type=float, default=0.7, help="difflib ratio needed when there are no tests")
-    reverse.add_argument("--exec-timeout", type=float, default=10.0, help="wall seconds per sandboxed run")
-    reverse.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per sandboxed run")
+    reverse.add_argument("--min-similarity", type=cli.between(0.0, 1.0), default=0.7, help="difflib ratio needed when there are no tests")
+    reverse.add_argument("--exec-timeout", type=cli.between(0.0, 3600.0, low_open=True), default=10.0, help="wall seconds per sandboxed run")
+    reverse.add_argument("--memory-mb", type=cli.at_least(64), default=1024, help="address-space limit per sandboxed run")
     plurality = add("plurality", help="sample k answers per question; keep non-unanimous majorities")
     plurality.add_argument("--k", type=int, default=5, help="answers sampled per question (at least 3)")
     return parser

@@ -508,6 +508,8 @@ BAD_FLAGS = [
     (["curate", "--keep-fraction", "0"], "--keep-fraction must be in (0, 1]"),
     (["dialogue", "--turns", "1"], "--turns must be at least 2"),
     (["revise", "--rounds", "-1"], "--rounds must be >= 0"),
+    (["plurality", "--limit", "-1"], "argument --limit: must be at least 1, got -1"),  # [:-1] would drop the last
+    (["reverse-code", "--min-similarity", "1.5"], "argument --min-similarity: must be in [0, 1], got 1.5"),
 ]
 
 
@@ -521,7 +523,8 @@ def test_an_impossible_setting_fails_before_any_request_with_a_message_naming_th
     with pytest.raises(SystemExit) as exit_info:
         synth.main([*argv, "--in", inputs, "--out", "o.jsonl", *model])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err  # one line: no usage block
     assert not (tmp_path / "o.jsonl").exists()
 
 
