@@ -55,7 +55,8 @@ def test_every_kernel_compiles_for_an_a100_and_an_h100_within_their_shared_memor
         # Compiled as a launch on aligned, contiguous inputs: the forward's K and V loads are pipelined through
         # num_stages buffers (unaligned, it keeps one set of tiles: 48 KiB on sm_90 instead of 128).
         assert rows[arch, "fwd"]["shared_kib"] >= 96
-        assert all(row["registers"] == "-" or 0 < int(row["registers"]) <= 255 for row in rows.values())
+    # Registers per thread, where Triton ships cuobjdump to read them: at most 255, the rest spilled.
+    assert all(row["registers"] == "-" or 0 < int(row["registers"]) <= 255 for row in rows.values())
 
 
 def test_the_compile_check_fails_when_a_kernel_needs_more_shared_memory_than_the_gpu_has():
