@@ -132,7 +132,9 @@ import functools
 import math
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -825,8 +827,8 @@ def compile_for(arch: int, head_dim: int = 128, dtype: torch.dtype = torch.bfloa
     each one's .asm holds every stage ("ttir", "ttgir", "llir", "ptx", "cubin") and .metadata.shared the
     bytes of shared memory one program uses.
 
-    Compiled as a launch on contiguous inputs whose lengths are multiples of 16 (the benchmark's) compiles
-    them: Triton specialises on argument values, turning an integer equal to 1 (each tensor's last stride)
+    They are compiled as a launch on contiguous inputs whose lengths are multiples of 16 (the benchmark's)
+    would compile them: Triton specialises on argument values, turning an integer equal to 1 (each tensor's last stride)
     into a constant and marking pointers and integers divisible by 16 as such. Both matter: they make the
     loads wide and aligned, which is what lets the compiler pipeline them through shared memory (without
     them the forward kernel uses 48 KiB of it on sm_90 instead of 128).
@@ -866,9 +868,6 @@ def registers_and_stack(cubin: bytes) -> tuple[int, int] | None:
     """(registers per thread, stack bytes per thread) of a compiled kernel, read by the cuobjdump that ships
     with Triton; None where it is missing. A stack in a Triton kernel holds spilled registers: 255 registers
     is the most one thread may have, and what does not fit goes to (slow) local memory."""
-    import subprocess
-    import tempfile
-
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     if not os.path.exists(cuobjdump):
         return None
