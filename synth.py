@@ -428,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--local", metavar="CKPT_DIR", help="use this project's checkpoint in-process instead")
     teacher.add_argument("--device", default="cpu", help="device for --local (cpu or cuda)")
     teacher.add_argument("--cache", default="out/synth/cache", help="folder of cached replies (HTTP teacher)")
-    teacher.add_argument("--timeout", type=float, default=120.0, help="seconds for a whole HTTP request, however slowly the reply arrives")
-    teacher.add_argument("--retries", type=int, default=4, help="retries after a failed HTTP request")
+    teacher.add_argument("--timeout", type=cli.positive, default=120.0, help="seconds for a whole HTTP request, however slowly the reply arrives")
+    teacher.add_argument("--retries", type=cli.at_least(0), default=4, help="retries after a failed HTTP request")
     teacher.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (> 0 for plurality)")
     teacher.add_argument("--max-tokens", type=cli.at_least(1), default=1024, help="longest reply, in tokens")
     teacher.add_argument("--seed", type=int, default=0, help="base sampling seed; sample i uses seed + i")
@@ -443,14 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     add = functools.partial(commands.add_parser, parents=[common], formatter_class=argparse.HelpFormatter)
     curate = add("curate", help="score passages 0-10 for educational/reasoning value and keep the best")
     curate.add_argument("--min-score", type=float, default=6.0, help="keep passages scoring at least this")
-    curate.add_argument("--keep-fraction", type=float, default=1.0, help="and only the top fraction (0-1] of them")
+    curate.add_argument("--keep-fraction", type=cli.between(0.0, 1.0, low_open=True), default=1.0, help="and only the top fraction (0-1] of them")
     rewrite = add("rewrite", help="turn seed passages into exercises with worked solutions")
     rewrite.add_argument("--n-exercises", type=cli.at_least(1), default=3, help="exercises requested per seed")
     rewrite.add_argument("--no-verify", action="store_true", help="skip the independent re-derivation of answers")
     dialogue = add("dialogue", help="a student agent and a teacher agent alternate turns about each seed")
     dialogue.add_argument("--turns", type=int, default=4, help="turns in each conversation, student first")
     revise = add("revise", help="draft -> critique against a rubric -> revise, for each prompt")
-    revise.add_argument("--rounds", type=int, default=2, help="most revisions per prompt")
+    revise.add_argument("--rounds", type=cli.at_least(0), default=2, help="most revisions per prompt")
     reverse = add("reverse-code", help="code -> instruction -> regenerated code, validated by tests or similarity")
     reverse.add_argument("--min-similarity", type=cli.between(0.0, 1.0), default=0.7, help="difflib ratio needed when there are no tests")
     reverse.add_argument("--exec-timeout", type=cli.between(0.0, 3600.0, low_open=True), default=10.0, help="wall seconds per sandboxed run")
@@ -470,16 +470,10 @@ def check_args(parser: argparse.ArgumentParser, args, need_teacher: bool = True)
         parser.error(f"--local: not a checkpoint folder: {args.local}")
     if need_teacher and not args.local and not (args.model or os.environ.get(MODEL_ENV)):
         parser.error(f"--model: no teacher model; pass --model (or set {MODEL_ENV}), or --local CKPT_DIR")
-    if args.timeout <= 0 or args.retries < 0:
-        parser.error("--timeout must be > 0 and --retries >= 0")
-    if args.command == "curate" and not 0 < args.keep_fraction <= 1:
-        parser.error("--keep-fraction must be in (0, 1]")
     if args.command == "plurality" and args.k < 3:
         parser.error("--k must be at least 3: with fewer samples a majority cannot differ from unanimity")
     if args.command == "dialogue" and args.turns < 2:
         parser.error("--turns must be at least 2 (one student turn and one teacher turn)")
-    if args.command == "revise" and args.rounds < 0:
-        parser.error("--rounds must be >= 0")
 
 
 def make_teacher(args):

@@ -503,11 +503,12 @@ BAD_FLAGS = [
     (["plurality", "--held-out", "nope.jsonl"], "--held-out: no such file or folder: nope.jsonl"),
     (["plurality", "--local", "nope"], "--local: not a checkpoint folder: nope"),
     (["plurality", "--model", ""], "--model: no teacher model"),
-    (["plurality", "--timeout", "0"], "--timeout must be > 0"),
-    (["plurality", "--retries", "-1"], "--retries >= 0"),
-    (["curate", "--keep-fraction", "0"], "--keep-fraction must be in (0, 1]"),
+    (["plurality", "--timeout", "0"], "argument --timeout: must be positive, got 0"),
+    (["plurality", "--timeout", "nan"], "argument --timeout: expected a finite number, got 'nan'"),
+    (["plurality", "--retries", "-1"], "argument --retries: must be at least 0, got -1"),
+    (["curate", "--keep-fraction", "0"], "argument --keep-fraction: must be in (0, 1], got 0"),
     (["dialogue", "--turns", "1"], "--turns must be at least 2"),
-    (["revise", "--rounds", "-1"], "--rounds must be >= 0"),
+    (["revise", "--rounds", "-1"], "argument --rounds: must be at least 0, got -1"),
     (["plurality", "--limit", "-1"], "argument --limit: must be at least 1, got -1"),  # [:-1] would drop the last
     (["reverse-code", "--min-similarity", "1.5"], "argument --min-similarity: must be in [0, 1], got 1.5"),
 ]
