@@ -27,8 +27,8 @@ from flash_attention import flash_attention  # noqa: E402  (after the skip: with
 # The module itself (its attribute `flash_attention` is the function of the same name).
 kernel_module = importlib.import_module("flash_attention")
 
-if triton_kernel_skip_reason():
-    pytest.skip(triton_kernel_skip_reason(), allow_module_level=True)
+if reason := triton_kernel_skip_reason():
+    pytest.skip(reason, allow_module_level=True)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

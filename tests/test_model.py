@@ -71,8 +71,8 @@ def test_unknown_size_name_is_rejected_with_the_choices():
 @pytest.mark.exercise("rmsnorm_swiglu", "rope", "gqa_attention", "flash_forward")
 @pytest.mark.parametrize("other", ["sdpa", "triton"])
 def test_naive_attention_gives_the_logits_of_sdpa_and_of_the_triton_kernel_on_the_same_weights(other, tiny_model):
-    if other == "triton" and triton_kernel_skip_reason():
-        pytest.skip(triton_kernel_skip_reason())
+    if other == "triton" and (reason := triton_kernel_skip_reason()):
+        pytest.skip(reason)
     # head_dim 16: the smallest the kernel takes. GQA (4 query heads on 2 KV heads), odd length 29.
     model = tiny_model(d_model=64, n_head=4, n_kv_head=2, attn_impl="naive", **MODEL_TEST)
     idx = torch.randint(0, 97, (2, 29), generator=torch.Generator().manual_seed(1))
