@@ -1103,6 +1103,8 @@ if __name__ == "__main__":
     parser.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="which masks to time")
     parser.add_argument("--skip-check", action="store_true", help="skip the bf16 correctness check")
     args = parser.parse_args()
+    if args.head_dim not in SUPPORTED_HEAD_DIMS:  # both --bench and --compile-for launch kernels of this head dim
+        parser.error(f"--head-dim {args.head_dim} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
     if args.compile_for is not None:
         try:
             args.compile_for = [int(arch) for arch in args.compile_for.split(",")]
@@ -1112,8 +1114,6 @@ if __name__ == "__main__":
         if unknown:
             parser.error(f"--compile-for: no shared memory size known for {unknown}; "
                          f"use {', '.join(map(str, GPU_SHARED_MEMORY))}")
-        if args.head_dim not in SUPPORTED_HEAD_DIMS:
-            parser.error(f"--head-dim {args.head_dim} is not supported; use one of {SUPPORTED_HEAD_DIMS}")
         if args.dump:
             try:
                 os.makedirs(args.dump, exist_ok=True)
